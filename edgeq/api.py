@@ -1,0 +1,129 @@
+"""The quantize job end to end: validate every input first (so a refusal leaves nothing on disk), load,
+calibrate block by block, write the checkpoint atomically, report where time and memory went."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import __version__, grid
+from .errors import EdgeqError
+from .memory import peak_rss_mb
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how; the CLI's flags map one to one onto these fields."""
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    samples: int = 128
+    seq_len: int = 512
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    solver_opts: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> grid.QuantSpec:
+        return grid.QuantSpec(self.bits, self.group_size, self.sym)
+
+
+def resume_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".partial")
+
+
+def check_output_folder(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgeqError(f"output folder {out} exists and is not empty; choose another --out or remove it")
+
+
+def check_device(device: str) -> None:
+    import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgeqError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise EdgeqError(f"device must be cpu or cuda, got {device!r}")
+
+
+def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib: str | None = None,
+             progress: bool = True, on_block_done=None) -> dict:
+    """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta."""
+    from . import checkpoint, models
+    from .calib import data, pipeline
+    from .solvers import NEEDS_HESSIAN, get_solver
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    check_output_folder(out)
+    spec = config.spec
+    get_solver(config.method)
+    check_device(config.device)
+    source = models.resolve_source(model)
+    models.load_config(source)  # refuses an unsupported architecture before any heavy work
+    calibrated = NEEDS_HESSIAN[config.method]
+    tokenizer = models.load_tokenizer(source)
+    windows, calib_label, calib_digest = None, None, None
+    if calibrated:
+        text, calib_label = data.read_text(calib, data.DEFAULT_CALIB)
+        windows = data.calibration_windows(data.tokenize(tokenizer, text), config.samples, config.seq_len,
+                                           config.seed)
+        calib_digest = data.digest(windows)
+    loaded, _ = models.load_model(source, stream_blocks=True)
+    arch = models.arch_of(loaded.config)
+    t_load = time.perf_counter() - t0
+
+    recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size)
+    resume = pipeline.ResumeState(resume_folder(out), recipe.digest(source.label, str(calib_digest)))
+    t1 = time.perf_counter()
+    qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
+                                                resume=resume, progress=progress, on_block_done=on_block_done)
+    t_quant = time.perf_counter() - t1
+    meta = {
+        "edgeq_version": __version__, "method": config.method, "bits": spec.bits,
+        "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
+        "base_model": source.label,
+        "calibration": None if not calibrated else {
+            "text": calib_label, "samples": config.samples, "seq_len": config.seq_len, "seed": config.seed,
+            "digest": calib_digest},
+        "layer_errors": timings.layer_errors,
+    }
+    meta["stats"] = {
+        "seconds_load": round(t_load, 2), "seconds_quantize": round(t_quant, 2),
+        "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
+        "seconds_solver": round(timings.solver, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "fp32_parameter_mb": round(models.parameter_bytes_of_config(loaded.config) / 2 ** 20, 1),
+    }
+    checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)
+    resume.discard()
+    return checkpoint.read_meta(out)
+
+
+def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
+             progress: bool = True) -> dict:
+    """Perplexity of a model source or an edgeq checkpoint on held-out text (default: packaged Persuasion)."""
+    from . import checkpoint, models
+    from .calib import data
+    from .eval import perplexity
+
+    if model is not None and checkpoint.is_checkpoint(model):
+        loaded, _, _ = checkpoint.load_checkpoint(model)
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        label = str(model)
+    else:
+        source = models.resolve_source(model)
+        tokenizer = models.load_tokenizer(source)
+        loaded, _ = models.load_model(source)
+        label = source.label
+    body, text_label = data.read_text(text, data.DEFAULT_EVAL)
+    windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
+    t = time.perf_counter()
+    ppl = perplexity(loaded, models.arch_of(loaded.config), windows, progress=progress)
+    return {"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
+            "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2)}
+
+
+def config_dict(config: QuantConfig) -> dict:
+    return asdict(config)

@@ -1,0 +1,95 @@
+"""Capturing what calibration needs: the inputs of block 0, and input Hessians of a block's linears."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..models import Arch, get_module
+
+
+class _StopForward(Exception):
+    pass
+
+
+def to_device(obj, device):
+    """Move tensors inside nested tuples/lists/dicts to device; leave everything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+def capture_block_inputs(model, arch: Arch, windows: torch.Tensor, batch_size: int):
+    """Run the model up to block 0 on every batch of windows; return the hidden states [S, L, D] (CPU)
+    and the keyword arguments block 0 received per batch (masks, rotary embeddings), which every block
+    takes unchanged."""
+    block0 = get_module(model, arch.blocks)[0]
+    caught = {}
+
+    def catch(module, args, kwargs):
+        caught["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+        caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+        raise _StopForward
+
+    hidden, kwargs_per_batch = None, []
+    handle = block0.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for start in range(0, windows.shape[0], batch_size):
+                ids = windows[start:start + batch_size]
+                try:
+                    model(input_ids=ids, use_cache=False)
+                except _StopForward:
+                    pass
+                h = caught["hidden"]
+                if hidden is None:
+                    hidden = torch.empty(windows.shape[0], *h.shape[1:], dtype=h.dtype)
+                hidden[start:start + ids.shape[0]] = h
+                kwargs_per_batch.append(caught["kwargs"])
+    finally:
+        handle.remove()
+    return hidden, kwargs_per_batch
+
+
+class HessianAccumulator:
+    """H = X^T X / n over every row of every batch; sums in float64 so 10^5 tokens lose nothing."""
+
+    def __init__(self, k: int, device):
+        self.sum = torch.zeros(k, k, dtype=torch.float64, device=device)
+        self.count = 0
+        self.seconds = 0.0
+
+    def add(self, x: torch.Tensor) -> None:
+        t = time.perf_counter()
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.sum += (x.T @ x).double()
+        self.count += x.shape[0]
+        self.seconds += time.perf_counter() - t
+
+    def hessian(self) -> torch.Tensor:
+        return (self.sum / max(self.count, 1)).float()
+
+
+def hessian_hooks(block, arch: Arch, device):
+    """One accumulator per input group (q/k/v share one, gate/up share one), fed by a hook on its first
+    linear. Returns ({first linear name: accumulator}, remove-hooks function)."""
+    accumulators, handles = {}, []
+    for group in arch.input_groups:
+        linear = get_module(block, group[0])
+        acc = HessianAccumulator(linear.in_features, device)
+        accumulators[group[0]] = acc
+        handles.append(linear.register_forward_pre_hook(lambda m, args, acc=acc: acc.add(args[0])))
+
+    def remove():
+        for h in handles:
+            h.remove()
+    return accumulators, remove
+
+
+def block_output(block, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    out = block(hidden, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out

@@ -1,0 +1,189 @@
+"""Block-by-block calibration: capture block 0's inputs, then for each block accumulate the Hessians of
+its linears (hooks), solve every linear, and re-run the block with its quantized weights so the next
+block calibrates on quantized inputs. Only one block's activations and Hessians are alive at a time; the
+hidden states are overwritten in place, batch by batch.
+
+After each finished block the state (next block's inputs, the block's quantized weights) is written to a
+resume folder, so an interrupted run picks up where it stopped and ends with the same result.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import grid
+from ..checkpoint import load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors, save_tensors
+from ..models import Arch, get_module, is_streamed, load_block, release_weights
+from ..memory import release_freed_memory
+from ..qweight import QuantizedWeight
+from ..solvers import NEEDS_HESSIAN, get_solver, weighted_error
+from .capture import block_output, capture_block_inputs, hessian_hooks, to_device
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines the result of a run (and so whether a resume folder belongs to it)."""
+    method: str
+    spec: grid.QuantSpec
+    solver_opts: dict = field(default_factory=dict)
+    batch_size: int = 2
+
+    def digest(self, model_label: str, calib_digest: str) -> str:
+        blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
+                           self.batch_size], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Timings:
+    forward: float = 0.0
+    hessian: float = 0.0
+    solver: float = 0.0
+    layer_errors: dict = field(default_factory=dict)  # linear -> H-weighted error (calibrated methods)
+
+
+class ResumeState:
+    """A folder holding the inputs of the next block and the finished blocks' quantized weights."""
+
+    def __init__(self, folder: Path | None, run_digest: str):
+        self.folder, self.run_digest = folder, run_digest
+
+    def next_block(self) -> int:
+        if self.folder is None or not (self.folder / "state.json").exists():
+            return 0
+        state = json.loads((self.folder / "state.json").read_text())
+        return state["next_block"] if state.get("run") == self.run_digest else 0
+
+    def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight]) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        block = next_block - 1
+        save_tensors(self.folder / f"block_{block:04d}.safetensors", qweights_to_tensors(qweights),
+                     {"layout": json.dumps(qweights_layout(qweights))})
+        if hidden is not None:
+            torch.save(hidden, self.folder / "hidden.tmp")
+            os.replace(self.folder / "hidden.tmp", self.folder / "hidden.pt")
+        (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
+        os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
+
+    def load(self, blocks: int) -> tuple[torch.Tensor | None, dict[str, QuantizedWeight]]:
+        from safetensors import safe_open
+        qweights = {}
+        for b in range(blocks):
+            path = self.folder / f"block_{b:04d}.safetensors"
+            with safe_open(str(path), "pt") as f:
+                layout = json.loads(f.metadata()["layout"])
+            qweights.update(qweights_from_tensors(load_tensors(path), layout))
+        hidden_path = self.folder / "hidden.pt"
+        hidden = torch.load(hidden_path) if hidden_path.exists() else None
+        return hidden, qweights
+
+    def discard(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | None, *, device="cpu",
+                   resume: ResumeState | None = None, progress: bool = True, on_block_done=None):
+    """Quantize every linear of every block in place; return ({qualified name: QuantizedWeight}, Timings).
+
+    windows: calibration token windows [S, L]; None for methods that need no calibration (RTN).
+    on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
+    """
+    solver = get_solver(recipe.method)
+    calibrated = NEEDS_HESSIAN[recipe.method]
+    blocks = get_module(model, arch.blocks)
+    resume = resume or ResumeState(None, "")
+    start = resume.next_block()
+    hidden, qweights = resume.load(start) if start else (None, {})
+    for i in range(start):
+        load_block(model, arch, i)
+    _apply(model, qweights)
+    timings = Timings()
+    if calibrated:
+        t = time.perf_counter()
+        captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
+        hidden = captured if hidden is None else hidden
+        timings.forward += time.perf_counter() - t
+
+    bar = tqdm(range(start, len(blocks)), desc="quantize", unit="block", disable=not progress,
+               initial=start, total=len(blocks))
+    for i in bar:
+        load_block(model, arch, i)
+        block = blocks[i].to(device)
+        prefix = f"{arch.blocks}.{i}."
+        if calibrated:
+            hessians = _collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings)
+        block_q = {}
+        for group in arch.input_groups:
+            H = hessians[group[0]].hessian() if calibrated else None
+            for name in group:
+                bar.set_postfix_str(f"{name}")
+                linear = get_module(block, name)
+                t = time.perf_counter()
+                qw = solver(linear.weight.data, H, recipe.spec, **recipe.solver_opts)
+                W_hat = qw.dequantize().to(device)
+                timings.solver += time.perf_counter() - t
+                if calibrated:
+                    timings.layer_errors[prefix + name] = weighted_error(linear.weight.data, W_hat, H)
+                linear.weight.data = W_hat
+                block_q[prefix + name] = qw
+        if calibrated:
+            t = time.perf_counter()
+            _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device)
+            timings.forward += time.perf_counter() - t
+        blocks[i] = block.to("cpu")
+        qweights.update(block_q)
+        resume.save(i + 1, hidden, block_q)
+        if is_streamed(model):
+            release_weights(model, block_q)
+        release_freed_memory()
+        if on_block_done is not None:
+            on_block_done(i)
+    bar.close()
+    return qweights, timings
+
+
+def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
+    """Put dequantized weights into the model (a streamed model keeps only the quantized form)."""
+    for name, qw in qweights.items():
+        get_module(model, name).weight.data = qw.dequantize()
+    if is_streamed(model):
+        release_weights(model, qweights)
+
+
+def _batches(hidden: torch.Tensor, batch_size: int):
+    for b, start in enumerate(range(0, hidden.shape[0], batch_size)):
+        yield b, slice(start, start + batch_size)
+
+
+@torch.no_grad()
+def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings):
+    accumulators, remove = hessian_hooks(block, arch, device)
+    t = time.perf_counter()
+    try:
+        for b, rows in _batches(hidden, batch_size):
+            block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+    finally:
+        remove()
+    hessian_time = sum(acc.seconds for acc in accumulators.values())
+    timings.hessian += hessian_time
+    timings.forward += time.perf_counter() - t - hessian_time
+    return accumulators
+
+
+@torch.no_grad()
+def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device):
+    """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer."""
+    for b, rows in _batches(hidden, batch_size):
+        out = block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+        hidden[rows] = out.to(hidden.device)

@@ -1,0 +1,154 @@
+"""Quantized checkpoints: a folder with model.safetensors (packed codes, scales, packed zero points per
+linear, plus the float tensors left unquantized), quantization.json, config.json and the tokenizer.
+
+Written into a hidden temporary folder beside the destination and renamed at the end, so an interrupted
+or failed write never leaves a half checkpoint under the requested name.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import pack
+from .errors import EdgeqError
+from .qweight import QuantizedWeight
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "quantization.json"
+
+
+def qweights_to_tensors(qweights: dict[str, QuantizedWeight]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name, qw in qweights.items():
+        tensors[f"{name}.qweight"] = torch.from_numpy(pack.pack_blocks(qw.q.numpy(), qw.bits, qw.group_size))
+        tensors[f"{name}.scales"] = qw.scale.contiguous()
+        tensors[f"{name}.qzeros"] = torch.from_numpy(pack.pack_codes(qw.zero.numpy(), qw.bits))
+    return tensors
+
+
+def qweights_to_tensors_names(layout) -> list[str]:
+    return [f"{name}.{part}" for name in layout for part in ("qweight", "scales", "qzeros")]
+
+
+def qweights_layout(qweights: dict[str, QuantizedWeight]) -> dict[str, dict]:
+    return {name: {"bits": qw.bits, "group_size": qw.group_size, "shape": list(qw.shape)}
+            for name, qw in qweights.items()}
+
+
+def qweights_from_tensors(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> dict[str, QuantizedWeight]:
+    qweights = {}
+    for name, info in layout.items():
+        n, k = info["shape"]
+        bits, gs = info["bits"], info["group_size"]
+        try:
+            q = pack.unpack_blocks(tensors[f"{name}.qweight"].numpy(), bits, gs, k)
+            zero = pack.unpack_codes(tensors[f"{name}.qzeros"].numpy(), bits, -(-k // gs))
+            qweights[name] = QuantizedWeight(torch.from_numpy(np.ascontiguousarray(q)),
+                                             tensors[f"{name}.scales"].float().contiguous(),
+                                             torch.from_numpy(zero), bits, gs)
+        except (KeyError, ValueError) as err:
+            raise EdgeqError(f"checkpoint tensors for {name} are missing or malformed: {err}") from None
+    return qweights
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise EdgeqError(f"missing file: {path}") from None
+    except Exception as err:  # safetensors raises its own error types for truncated/garbled files
+        raise EdgeqError(f"{path} is corrupted or not a safetensors file: {err}") from None
+
+
+@contextmanager
+def atomic_folder(destination: Path):
+    """Yield a temporary folder next to destination; rename it into place only if the body succeeds."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    try:
+        yield tmp
+        if destination.exists():
+            destination.rmdir()  # only an empty folder may be replaced; the CLI refuses non-empty ones
+        os.rename(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def unquantized_state(model, quantized_linears) -> dict[str, torch.Tensor]:
+    """Every parameter and persistent buffer except the quantized weights; tied tensors stored once."""
+    skip = {f"{name}.weight" for name in quantized_linears}
+    seen, state = set(), {}
+    for key, tensor in model.state_dict().items():
+        if key in skip or tensor.data_ptr() in seen:
+            continue
+        seen.add(tensor.data_ptr())
+        state[key] = tensor
+    return state
+
+
+def save_checkpoint(destination: Path, model, tokenizer, qweights: dict[str, QuantizedWeight], meta: dict):
+    tensors = qweights_to_tensors(qweights)
+    tensors.update(unquantized_state(model, qweights))
+    full_meta = {"format_version": FORMAT_VERSION, **meta, "layers": qweights_layout(qweights)}
+    with atomic_folder(destination) as tmp:
+        save_tensors(tmp / WEIGHTS_FILE, tensors, {"format": "edgeq", "format_version": str(FORMAT_VERSION)})
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2) + "\n")
+        model.config.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+
+def is_checkpoint(path) -> bool:
+    return (Path(path) / META_FILE).is_file()
+
+
+def read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise EdgeqError(f"cannot read {Path(path) / META_FILE}: {err}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise EdgeqError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    return meta
+
+
+def load_checkpoint(path):
+    """(model with dequantized weights, {linear: QuantizedWeight}, meta). The model is float32, eval mode."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise EdgeqError(f"not an edgeq checkpoint (no {META_FILE}): {path}")
+    meta = read_meta(path)
+    tensors = load_tensors(path / WEIGHTS_FILE)
+    qweights = qweights_from_tensors(tensors, meta["layers"])
+    packed = set(qweights_to_tensors_names(meta["layers"]))
+    state = {k: v for k, v in tensors.items() if k not in packed}
+    state.update({f"{name}.weight": qw.dequantize() for name, qw in qweights.items()})
+    config = AutoConfig.from_pretrained(path)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise EdgeqError(f"checkpoint does not match its config: missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    model.tie_weights()
+    model.eval()
+    return model, qweights, meta
+

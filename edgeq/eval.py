@@ -1,0 +1,36 @@
+"""Perplexity on held-out text: exp(mean next-token NLL) over consecutive windows, the same windows for
+every model compared. Logits are formed in chunks of positions: a full [512, 49152] float32 logit matrix
+per window would cost 100 MB for nothing."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .models import Arch, get_module
+
+
+@torch.no_grad()
+def window_nll(model, arch: Arch, ids: torch.Tensor, chunk: int = 128) -> tuple[float, int]:
+    """(sum of NLL over predicted positions, count) for one batch of windows [B, L]."""
+    hidden = get_module(model, arch.base)(input_ids=ids, use_cache=False).last_hidden_state
+    head = get_module(model, arch.lm_head)
+    targets = ids[:, 1:]
+    hidden = hidden[:, :-1]
+    total = 0.0
+    for start in range(0, hidden.shape[1], chunk):
+        logits = head(hidden[:, start:start + chunk]).float()
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                       targets[:, start:start + chunk].reshape(-1), reduction="sum"))
+    return total, targets.numel()
+
+
+def perplexity(model, arch: Arch, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
+    nll, count = 0.0, 0
+    for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", unit="batch",
+                      disable=not progress):
+        s, c = window_nll(model, arch, windows[start:start + batch_size])
+        nll, count = nll + s, count + c
+    return math.exp(nll / count)

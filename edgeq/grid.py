@@ -1,0 +1,116 @@
+"""The uniform quantization grid: `w_hat = scale * (q - zero)` with integer q and zero in [0, 2^bits - 1].
+
+Groups run along K (input features). K need not divide by the group size: the last group of a row is
+partial, exactly as MatMulNBits pads it. Everything here is torch, row-vectorised, loops only over groups.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import EdgeqError
+
+PER_CHANNEL = -1
+CLIP_METHODS = ("minmax", "mse")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What grid a layer is quantized to. group_size = PER_CHANNEL (-1) means one group per row."""
+
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not 2 <= self.bits <= 8:
+            raise EdgeqError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        gs = self.group_size
+        if gs != PER_CHANNEL and (gs < 16 or gs & (gs - 1)):
+            raise EdgeqError(
+                f"group size must be a power of two >= 16 (or -1 / 'channel' for per-channel), got {gs}")
+
+    @property
+    def maxq(self) -> int:
+        return 2 ** self.bits - 1
+
+    def columns_per_group(self, k: int) -> int:
+        return k if self.group_size == PER_CHANNEL else self.group_size
+
+
+def n_groups(k: int, group_size: int) -> int:
+    return -(-k // group_size)
+
+
+def group_of_column(k: int, group_size: int, device=None) -> torch.Tensor:
+    return torch.arange(k, device=device) // group_size
+
+
+def expand_groups(x: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
+    """[N, G] per-group values -> [N, K] per-column values."""
+    return x[:, group_of_column(k, group_size, x.device)]
+
+
+def quantize_codes(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Codes for W given per-column (or broadcastable) scale and zero: clamp(round(W/s) + z)."""
+    return torch.clamp(torch.round(W / scale) + zero, 0, maxq)
+
+
+def minmax_params(Wg: torch.Tensor, bits: int, sym: bool, shrink: float | torch.Tensor = 1.0):
+    """Scale and integer zero for each row of a group [N, c]; the range always contains 0 (GPTQ's rule)."""
+    maxq = 2 ** bits - 1
+    xmin = torch.clamp(Wg.amin(dim=1), max=0) * shrink
+    xmax = torch.clamp(Wg.amax(dim=1), min=0) * shrink
+    if sym:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    empty = (xmin == 0) & (xmax == 0)  # an all-zero group: any scale reproduces it exactly
+    xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
+    xmax = torch.where(empty, torch.ones_like(xmax), xmax)
+    scale = (xmax - xmin) / maxq
+    if sym:
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
+    else:
+        zero = torch.clamp(torch.round(-xmin / scale), 0, maxq)
+    return scale, zero
+
+
+def mse_params(Wg: torch.Tensor, bits: int, sym: bool, grid: int = 100, max_shrink: float = 0.8,
+               norm: float = 2.4):
+    """Clipping search (GPTQ's reference rule): shrink the range by p = 1 - i/grid, keep the best per row."""
+    maxq = 2 ** bits - 1
+    best_scale, best_zero = minmax_params(Wg, bits, sym)
+    best_err = torch.full_like(best_scale, float("inf"))
+    for i in range(int(max_shrink * grid)):
+        scale, zero = minmax_params(Wg, bits, sym, shrink=1 - i / grid)
+        s, z = scale[:, None], zero[:, None]
+        err = (s * (quantize_codes(Wg, s, z, maxq) - z) - Wg).abs_().pow_(norm).sum(dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def fit_params(W: torch.Tensor, spec: QuantSpec, clip: str = "minmax"):
+    """Per-(row, group) scale [N, G] float32 and zero [N, G] (float holding integers) for W [N, K]."""
+    if clip not in CLIP_METHODS:
+        raise EdgeqError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
+    fit = minmax_params if clip == "minmax" else mse_params
+    n, k = W.shape
+    gs = spec.columns_per_group(k)
+    scales, zeros = [], []
+    for start in range(0, k, gs):
+        s, z = fit(W[:, start:start + gs].float(), spec.bits, spec.sym)
+        scales.append(s)
+        zeros.append(z)
+    return torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """W_hat [N, K] float32 from codes [N, K] and per-group scale, zero [N, G]."""
+    k = q.shape[1]
+    s = expand_groups(scale.float(), group_size, k)
+    z = expand_groups(zero.float(), group_size, k)
+    return s * (q.float() - z)

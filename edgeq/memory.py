@@ -1,0 +1,23 @@
+"""Keeping the process small: peak RSS, and handing freed heap memory back to the OS.
+
+glibc raises its mmap threshold after the first large free, so the many few-MB weight and activation
+buffers of a block-by-block pass end up on the heap, and free() keeps them there; malloc_trim returns
+them. Without it the streamed pass grew by ~400 MB on SmolLM2 although nothing was alive.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import resource
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def release_freed_memory() -> None:
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc (macOS, musl): nothing to do

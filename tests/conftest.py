@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random-init Llama saved as a real Hugging Face folder (with the bundled model's
+real tokenizer), the real bundled model, and the held-out text of ../shared/data."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def held_out_text() -> Path:
+    return SHARED / "austen_persuasion.txt"
+
+
+def calibration_text() -> Path:
+    return SHARED / "austen_emma.txt"
+
+
+@pytest.fixture(scope="session")
+def bundled_tokenizer():
+    from edgeq import models
+    return models.load_tokenizer(models.bundled_source())
+
+
+def tiny_llama_config(vocab_size: int, **overrides):
+    from transformers import LlamaConfig
+    fields = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=160, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  tie_word_embeddings=True)
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def save_tiny_model(folder: Path, tokenizer, poison_nan: bool = False, **overrides) -> Path:
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(len(tokenizer), **overrides),
+                                             dtype=torch.float32)
+    if poison_nan:
+        with torch.no_grad():
+            model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", bundled_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The bundled SmolLM2-135M at fp32 (converted from its GGUF once, then cached)."""
+    from edgeq import models
+    model, config = models.load_model(models.bundled_source())
+    return model, models.arch_of(config)

@@ -1,0 +1,108 @@
+"""The command line: --help teaches, and every bad input is one clear line, exit code 2, no files left."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import calibration_text, save_tiny_model
+
+
+def run_cli(*args, cwd=None):
+    env = dict(os.environ, EDGEQ_CACHE=os.environ.get("EDGEQ_CACHE", ""))
+    env = {k: v for k, v in env.items() if v}
+    return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def test_help_lists_commands_and_examples():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "quantize" in top.stdout and "eval" in top.stdout
+    sub = run_cli("quantize", "--help")
+    assert "examples:" in sub.stdout and "--group-size" in sub.stdout and "Q4_1" in sub.stdout
+
+
+@pytest.fixture(scope="module")
+def bad_models(tmp_path_factory, bundled_tokenizer):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    root = tmp_path_factory.mktemp("bad")
+    gpt2 = root / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(gpt2)
+    nan = save_tiny_model(root / "nan", bundled_tokenizer, poison_nan=True)
+    empty = root / "empty.txt"
+    empty.write_text("   \n")
+    short = root / "short.txt"
+    short.write_text("Only a few words here.")
+    return {"gpt2": gpt2, "nan": nan, "empty": empty, "short": short}
+
+
+def _cases(tiny, bad, tmp):
+    occupied = tmp / "occupied"
+    occupied.mkdir(exist_ok=True)
+    (occupied / "keep.txt").write_text("mine")
+    quick = ["--samples", "2", "--seq-len", "32"]
+    return {
+        "missing model": ([tmp / "no-such-model", *quick], "model not found"),
+        "unsupported architecture": ([bad["gpt2"], *quick], "unsupported architecture 'gpt2'"),
+        "bits too high": ([tiny, "--bits", "9"], "bits must be an integer from 2 to 8"),
+        "bits too low": ([tiny, "--bits", "1"], "bits must be an integer from 2 to 8"),
+        "group not power of two": ([tiny, "--group-size", "48", *quick], "power of two"),
+        "group too small": ([tiny, "--group-size", "8", *quick], "power of two"),
+        "NaN weights": ([bad["nan"], *quick], "NaN or infinite weights in model.layers.1.mlp.up_proj"),
+        "empty calibration": ([tiny, "--calib", bad["empty"], *quick], "text file is empty"),
+        "short calibration": ([tiny, "--calib", bad["short"], "--seq-len", "512"], "calibration text too short"),
+        "missing calibration": ([tiny, "--calib", tmp / "nope.txt", *quick], "text file not found"),
+    }
+
+
+CASES = ["missing model", "unsupported architecture", "bits too high", "bits too low", "group not power of two",
+         "group too small", "NaN weights", "empty calibration", "short calibration", "missing calibration"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_gives_one_clear_line_and_leaves_nothing(case, tiny_model_dir, bad_models, tmp_path):
+    args, message = _cases(tiny_model_dir, bad_models, tmp_path)[case]
+    out = tmp_path / "out"
+    before = set(tmp_path.iterdir())
+    result = run_cli("quantize", *args, "--out", out)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+    assert set(tmp_path.iterdir()) == before  # no output, no .partial, no temporary folder
+
+
+def test_existing_non_empty_output_folder_is_refused_and_kept(tiny_model_dir, tmp_path):
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "keep.txt").write_text("mine")
+    result = run_cli("quantize", tiny_model_dir, "--out", occupied)
+    assert result.returncode == 2 and "exists and is not empty" in result.stderr
+    assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+
+
+def test_eval_of_a_missing_checkpoint_or_text_is_a_clear_error(tmp_path):
+    result = run_cli("eval", tmp_path / "nothing-here")
+    assert result.returncode == 2 and "model not found" in result.stderr
+    result = run_cli("eval", "--text", tmp_path / "none.txt")
+    assert result.returncode == 2 and "text file not found" in result.stderr
+
+
+def test_quantize_then_eval_through_the_cli(tiny_model_dir, tmp_path):
+    out = tmp_path / "w4"
+    q = run_cli("quantize", tiny_model_dir, "--bits", "4", "--group-size", "32", "--samples", "4", "--seq-len",
+                "64", "--calib", calibration_text(), "--out", out, "--quiet")
+    assert q.returncode == 0, q.stderr
+    assert "wrote" in q.stdout and "peak RSS" in q.stdout
+    e = run_cli("eval", out, "--text", calibration_text(), "--seq-len", "64", "--max-windows", "2", "--quiet",
+                "--json", tmp_path / "ppl.json")
+    assert e.returncode == 0, e.stderr
+    assert "perplexity" in e.stdout and (tmp_path / "ppl.json").exists()
+
+
+def test_cuda_without_gpu_is_refused(tiny_model_dir, tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = run_cli("quantize", tiny_model_dir, "--device", "cuda", "--out", tmp_path / "x")
+    assert result.returncode == 2 and "no CUDA GPU" in result.stderr

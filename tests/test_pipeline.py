@@ -1,0 +1,109 @@
+"""Block-by-block calibration on a tiny random-init Llama: results, streaming, resume, checkpoint round trip."""
+import json
+
+import pytest
+import torch
+
+from edgeq import api, checkpoint, grid, models
+from edgeq.calib import data, pipeline
+from edgeq.eval import perplexity
+from tests.conftest import calibration_text, held_out_text
+
+CONFIG = api.QuantConfig(method="gptq", bits=3, group_size=32, samples=6, seq_len=64, batch_size=4)
+
+
+def quantize_tiny(folder, out, config=CONFIG, **kwargs):
+    return api.quantize(str(folder), out, config, calib=str(calibration_text()), progress=False, **kwargs)
+
+
+def test_every_linear_quantized_and_checkpoint_reloads_to_the_same_model(tiny_model_dir, tmp_path):
+    meta = quantize_tiny(tiny_model_dir, tmp_path / "ckpt")
+    model, _ = models.load_model(models.resolve_source(str(tiny_model_dir)))
+    arch = models.arch_of(model.config)
+    expected = {f"{arch.blocks}.{i}.{name}" for i in range(3) for name in arch.linears}
+    assert set(meta["layers"]) == expected
+    assert meta["calibration"]["digest"].startswith("sha256:")
+    assert all(v >= 0 for v in meta["layer_errors"].values())
+
+    loaded, qweights, _ = checkpoint.load_checkpoint(tmp_path / "ckpt")
+    for name, qw in qweights.items():
+        assert qw.bits == 3 and qw.group_size == 32
+        assert torch.equal(models.get_module(loaded, name).weight.data, qw.dequantize())
+    # unquantized tensors (embedding, norms) come back bit for bit, the tied head stays tied
+    assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bundled_tokenizer):
+    """The quantized model in memory and the reloaded checkpoint give the same perplexity."""
+    source = models.resolve_source(str(tiny_model_dir))
+    model, config = models.load_model(source)
+    arch = models.arch_of(config)
+    text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
+    qweights, _ = pipeline.quantize_model(model, arch, recipe, windows, progress=False)
+    checkpoint.save_checkpoint(tmp_path / "ckpt", model, bundled_tokenizer, qweights, {"method": "gptq"})
+    held = data.eval_windows(data.tokenize(bundled_tokenizer, held_out_text().read_text()[:50_000]), 64, 4)
+    in_process = perplexity(model, arch, held, progress=False)
+    reloaded = api.evaluate(str(tmp_path / "ckpt"), str(held_out_text()), 64, 4, progress=False)
+    assert reloaded["perplexity"] == pytest.approx(in_process, rel=1e-6)
+
+
+def test_streamed_and_fully_loaded_runs_agree(tiny_model_dir, bundled_tokenizer):
+    source = models.resolve_source(str(tiny_model_dir))
+    text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
+    results = []
+    for stream in (False, True):
+        model, config = models.load_model(source, stream_blocks=stream)
+        assert models.is_streamed(model) == stream
+        results.append(pipeline.quantize_model(model, models.arch_of(config), recipe, windows, progress=False)[0])
+    for name in results[0]:
+        assert torch.equal(results[0][name].q, results[1][name].q)
+        assert torch.equal(results[0][name].scale, results[1][name].scale)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_from_last_block_with_the_same_result(tiny_model_dir, tmp_path):
+    reference = checkpoint.load_checkpoint(quantize_tiny(tiny_model_dir, tmp_path / "ref") and tmp_path / "ref")[1]
+
+    def stop_after_block_1(i):
+        if i == 1:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        quantize_tiny(tiny_model_dir, tmp_path / "run", on_block_done=stop_after_block_1)
+    partial = tmp_path / "run.partial"
+    assert json.loads((partial / "state.json").read_text())["next_block"] == 2
+    assert not (tmp_path / "run").exists()
+
+    resumed_blocks = []
+    quantize_tiny(tiny_model_dir, tmp_path / "run", on_block_done=resumed_blocks.append)
+    assert resumed_blocks == [2]  # blocks 0 and 1 came from the resume folder
+    assert not partial.exists()
+    _, resumed, _ = checkpoint.load_checkpoint(tmp_path / "run")
+    for name, qw in reference.items():
+        assert torch.equal(qw.q, resumed[name].q), name
+        assert torch.equal(qw.scale, resumed[name].scale), name
+
+
+def test_resume_folder_of_another_recipe_is_not_used(tiny_model_dir, tmp_path):
+    def stop(i):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        quantize_tiny(tiny_model_dir, tmp_path / "run", on_block_done=stop)
+    other = api.QuantConfig(method="gptq", bits=4, group_size=32, samples=6, seq_len=64, batch_size=4)
+    seen = []
+    quantize_tiny(tiny_model_dir, tmp_path / "run", other, on_block_done=seen.append)
+    assert seen == [0, 1, 2]
+    assert checkpoint.read_meta(tmp_path / "run")["bits"] == 4
+
+
+def test_rtn_needs_no_calibration_text(tiny_model_dir, tmp_path):
+    meta = api.quantize(str(tiny_model_dir), tmp_path / "rtn", api.QuantConfig(method="rtn", bits=4, group_size=32),
+                        progress=False)
+    assert meta["calibration"] is None and len(meta["layers"]) == 21

@@ -1,0 +1,35 @@
+"""The real bundled SmolLM2-135M: a few blocks quantized with GPTQ, perplexity on held-out text bounded."""
+import pytest
+import torch
+
+from edgeq import grid, models
+from edgeq.calib import data, pipeline
+from edgeq.eval import perplexity
+from tests.conftest import calibration_text, held_out_text
+
+
+def quantize_first_blocks(method, spec, blocks, windows, opts=None):
+    model, config = models.load_model(models.bundled_source())
+    arch = models.arch_of(config)
+    all_blocks = models.get_module(model, arch.blocks)
+    model.model.layers = torch.nn.ModuleList(all_blocks[:blocks])  # quantize only these (in place) ...
+    pipeline.quantize_model(model, arch, pipeline.Recipe(method, spec, opts or {}, 8), windows, progress=False)
+    model.model.layers = all_blocks                                 # ... then evaluate the whole model
+    return model, arch
+
+
+@pytest.mark.slow
+def test_gptq_on_real_blocks_keeps_perplexity_close_and_beats_rtn(real_model, bundled_tokenizer):
+    fp_model, arch = real_model
+    calib_text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, calib_text), 16, 256)
+    held, _ = data.read_text(str(held_out_text()), data.DEFAULT_EVAL)
+    eval_windows = data.eval_windows(data.tokenize(bundled_tokenizer, held), 256, 6)
+
+    fp = perplexity(fp_model, arch, eval_windows, progress=False)
+    spec = grid.QuantSpec(3, 128)
+    gptq = perplexity(*quantize_first_blocks("gptq", spec, 6, windows), eval_windows, progress=False)
+    rtn = perplexity(*quantize_first_blocks("rtn", spec, 6, None), eval_windows, progress=False)
+    assert 20 < fp < 60, fp            # SmolLM2-135M on Austen: about 33-39 at 256-512 tokens
+    assert fp < gptq < 1.15 * fp, (fp, gptq)
+    assert gptq < rtn, (gptq, rtn)
