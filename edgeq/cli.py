@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="windows per forward; 2 is as fast as 8 here and keeps activations small (default: 2)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling")
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to calibrate")
-    q.add_argument("--clip", default="minmax", choices=["minmax", "mse"],
-                   help="range of each group: min-max, or an MSE search over shrunk ranges")
+    q.add_argument("--clip", choices=["minmax", "mse"],
+                   help="range of each group: min-max, or an MSE search over shrunk ranges (default: "
+                   "min-max for rtn, mse for gptq)")
     q.add_argument("--no-act-order", dest="act_order", action="store_false",
                    help="GPTQ: sweep columns in natural order (default: by descending Hessian diagonal, "
                    "with static groups so no g_idx is needed)")
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_quantize(args) -> None:
     from .api import QuantConfig, quantize
-    opts = {"clip": args.clip}
+    opts = {} if args.clip is None else {"clip": args.clip}
     if args.method == "gptq":
         opts.update(act_order=args.act_order, damp=args.damp)
     config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,

@@ -30,6 +30,7 @@ def test_gptq_on_real_blocks_keeps_perplexity_close_and_beats_rtn(real_model, bu
     spec = grid.QuantSpec(3, 128)
     gptq = perplexity(*quantize_first_blocks("gptq", spec, 6, windows), eval_windows, progress=False)
     rtn = perplexity(*quantize_first_blocks("rtn", spec, 6, None), eval_windows, progress=False)
-    assert 20 < fp < 60, fp            # SmolLM2-135M on Austen: about 33-39 at 256-512 tokens
-    assert fp < gptq < 1.15 * fp, (fp, gptq)
-    assert gptq < rtn, (gptq, rtn)
+    # measured here: fp 42.42, GPTQ 48.66 (1.15x), RTN 54.98 (1.30x) with 6 of 30 blocks at W3 g128
+    assert 20 < fp < 60, fp            # SmolLM2-135M on Austen: about 33-42 at 256-512 tokens
+    assert fp < gptq < 1.20 * fp, (fp, gptq)
+    assert gptq < 0.95 * rtn, (gptq, rtn)
