@@ -3,7 +3,7 @@ calibrate block by block, write the checkpoint atomically, report where time and
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, grid
@@ -107,6 +107,8 @@ def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max
     from .calib import data
     from .eval import perplexity
 
+    if model is not None and (Path(model) / "model.onnx").is_file():
+        return evaluate_onnx(model, text, seq_len, max_windows, progress)
     if model is not None and checkpoint.is_checkpoint(model):
         loaded, _, _ = checkpoint.load_checkpoint(model)
         from transformers import AutoTokenizer
@@ -125,5 +127,26 @@ def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max
             "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2)}
 
 
-def config_dict(config: QuantConfig) -> dict:
-    return asdict(config)
+
+def evaluate_onnx(folder, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
+                  progress: bool = True) -> dict:
+    """Perplexity of an exported folder through onnxruntime, on the same windows evaluate() uses."""
+    import math
+
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer
+
+    from .calib import data
+    from .runtime.session import OrtDecoder
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    decoder = OrtDecoder.from_folder(folder)
+    body, text_label = data.read_text(text, data.DEFAULT_EVAL)
+    windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows).numpy()
+    t = time.perf_counter()
+    nll, count = 0.0, 0
+    for window in tqdm(windows, desc="perplexity (onnxruntime)", unit="window", disable=not progress):
+        s, c = decoder.window_nll(window[None])
+        nll, count = nll + s, count + c
+    return {"model": str(folder), "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
+            "tokens": int(windows.size), "perplexity": math.exp(nll / count),
+            "seconds": round(time.perf_counter() - t, 2), "runtime": "onnxruntime"}

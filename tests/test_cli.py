@@ -37,9 +37,6 @@ def bad_models(tmp_path_factory, bundled_tokenizer):
 
 
 def _cases(tiny, bad, tmp):
-    occupied = tmp / "occupied"
-    occupied.mkdir(exist_ok=True)
-    (occupied / "keep.txt").write_text("mine")
     quick = ["--samples", "2", "--seq-len", "32"]
     return {
         "missing model": ([tmp / "no-such-model", *quick], "model not found"),

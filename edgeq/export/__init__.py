@@ -1,0 +1,1 @@
+"""ONNX export: a decoder graph with KV cache whose quantized linears are com.microsoft::MatMulNBits."""

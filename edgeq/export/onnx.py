@@ -1,0 +1,116 @@
+"""`edgeq export`: checkpoint (or float model) -> validated ONNX decoder folder.
+
+Everything happens in a temporary folder that is renamed into place only after onnx.checker, an ORT
+session and a parity check against torch (same dequantized weights) have passed; a failed export leaves
+nothing. Refusals (bad widths/blocks) happen before any work starts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import grid
+from ..errors import EdgeqError
+from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
+from .graph import export_decoder
+from .matmulnbits import node_layout, replace_matmuls, share_tied_head
+
+# relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT); measured on
+# SmolLM2 W4 g128: about 1e-6 at level 0 and 1e-2 at level 4 (int8 activations)
+PARITY_LIMIT = {0: 1e-3, 1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 0.1}
+PARITY_PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+                 "must be in want of a wife.")
+LM_HEAD_SPEC = grid.QuantSpec(8, 128)
+
+
+def load_for_export(model: str | None, fp32: bool):
+    """(torch model, tokenizer, {linear: QuantizedWeight}, label)."""
+    from transformers import AutoTokenizer
+
+    from .. import checkpoint, models
+    if fp32:
+        if model is not None and checkpoint.is_checkpoint(model):
+            raise EdgeqError(f"{model} is a quantized checkpoint; --fp32 exports a float model")
+        source = models.resolve_source(model)
+        loaded, _ = models.load_model(source)
+        return loaded, models.load_tokenizer(source), {}, source.label
+    if model is None or not checkpoint.is_checkpoint(model):
+        raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
+    loaded, qweights, _ = checkpoint.load_checkpoint(model)
+    return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model)
+
+
+def quantize_lm_head(model) -> "QuantizedWeight":
+    """8-bit RTN of the output head; a tied head is untied so the embedding Gather stays float."""
+    from ..models import arch_of, get_module
+    from ..solvers import get_solver
+    head = get_module(model, arch_of(model.config).lm_head)
+    qw = get_solver("rtn")(head.weight.data, None, LM_HEAD_SPEC)
+    head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    return qw
+
+
+def embedding_of(model) -> np.ndarray:
+    from ..models import arch_of, get_module
+    return get_module(model, arch_of(model.config).embed).weight.detach().numpy()
+
+
+def parity(model, decoder: OrtDecoder, tokenizer) -> float:
+    ids = tokenizer(PARITY_PROMPT, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].numpy()
+    got, _ = decoder.forward(np.array([ids]), decoder.empty_past())
+    return float(np.linalg.norm(got[0] - ref) / np.linalg.norm(ref))
+
+
+def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 4, lm_head: str = "fp",
+           ort_format: bool = False) -> dict:
+    import onnx
+
+    from ..api import check_output_folder
+    from ..checkpoint import atomic_folder
+    from ..models import arch_of
+    t0 = time.perf_counter()
+    out = Path(out)
+    check_output_folder(out)
+    if accuracy_level not in PARITY_LIMIT:
+        raise EdgeqError(f"accuracy level must be 0..4, got {accuracy_level}")
+    if lm_head not in ("fp", "8"):
+        raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
+    loaded, tokenizer, qweights, label = load_for_export(model, fp32)
+    layouts = {name: node_layout(name, qw) for name, qw in qweights.items()}  # refuse before any work
+    if lm_head == "8":
+        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded)}
+    with atomic_folder(out) as tmp:
+        path = tmp / MODEL_FILE
+        export_decoder(loaded, path)
+        proto = onnx.load(str(path))
+        layouts = replace_matmuls(proto, qweights, accuracy_level)
+        tied = lm_head == "fp" and share_tied_head(proto, embedding_of(loaded))
+        onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path))
+        decoder = OrtDecoder(cpu_session(path))
+        error = parity(loaded, decoder, tokenizer)
+        limit = PARITY_LIMIT[accuracy_level]
+        if not error <= limit:
+            raise EdgeqError(f"exported graph disagrees with torch: relative logit error {error:.2e} > {limit}")
+        if ort_format:
+            cpu_session(path, optimized_path=tmp / "model.ort", save_format="ORT")
+        tokenizer.save_pretrained(tmp)
+        loaded.config.save_pretrained(tmp)
+        report = {
+            "source": label, "fp32": fp32, "accuracy_level": accuracy_level, "lm_head": lm_head,
+            "matmulnbits_nodes": len(layouts), "tied_head_shares_embedding": tied,
+            "parity_relative_logit_error": error,
+            "layers": {name: {"bits": lay.bits, "block_size": lay.block,
+                              "stored_bits": qweights[name].bits} for name, lay in layouts.items()},
+            "bytes": {f.name: f.stat().st_size for f in tmp.iterdir()},
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+        (tmp / "export.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

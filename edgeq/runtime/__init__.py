@@ -1,0 +1,1 @@
+"""What runs on the device: onnxruntime sessions and decoding loops. numpy + onnxruntime only, no torch."""

@@ -1,0 +1,70 @@
+"""An onnxruntime decoder exported by edgeq (optimum's input/output names): forward with a KV cache,
+next-token NLL for perplexity, greedy generation. numpy + onnxruntime only."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.onnx"
+
+
+def cpu_session(path, threads: int | None = None, optimized_path: str | None = None, save_format: str = "ONNX"):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if optimized_path:
+        options.optimized_model_filepath = str(optimized_path)
+        options.add_session_config_entry("session.save_model_format", save_format)
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OrtDecoder:
+    def __init__(self, session):
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        _, kv_heads, _, head_dim = inputs[self.past_names[0]].shape
+        self.kv_heads, self.head_dim = int(kv_heads), int(head_dim)
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    @classmethod
+    def from_folder(cls, folder, threads: int | None = None) -> "OrtDecoder":
+        return cls(cpu_session(Path(folder) / MODEL_FILE, threads))
+
+    def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
+        shape = (batch, self.kv_heads, 0, self.head_dim)
+        return {name: np.zeros(shape, dtype=np.float32) for name in self.past_names}
+
+    def forward(self, ids: np.ndarray, past: dict[str, np.ndarray]):
+        """(logits [B, S, V], next past) for new tokens ids [B, S] after the cached ones."""
+        batch, new = ids.shape
+        past_len = next(iter(past.values())).shape[2]
+        feeds = {"input_ids": ids.astype(np.int64),
+                 "attention_mask": np.ones((batch, past_len + new), dtype=np.int64),
+                 "position_ids": np.arange(past_len, past_len + new, dtype=np.int64)[None].repeat(batch, 0),
+                 **past}
+        logits, *presents = self.session.run(self.output_names, feeds)
+        return logits, dict(zip(self.past_names, presents))
+
+    def window_nll(self, ids: np.ndarray) -> tuple[float, int]:
+        """Sum of next-token NLL over one batch of windows [B, L], and the count of predictions."""
+        logits, _ = self.forward(ids, self.empty_past(ids.shape[0]))
+        logits = logits[:, :-1].astype(np.float64)
+        targets = ids[:, 1:]
+        top = logits.max(axis=-1, keepdims=True)
+        log_z = np.log(np.exp(logits - top).sum(axis=-1)) + top[..., 0]
+        picked = np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return float((log_z - picked).sum()), int(targets.size)
+
+    def greedy(self, prompt: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
+        logits, past = self.forward(np.array([prompt]), self.empty_past())
+        out = []
+        for _ in range(new_tokens):
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            if token == eos:
+                break
+            logits, past = self.forward(np.array([[token]]), past)
+        return out

@@ -1,0 +1,146 @@
+"""ONNX export: MatMulNBits nodes against a numpy dequantize reference; the tiny Llama exported, run with
+its KV cache and compared with torch; refusals leave nothing behind."""
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from edgeq import api, checkpoint
+from edgeq.errors import EdgeqError
+from edgeq.export.matmulnbits import MS_DOMAIN, node_layout, node_tensors
+from edgeq.export.onnx import export
+from edgeq.qweight import QuantizedWeight
+from edgeq.runtime.session import OrtDecoder, cpu_session
+from tests.conftest import calibration_text
+
+
+def numpy_dequantize(q, scale, zero, group_size):
+    """The definition, in numpy, column by column."""
+    out = np.empty(q.shape, dtype=np.float64)
+    for col in range(q.shape[1]):
+        g = col // group_size
+        out[:, col] = scale[:, g] * (q[:, col].astype(np.float64) - zero[:, g])
+    return out
+
+
+def random_qweight(n, k, bits, group_size, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = -(-k // group_size)
+    maxq = 2 ** bits - 1
+    return QuantizedWeight(torch.from_numpy(rng.integers(0, maxq + 1, (n, k), dtype=np.uint8)),
+                           torch.from_numpy(rng.uniform(0.01, 0.1, (n, groups)).astype(np.float32)),
+                           torch.from_numpy(rng.integers(0, maxq + 1, (n, groups), dtype=np.uint8)), bits, group_size)
+
+
+def single_node_model(qw, accuracy_level, path):
+    layout = node_layout("w", qw)
+    b, scales, zeros = node_tensors(qw, layout)
+    n, k = qw.shape
+    node = helper.make_node("MatMulNBits", ["A", "B", "scales", "zp"], ["Y"], domain=MS_DOMAIN, K=k, N=n,
+                            bits=layout.bits, block_size=layout.block, accuracy_level=accuracy_level)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [None, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [None, n])],
+                              [onnx.numpy_helper.from_array(b, "B"), onnx.numpy_helper.from_array(scales, "scales"),
+                               onnx.numpy_helper.from_array(zeros, "zp")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS_DOMAIN, 1)])
+    onnx.save(model, str(path))
+    return cpu_session(path)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_matmulnbits_node_equals_numpy_dequantize(bits, group_size, tmp_path):
+    n, k = 48, 576  # K = 4.5 x 128: a partial last block
+    qw = random_qweight(n, k, bits, group_size, seed=bits * group_size)
+    session = single_node_model(qw, 0, tmp_path / "m.onnx")
+    A = np.random.default_rng(1).standard_normal((5, k)).astype(np.float32)
+    W = numpy_dequantize(qw.q.numpy(), qw.scale.numpy(), qw.zero.numpy(), group_size)
+    expected = A.astype(np.float64) @ W.T
+    got = session.run(None, {"A": A})[0]
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) <= 1e-5
+
+
+def test_per_channel_weight_pads_its_block_to_a_power_of_two(tmp_path):
+    qw = random_qweight(16, 576, 4, 576)
+    assert node_layout("w", qw).block == 1024
+    session = single_node_model(qw, 0, tmp_path / "m.onnx")
+    A = np.random.default_rng(2).standard_normal((3, 576)).astype(np.float32)
+    expected = A @ numpy_dequantize(qw.q.numpy(), qw.scale.numpy(), qw.zero.numpy(), 576).T
+    np.testing.assert_allclose(session.run(None, {"A": A})[0], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,group,message", [(5, 32, "cannot run"), (2, 576, "no fast MatMulNBits kernel")])
+def test_layouts_onnxruntime_cannot_run_fast_are_refused(bits, group, message):
+    with pytest.raises(EdgeqError, match=message):
+        node_layout("w", random_qweight(4, 576, bits, group))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt") / "w4"
+    api.quantize(str(tiny_model_dir), out, api.QuantConfig(bits=4, group_size=32, samples=4, seq_len=64),
+                 calib=str(calibration_text()), progress=False)
+    return out
+
+
+def test_tiny_export_has_one_node_per_linear_and_matches_torch(tiny_checkpoint, tmp_path):
+    report = export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
+    proto = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("MatMulNBits") == len(checkpoint.read_meta(tiny_checkpoint)["layers"]) == 21
+    assert report["tied_head_shares_embedding"] and ops.count("FusedMatMul") == 1
+    assert report["parity_relative_logit_error"] < 1e-5
+    assert json.loads((tmp_path / "onnx" / "export.json").read_text())["matmulnbits_nodes"] == 21
+
+
+def test_kv_cache_decoding_equals_full_recomputation(tiny_checkpoint, tmp_path):
+    export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
+    decoder = OrtDecoder.from_folder(tmp_path / "onnx")
+    prompt = [5, 17, 300, 42]
+    generated = decoder.greedy(prompt, 6)
+    sequence = prompt + generated
+    full, _ = decoder.forward(np.array([sequence]), decoder.empty_past())
+    assert [int(t) for t in full[0, len(prompt) - 1:-1].argmax(-1)] == generated
+    model, _, _ = checkpoint.load_checkpoint(tiny_checkpoint)
+    with torch.no_grad():
+        ref = model(input_ids=torch.tensor([sequence])).logits[0].numpy()
+    np.testing.assert_allclose(full[0], ref, rtol=1e-3, atol=1e-4)
+
+
+def test_onnx_perplexity_equals_torch_at_level_0(tiny_checkpoint, tmp_path):
+    export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
+    text = str(calibration_text())
+    ort_ppl = api.evaluate(str(tmp_path / "onnx"), text, 64, 3, progress=False)["perplexity"]
+    torch_ppl = api.evaluate(str(tiny_checkpoint), text, 64, 3, progress=False)["perplexity"]
+    assert ort_ppl == pytest.approx(torch_ppl, rel=1e-4)
+
+
+def test_fp32_export_8bit_head_and_ort_format(tiny_model_dir, tiny_checkpoint, tmp_path):
+    fp = export(str(tiny_model_dir), tmp_path / "fp32", fp32=True)
+    assert fp["matmulnbits_nodes"] == 0 and fp["tied_head_shares_embedding"]
+    q8 = export(str(tiny_checkpoint), tmp_path / "q8", lm_head="8", ort_format=True)
+    assert q8["matmulnbits_nodes"] == 22 and (tmp_path / "q8" / "model.ort").stat().st_size > 0
+    assert q8["layers"]["lm_head"]["bits"] == 8
+    graph = onnx.load(str(tmp_path / "fp32" / "model.onnx")).graph
+    weights = {init.name for init in graph.initializer}
+    assert sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node) == 21  # float linears
+
+
+def test_bad_exports_are_refused_and_leave_nothing(tiny_model_dir, tiny_checkpoint, tmp_path):
+    with pytest.raises(EdgeqError, match="not an edgeq checkpoint"):
+        export(str(tmp_path / "missing"), tmp_path / "a")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(EdgeqError, match="corrupted"):
+        export(str(broken), tmp_path / "b")
+    per_channel_2bit = tmp_path / "pc2"
+    api.quantize(str(tiny_model_dir), per_channel_2bit, api.QuantConfig(method="rtn", bits=2, group_size=-1),
+                 progress=False)
+    with pytest.raises(EdgeqError, match="no fast MatMulNBits kernel"):
+        export(str(per_channel_2bit), tmp_path / "c")
+    assert {p.name for p in tmp_path.iterdir()} == {"broken", "pc2"}  # no output, no temporary folder
