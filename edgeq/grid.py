@@ -76,16 +76,23 @@ def minmax_params(Wg: torch.Tensor, bits: int, sym: bool, shrink: float | torch.
     return scale, zero
 
 
-def mse_params(Wg: torch.Tensor, bits: int, sym: bool, grid: int = 100, max_shrink: float = 0.8,
-               norm: float = 2.4):
-    """Clipping search (GPTQ's reference rule): shrink the range by p = 1 - i/grid, keep the best per row."""
+def mse_params(Wg: torch.Tensor, bits: int, sym: bool, importance: torch.Tensor | None = None,
+               grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4):
+    """Clipping search (GPTQ's reference rule): shrink the range by p = 1 - i/grid, keep the best per row.
+
+    `importance` [c] weights each column's error, e.g. diag(H): without it, a group holding an input with
+    100x the activation energy of its neighbours gets that column clipped, which costs more than the
+    whole rest of the group gains (measured on SmolLM2's down_proj, where RTN-mse was 2.7x worse than
+    min-max on the layer objective at 3 bits)."""
     maxq = 2 ** bits - 1
+    weight = None if importance is None else importance.float()[None, :]
     best_scale, best_zero = minmax_params(Wg, bits, sym)
     best_err = torch.full_like(best_scale, float("inf"))
     for i in range(int(max_shrink * grid)):
         scale, zero = minmax_params(Wg, bits, sym, shrink=1 - i / grid)
         s, z = scale[:, None], zero[:, None]
-        err = (s * (quantize_codes(Wg, s, z, maxq) - z) - Wg).abs_().pow_(norm).sum(dim=1)
+        err = (s * (quantize_codes(Wg, s, z, maxq) - z) - Wg).abs_().pow_(norm)
+        err = (err if weight is None else err.mul_(weight)).sum(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
@@ -93,16 +100,23 @@ def mse_params(Wg: torch.Tensor, bits: int, sym: bool, grid: int = 100, max_shri
     return best_scale, best_zero
 
 
-def fit_params(W: torch.Tensor, spec: QuantSpec, clip: str = "minmax"):
-    """Per-(row, group) scale [N, G] float32 and zero [N, G] (float holding integers) for W [N, K]."""
+def fit_params(W: torch.Tensor, spec: QuantSpec, clip: str = "minmax",
+               importance: torch.Tensor | None = None):
+    """Per-(row, group) scale [N, G] float32 and zero [N, G] (float holding integers) for W [N, K].
+
+    `importance` [K] (the Hessian's diagonal, when there is one) weights the MSE clipping search."""
     if clip not in CLIP_METHODS:
         raise EdgeqError(f"clip must be one of {CLIP_METHODS}, got {clip!r}")
-    fit = minmax_params if clip == "minmax" else mse_params
     n, k = W.shape
     gs = spec.columns_per_group(k)
     scales, zeros = [], []
     for start in range(0, k, gs):
-        s, z = fit(W[:, start:start + gs].float(), spec.bits, spec.sym)
+        Wg = W[:, start:start + gs].float()
+        if clip == "minmax":
+            s, z = minmax_params(Wg, spec.bits, spec.sym)
+        else:
+            imp = None if importance is None else importance[start:start + gs]
+            s, z = mse_params(Wg, spec.bits, spec.sym, imp)
         scales.append(s)
         zeros.append(z)
     return torch.stack(scales, dim=1), torch.stack(zeros, dim=1)

@@ -57,7 +57,7 @@ def test_gptq_beats_rtn_on_real_hessians(real_model, bundled_tokenizer):
             for spec in (grid.QuantSpec(4, 128), grid.QuantSpec(3, 128), grid.QuantSpec(2, 64)):
                 e_rtn = weighted_error(W, get_solver("rtn")(W, H, spec).dequantize(), H)
                 e_gptq = weighted_error(W, get_solver("gptq")(W, H, spec).dequantize(), H)
-                assert e_gptq < e_rtn, (name, spec)
+                assert e_gptq < 0.7 * e_rtn, (name, spec, e_gptq / e_rtn)
 
 
 @pytest.mark.parametrize("act_order", [False, True])

@@ -77,6 +77,28 @@ def test_mse_clipping_never_worse_than_minmax_on_heavy_tails():
         assert err["mse"] < err["minmax"]
 
 
+def test_importance_weighted_clipping_protects_heavy_inputs():
+    """One input carries 500x the activation energy and holds each row's largest weight (SmolLM2's
+    down_proj has two such inputs). The weighted search picks from the same candidates as the unweighted
+    one, so per row it can only be better on the weighted objective, and clipping that input must lose."""
+    torch.manual_seed(0)
+    W = torch.distributions.StudentT(2.0).sample((64, 128))
+    W[:, 7] = W.abs().amax(dim=1) * 1.5
+    importance = torch.ones(128)
+    importance[7] = 500.0
+    spec = grid.QuantSpec(3, 128)
+
+    def weighted_row_error(scale, zero):
+        q = grid.quantize_codes(W, scale, zero, spec.maxq)
+        return ((scale * (q - zero) - W).abs() ** 2.4 * importance).sum(dim=1)
+
+    errors = {name: weighted_row_error(*grid.fit_params(W, spec, clip, imp))
+              for name, clip, imp in [("minmax", "minmax", None), ("mse", "mse", None),
+                                      ("weighted", "mse", importance)]}
+    assert torch.all(errors["weighted"] <= errors["mse"]) and torch.all(errors["weighted"] <= errors["minmax"])
+    assert errors["weighted"].sum() < 0.5 * errors["mse"].sum()
+
+
 @pytest.mark.parametrize("bits,group_size", [(1, 128), (9, 128), (4, 48), (4, 8), (4, 0)])
 def test_spec_refuses_bad_bits_and_group_sizes(bits, group_size):
     with pytest.raises(EdgeqError):

@@ -44,10 +44,11 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter, quantize them as 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    importance = torch.diag(H).float()
 
     static = act_order or gs == k
     if static:
-        scale, zero = grid.fit_params(W, spec, clip)
+        scale, zero = grid.fit_params(W, spec, clip, importance)
     else:
         scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
         zero = torch.empty_like(scale)
@@ -63,7 +64,8 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
         i2 = min(i1 + block_size, k)
         if not static and i1 % gs == 0:
             g = i1 // gs
-            scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(W[:, i1:i1 + gs], spec, clip))
+            scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(
+                W[:, i1:i1 + gs], spec, clip, importance[perm[i1:i1 + gs]]))
         W1 = W[:, i1:i2].clone()
         cols = group[i1:i2]
         Q1, Err1 = gptq_block(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(),

@@ -12,6 +12,7 @@ def solve(W: torch.Tensor, H: torch.Tensor | None, spec: grid.QuantSpec, *, clip
     W = W.float()
     k = W.shape[1]
     gs = spec.columns_per_group(k)
-    scale, zero = grid.fit_params(W, spec, clip)
+    importance = None if H is None else torch.diag(H).to(W.device)
+    scale, zero = grid.fit_params(W, spec, clip, importance)
     q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
