@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__, grid
 from .errors import EdgeqError
-from .memory import peak_rss_mb
+from .memory import peak_rss_mb, release_freed_memory
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         windows = data.calibration_windows(data.tokenize(tokenizer, text), config.samples, config.seq_len,
                                            config.seed)
         calib_digest = data.digest(windows)
+        del text
+    release_freed_memory()  # tokenizer scratch would otherwise stay in the heap for the whole run
     loaded, _ = models.load_model(source, stream_blocks=True)
     arch = models.arch_of(loaded.config)
     t_load = time.perf_counter() - t0

@@ -108,3 +108,9 @@ def test_rtn_needs_no_calibration_text(tiny_model_dir, tmp_path):
     meta = api.quantize(str(tiny_model_dir), tmp_path / "rtn", api.QuantConfig(method="rtn", bits=4, group_size=32),
                         progress=False)
     assert meta["calibration"] is None and len(meta["layers"]) == 21
+
+
+def test_chunked_tokenization_equals_whole_text(bundled_tokenizer):
+    text = held_out_text().read_text()[:120_000]
+    whole = bundled_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert data.tokenize(bundled_tokenizer, text, chunk_chars=5_000).tolist() == whole

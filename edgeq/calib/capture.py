@@ -56,22 +56,24 @@ def capture_block_inputs(model, arch: Arch, windows: torch.Tensor, batch_size: i
 
 
 class HessianAccumulator:
-    """H = X^T X / n over every row of every batch; sums in float64 so 10^5 tokens lose nothing."""
+    """H = X^T X / n over every row of every batch, summed in place in float32 (addmm_: no temporary).
+    A float64 sum measured 73 s of 307 s on SmolLM2 at 128 x 512 tokens, mostly converting K x K
+    partial sums; float32 over 65k tokens keeps ~1e-6 relative accuracy, far below GPTQ's damping."""
 
     def __init__(self, k: int, device):
-        self.sum = torch.zeros(k, k, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(k, k, dtype=torch.float32, device=device)
         self.count = 0
         self.seconds = 0.0
 
     def add(self, x: torch.Tensor) -> None:
         t = time.perf_counter()
         x = x.reshape(-1, x.shape[-1]).float()
-        self.sum += (x.T @ x).double()
+        self.sum.addmm_(x.T, x)
         self.count += x.shape[0]
         self.seconds += time.perf_counter() - t
 
     def hessian(self) -> torch.Tensor:
-        return (self.sum / max(self.count, 1)).float()
+        return self.sum / max(self.count, 1)
 
 
 def hessian_hooks(block, arch: Arch, device):

@@ -30,9 +30,17 @@ def read_text(path: str | None, default: str) -> tuple[str, str]:
     return text, str(p)
 
 
-def tokenize(tokenizer, text: str) -> torch.Tensor:
-    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+def tokenize(tokenizer, text: str, chunk_chars: int = 20_000) -> torch.Tensor:
+    """Token ids of the whole text, encoded paragraph-aligned chunk by chunk: one encoding of a novel
+    holds ~100 MB of offsets and strings at once, and that would set the run's peak memory."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = text.find("\n\n", start + chunk_chars)
+        end = len(text) if end < 0 else end
+        ids = tokenizer(text[start:end], add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        pieces.append(torch.tensor(ids, dtype=torch.long))
+        start = end
+    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
 
 
 def calibration_windows(tokens: torch.Tensor, samples: int, seq_len: int, seed: int = 0) -> torch.Tensor:

@@ -75,7 +75,7 @@ class ResumeState:
         (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
         os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
 
-    def load(self, blocks: int) -> tuple[torch.Tensor | None, dict[str, QuantizedWeight]]:
+    def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
         from safetensors import safe_open
         qweights = {}
         for b in range(blocks):
@@ -83,9 +83,11 @@ class ResumeState:
             with safe_open(str(path), "pt") as f:
                 layout = json.loads(f.metadata()["layout"])
             qweights.update(qweights_from_tensors(load_tensors(path), layout))
-        hidden_path = self.folder / "hidden.pt"
-        hidden = torch.load(hidden_path) if hidden_path.exists() else None
-        return hidden, qweights
+        return qweights
+
+    def load_hidden(self) -> torch.Tensor | None:
+        path = self.folder / "hidden.pt"
+        return torch.load(path) if path.exists() else None
 
     def discard(self) -> None:
         if self.folder is not None:
@@ -98,17 +100,20 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
 
     windows: calibration token windows [S, L]; None for methods that need no calibration (RTN).
     on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
+    With a resume folder, finished blocks' codes live only there (not in memory) until the end.
     """
     solver = get_solver(recipe.method)
     calibrated = NEEDS_HESSIAN[recipe.method]
     blocks = get_module(model, arch.blocks)
     resume = resume or ResumeState(None, "")
     start = resume.next_block()
-    hidden, qweights = resume.load(start) if start else (None, {})
+    hidden = resume.load_hidden() if start else None
     for i in range(start):
         load_block(model, arch, i)
-    _apply(model, qweights)
+    _apply(model, resume.load_qweights(start) if start else {})
+    in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
     timings = Timings()
+    captured = None
     if calibrated:
         t = time.perf_counter()
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
@@ -137,12 +142,13 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                     timings.layer_errors[prefix + name] = weighted_error(linear.weight.data, W_hat, H)
                 linear.weight.data = W_hat
                 block_q[prefix + name] = qw
-        if calibrated:
+        if calibrated and i < len(blocks) - 1:  # the last block's outputs feed nothing
             t = time.perf_counter()
             _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device)
             timings.forward += time.perf_counter() - t
         blocks[i] = block.to("cpu")
-        qweights.update(block_q)
+        if resume.folder is None:
+            in_memory.update(block_q)
         resume.save(i + 1, hidden, block_q)
         if is_streamed(model):
             release_weights(model, block_q)
@@ -150,7 +156,11 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         if on_block_done is not None:
             on_block_done(i)
     bar.close()
-    return qweights, timings
+    if resume.folder is None:
+        return in_memory, timings
+    del hidden, captured
+    release_freed_memory()  # the hidden states go before the codes come back
+    return resume.load_qweights(len(blocks)), timings
 
 
 def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
