@@ -91,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("model", nargs="?", help="checkpoint folder, Hugging Face folder or .gguf (default: "
-                   "bundled SmolLM2-135M at fp32)")
+    e.add_argument("model", nargs="?", help="checkpoint folder, exported ONNX folder (run by onnxruntime), "
+                   "Hugging Face folder or .gguf (default: bundled SmolLM2-135M at fp32)")
     e.add_argument("--text", help="held-out text file (default: packaged Persuasion)")
     e.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
     e.add_argument("--max-windows", type=positive_int, help="evaluate only the first N windows")
