@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--accuracy-level", type=int, default=4, choices=range(5),
                    help="MatMulNBits compute: 4 = int8 activations, the fast CPU path (default); 0 = fp32")
     x.add_argument("--lm-head", default="fp", choices=["fp", "8"],
-                   help="output head: float (default; a tied head shares the embedding) or 8-bit")
+                   help="output head: float (default; a tied head shares the embedding) or 8-bit "
+                        "(a tied embedding then shares the 8-bit codes: 4x smaller)")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
 
     g = sub.add_parser("generate", help="greedy text generation from an exported folder (onnxruntime)")

@@ -122,9 +122,16 @@ def test_onnx_perplexity_equals_torch_at_level_0(tiny_checkpoint, tmp_path):
 def test_fp32_export_8bit_head_and_ort_format(tiny_model_dir, tiny_checkpoint, tmp_path):
     fp = export(str(tiny_model_dir), tmp_path / "fp32", fp32=True)
     assert fp["matmulnbits_nodes"] == 0 and fp["tied_head_shares_embedding"]
-    q8 = export(str(tiny_checkpoint), tmp_path / "q8", lm_head="8", ort_format=True)
+    q8 = export(str(tiny_checkpoint), tmp_path / "q8", lm_head="8", ort_format=True, accuracy_level=0)
     assert q8["matmulnbits_nodes"] == 22 and (tmp_path / "q8" / "model.ort").stat().st_size > 0
-    assert q8["layers"]["lm_head"]["bits"] == 8
+    assert q8["layers"]["lm_head"]["bits"] == 8 and q8["embedding"].startswith("8-bit")
+    q8_graph = onnx.load(str(tmp_path / "q8" / "model.onnx")).graph
+    lookup = next(n for n in q8_graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in q8_graph.node if n.name == "lm_head_MatMulNBits")
+    assert lookup.input[0] == head.input[1]  # one copy of the table's codes serves both
+    assert q8["parity_relative_logit_error"] < 1e-5  # torch holds the same 8-bit table in both places
+    assert all(init.data_type != TensorProto.FLOAT or np.prod(init.dims) < 49152 * 64
+               for init in q8_graph.initializer)  # no float copy of the table is left
     graph = onnx.load(str(tmp_path / "fp32" / "model.onnx")).graph
     weights = {init.name for init in graph.initializer}
     assert sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node) == 21  # float linears

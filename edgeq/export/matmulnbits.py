@@ -98,34 +98,12 @@ def replace_matmuls(model_proto, qweights: dict[str, QuantizedWeight], accuracy_
     kept = [init for init in graph.initializer if init.name not in used_inits or init.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
-    if not any(op.domain == MS_DOMAIN for op in model_proto.opset_import):
-        model_proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    use_ms_domain(model_proto)
     return replaced
 
 
-def share_tied_head(model_proto, embedding: np.ndarray) -> bool:
-    """A tied head exports as MatMul(x, E^T) with E^T folded into a second copy of the embedding (113 MB
-    on SmolLM2). Point it at the embedding itself through FusedMatMul(transB=1); return whether it did."""
-    from onnx import helper, numpy_helper
+def use_ms_domain(model_proto):
+    from onnx import helper
+    if not any(op.domain == MS_DOMAIN for op in model_proto.opset_import):
+        model_proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
 
-    graph = model_proto.graph
-    inits = {init.name: init for init in graph.initializer}
-    table = weight_digest(embedding)
-    head = weight_digest(embedding.T)
-    table_name = next((n for n, i in inits.items() if tuple(i.dims) == embedding.shape
-                       and weight_digest(numpy_helper.to_array(i)) == table), None)
-    if table_name is None:
-        return False
-    for index, node in enumerate(graph.node):
-        copy = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if copy is None or tuple(copy.dims) != embedding.T.shape or \
-                weight_digest(numpy_helper.to_array(copy)) != head:
-            continue
-        graph.node[index].CopyFrom(helper.make_node(
-            "FusedMatMul", [node.input[0], table_name], list(node.output), name=node.name or "lm_head_tied",
-            domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0))
-        graph.initializer.remove(copy)
-        if not any(op.domain == MS_DOMAIN for op in model_proto.opset_import):
-            model_proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-        return True
-    return False

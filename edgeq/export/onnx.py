@@ -17,14 +17,21 @@ from .. import grid
 from ..errors import EdgeqError
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from .graph import export_decoder
-from .matmulnbits import node_layout, replace_matmuls, share_tied_head
+from .embedding import quantize_tied_embedding, share_tied_head, shares_codes_with_lookup
+from .matmulnbits import node_layout, replace_matmuls
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT); measured on
 # SmolLM2 W4 g128: about 1e-6 at level 0 and 1e-2 at level 4 (int8 activations)
 PARITY_LIMIT = {0: 1e-3, 1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 0.1}
 PARITY_PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                  "must be in want of a wife.")
-LM_HEAD_SPEC = grid.QuantSpec(8, 128)
+
+
+def head_spec(k: int) -> grid.QuantSpec:
+    """8-bit RTN; the largest block up to 128 that divides K, so a tied table's codes need no padding and
+    the embedding lookup can share them (SmolLM2: K = 576 -> block 64)."""
+    block = next((b for b in (128, 64, 32, 16) if k % b == 0), 128)
+    return grid.QuantSpec(8, block)
 
 
 def load_for_export(model: str | None, fp32: bool):
@@ -45,13 +52,19 @@ def load_for_export(model: str | None, fp32: bool):
 
 
 def quantize_lm_head(model) -> "QuantizedWeight":
-    """8-bit RTN of the output head; a tied head is untied so the embedding Gather stays float."""
+    """8-bit RTN of the output head, written into the torch model (the parity reference). A tied table
+    whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is untied
+    and the embedding stays float."""
     from ..models import arch_of, get_module
     from ..solvers import get_solver
-    head = get_module(model, arch_of(model.config).lm_head)
-    qw = get_solver("rtn")(head.weight.data, None, LM_HEAD_SPEC)
-    head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
-    model.config.tie_word_embeddings = False
+    arch = arch_of(model.config)
+    head, embed = get_module(model, arch.lm_head), get_module(model, arch.embed)
+    qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1]))
+    if head.weight is embed.weight and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
+        embed.weight.data.copy_(qw.dequantize())
+    else:
+        head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
+        model.config.tie_word_embeddings = False
     return qw
 
 
@@ -84,14 +97,17 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
     loaded, tokenizer, qweights, label = load_for_export(model, fp32)
     layouts = {name: node_layout(name, qw) for name, qw in qweights.items()}  # refuse before any work
+    head_name = arch_of(loaded.config).lm_head
     if lm_head == "8":
-        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded)}
+        qweights = {**qweights, head_name: quantize_lm_head(loaded)}
     with atomic_folder(out) as tmp:
         path = tmp / MODEL_FILE
         export_decoder(loaded, path)
         proto = onnx.load(str(path))
         layouts = replace_matmuls(proto, qweights, accuracy_level)
         tied = lm_head == "fp" and share_tied_head(proto, embedding_of(loaded))
+        embedding_8bit = lm_head == "8" and quantize_tied_embedding(proto, head_name, qweights[head_name],
+                                                                    layouts[head_name])
         onnx.save(proto, str(path))
         onnx.checker.check_model(str(path))
         decoder = OrtDecoder(cpu_session(path))
@@ -106,6 +122,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         report = {
             "source": label, "fp32": fp32, "accuracy_level": accuracy_level, "lm_head": lm_head,
             "matmulnbits_nodes": len(layouts), "tied_head_shares_embedding": tied,
+            "embedding": "8-bit, shares the head's codes" if embedding_8bit else "float32",
             "parity_relative_logit_error": error,
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,
                               "stored_bits": qweights[name].bits} for name, lay in layouts.items()},
