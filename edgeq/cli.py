@@ -12,6 +12,7 @@ EPILOG_QUANTIZE = """examples:
   edgeq quantize --method rtn --bits 3 --out w3-rtn    # round to nearest, no calibration needed
   edgeq quantize path/to/hf-folder --bits 2 --group-size 64 --calib my.txt --out w2
   edgeq quantize --group-size channel --out w4-pc      # one scale per output row
+  edgeq quantize --method decoupleq --bits 2 --group-size 64 --out w2-dq
 
 Note: the bundled model's weights were stored as Q4_1 (blocks of 32), so asymmetric 4-bit with group 32
 is nearly lossless by construction; compare methods at group 64/128, per-channel, 3 and 2 bits.
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
                    "SmolLM2-135M)")
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
-    q.add_argument("--method", default="gptq", choices=["rtn", "gptq"], help="solver (default: gptq)")
+    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq"],
+                   help="solver: rtn (no calibration), gptq (default), decoupleq (alternates GPTQ rounding "
+                   "with the exact least-squares grid per row; best at 2-3 bits, a few times slower)")
     q.add_argument("--bits", type=bits_arg, default=4, help="bits per weight, 2..8 (default: 4)")
     q.add_argument("--group-size", type=group_size_arg, default=128,
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
@@ -86,7 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-act-order", dest="act_order", action="store_false",
                    help="GPTQ: sweep columns in natural order (default: by descending Hessian diagonal, "
                    "with static groups so no g_idx is needed)")
-    q.add_argument("--damp", type=float, default=0.01, help="GPTQ: damping, fraction of mean diag(H)")
+    q.add_argument("--damp", type=float, default=0.01,
+                   help="gptq, decoupleq: damping, fraction of mean diag(H)")
+    q.add_argument("--iters", type=positive_int, default=4,
+                   help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
@@ -131,6 +137,8 @@ def cmd_quantize(args) -> None:
     opts = {} if args.clip is None else {"clip": args.clip}
     if args.method == "gptq":
         opts.update(act_order=args.act_order, damp=args.damp)
+    if args.method == "decoupleq":
+        opts.update(damp=args.damp, iters=args.iters)
     config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts)

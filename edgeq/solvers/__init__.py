@@ -16,8 +16,13 @@ def _gptq(*args, **kwargs):
     return solve(*args, **kwargs)
 
 
-SOLVERS = {"rtn": _rtn, "gptq": _gptq}
-NEEDS_HESSIAN = {"rtn": False, "gptq": True}
+def _decoupleq(*args, **kwargs):
+    from .decoupleq import solve
+    return solve(*args, **kwargs)
+
+
+SOLVERS = {"rtn": _rtn, "gptq": _gptq, "decoupleq": _decoupleq}
+NEEDS_HESSIAN = {"rtn": False, "gptq": True, "decoupleq": True}
 
 
 def get_solver(method: str):

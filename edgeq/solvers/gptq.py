@@ -37,42 +37,60 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5) -> to
 def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: bool = True,
           damp: float = 0.01, block_size: int = 128, clip: str = "mse", backend: str = "auto",
           **_ignored) -> QuantizedWeight:
-    W = W.float().clone()
-    H = H.to(W.device, torch.float64).clone()
+    W, H = drop_dead_inputs(W, H)
     n, k = W.shape
     gs = spec.columns_per_group(k)
-    dead = torch.diag(H) == 0  # inputs that never fire: their weights cannot matter, quantize them as 0
+    importance = torch.diag(H).float()
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
+    if act_order or gs == k:  # static groups
+        scale, zero = grid.fit_params(W, spec, clip, importance)
+        q = sweep(W, H, scale, zero, gs, spec.maxq, perm, damp=damp, block_size=block_size, backend=backend)
+        return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
+
+    scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
+    zero = torch.empty_like(scale)
+
+    def fit_group(W_group, g):  # on the weights already updated by every earlier column's error
+        scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(
+            W_group, spec, clip, importance[g * gs:(g + 1) * gs]))
+
+    q = sweep(W, H, scale, zero, gs, spec.maxq, perm, damp=damp, block_size=min(block_size, gs),
+              backend=backend, fit_group=fit_group)
+    return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
+
+
+def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor):
+    """Inputs that never fire cannot matter: their weights are quantized as 0 and H gets a unit diagonal
+    there so that Cholesky works. Returns float copies."""
+    W = W.float().clone()
+    H = H.to(W.device, torch.float64).clone()
+    dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    importance = torch.diag(H).float()
+    return W, H
 
-    static = act_order or gs == k
-    if static:
-        scale, zero = grid.fit_params(W, spec, clip, importance)
-    else:
-        scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
-        zero = torch.empty_like(scale)
-        block_size = min(block_size, gs)  # gs > block_size is a multiple of it: groups start on blocks
 
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
+def sweep(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
+          perm: torch.Tensor, *, damp: float = 0.01, block_size: int = 128, backend: str = "auto",
+          fit_group=None) -> torch.Tensor:
+    """GPTQ's rounding: codes [N, K] (natural column order) for the grid (scale, zero) [N, G], columns
+    taken in the order `perm`, each column's error fed forward. With `fit_group(W_group, g)` (natural
+    order only) a group's parameters are fitted when the sweep reaches it; blocks must then divide gs."""
+    k = W.shape[1]
     W = W[:, perm].contiguous()
     Hinv = inverse_hessian_factor(H[perm][:, perm], damp).float()
     group = perm // gs  # the group of every (permuted) column
     Q = torch.empty_like(W)
-
     for i1 in range(0, k, block_size):
         i2 = min(i1 + block_size, k)
-        if not static and i1 % gs == 0:
-            g = i1 // gs
-            scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(
-                W[:, i1:i1 + gs], spec, clip, importance[perm[i1:i1 + gs]]))
+        if fit_group is not None and i1 % gs == 0:
+            fit_group(W[:, i1:i1 + gs], i1 // gs)
         W1 = W[:, i1:i2].clone()
         cols = group[i1:i2]
         Q1, Err1 = gptq_block(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(),
-                              zero[:, cols].contiguous(), spec.maxq, backend)
+                              zero[:, cols].contiguous(), maxq, backend)
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
     q = torch.empty_like(Q)
     q[:, perm] = Q
-    return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
+    return q
