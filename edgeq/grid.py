@@ -59,9 +59,25 @@ def quantize_codes(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max
 
 def minmax_params(Wg: torch.Tensor, bits: int, sym: bool, shrink: float | torch.Tensor = 1.0):
     """Scale and integer zero for each row of a group [N, c]; the range always contains 0 (GPTQ's rule)."""
+    return range_params(Wg.amin(dim=1), Wg.amax(dim=1), bits, sym, shrink)
+
+
+def group_ranges(W: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-(row, group) min and max [N, G] of W [N, K], the last group possibly partial."""
+    n, k = W.shape
+    G = n_groups(k, group_size)
+    pad = G * group_size - k
+    lo = torch.nn.functional.pad(W, (0, pad), value=float("inf")).view(n, G, group_size).amin(dim=2)
+    hi = torch.nn.functional.pad(W, (0, pad), value=float("-inf")).view(n, G, group_size).amax(dim=2)
+    return lo, hi
+
+
+def range_params(wmin: torch.Tensor, wmax: torch.Tensor, bits: int, sym: bool,
+                 shrink: float | torch.Tensor = 1.0):
+    """Scale and integer zero from the range [wmin, wmax] (any shape), widened to contain 0, then shrunk."""
     maxq = 2 ** bits - 1
-    xmin = torch.clamp(Wg.amin(dim=1), max=0) * shrink
-    xmax = torch.clamp(Wg.amax(dim=1), min=0) * shrink
+    xmin = torch.clamp(wmin, max=0) * shrink
+    xmax = torch.clamp(wmax, min=0) * shrink
     if sym:
         xmax = torch.maximum(xmin.abs(), xmax)
         xmin = -xmax

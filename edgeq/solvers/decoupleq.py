@@ -19,7 +19,7 @@ import torch
 
 from .. import grid
 from ..qweight import QuantizedWeight
-from .gptq import drop_dead_inputs, sweep
+from .gptq import drop_dead_inputs, permuted_factor, sweep
 
 ROW_CHUNK = 256  # rows per batched solve: bounds the [rows, G, K] intermediate (~40 MB at K=1536, G=24)
 
@@ -33,9 +33,10 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, iters: int 
     H = H + damp * torch.diag(H).mean() * torch.eye(k, dtype=H.dtype, device=H.device)
     Hf = H.float()
     perm = torch.argsort(torch.diag(H), descending=True)
+    Hinv = permuted_factor(H, perm, 1e-6)  # H is damped already; one factor serves every sweep
 
     def codes_for(scale, zero):
-        return sweep(W, H, scale, zero, gs, spec.maxq, perm, damp=1e-6, backend=backend)  # H is damped
+        return sweep(W, Hinv, scale, zero, gs, spec.maxq, perm, backend=backend)
 
     scale, zero = grid.fit_params(W, spec, "minmax")
     q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
@@ -96,11 +97,12 @@ def shrink_search(W, spec, gs, H, steps, max_shrink=0.8):
     """Per row, the min-max grid shrunk by the p = 1 - i/(steps/max_shrink) that minimises the layer
     objective with the full H (one p for all groups of a row, as in the reference)."""
     k = W.shape[1]
-    best_scale, best_zero = grid.fit_params(W, spec, "minmax")
+    lo, hi = grid.group_ranges(W, gs)
+    best_scale, best_zero = grid.range_params(lo, hi, spec.bits, spec.sym)
     best_err = torch.full((W.shape[0],), float("inf"), dtype=torch.float64, device=W.device)
     denominator = steps / max_shrink
     for i in range(steps):
-        scale, zero = shrunk_params(W, spec, gs, 1 - i / denominator)
+        scale, zero = grid.range_params(lo, hi, spec.bits, spec.sym, 1 - i / denominator)
         q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
         err = row_errors(W, q, scale, zero, gs, H)
         better = err < best_err
@@ -108,11 +110,6 @@ def shrink_search(W, spec, gs, H, steps, max_shrink=0.8):
         best_scale = torch.where(better[:, None], scale, best_scale)
         best_zero = torch.where(better[:, None], zero, best_zero)
     return best_scale, best_zero
-
-
-def shrunk_params(W, spec, gs, p):
-    pairs = [grid.minmax_params(W[:, s:s + gs], spec.bits, spec.sym, shrink=p) for s in range(0, W.shape[1], gs)]
-    return torch.stack([s for s, _ in pairs], dim=1), torch.stack([z for _, z in pairs], dim=1)
 
 
 def float_step(W, q, H, gs, spec):

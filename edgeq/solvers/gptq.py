@@ -44,7 +44,8 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
     if act_order or gs == k:  # static groups
         scale, zero = grid.fit_params(W, spec, clip, importance)
-        q = sweep(W, H, scale, zero, gs, spec.maxq, perm, damp=damp, block_size=block_size, backend=backend)
+        q = sweep(W, permuted_factor(H, perm, damp), scale, zero, gs, spec.maxq, perm, block_size=block_size,
+                  backend=backend)
         return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
     scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
@@ -54,8 +55,8 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
         scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(
             W_group, spec, clip, importance[g * gs:(g + 1) * gs]))
 
-    q = sweep(W, H, scale, zero, gs, spec.maxq, perm, damp=damp, block_size=min(block_size, gs),
-              backend=backend, fit_group=fit_group)
+    q = sweep(W, permuted_factor(H, perm, damp), scale, zero, gs, spec.maxq, perm,
+              block_size=min(block_size, gs), backend=backend, fit_group=fit_group)
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
 
@@ -70,15 +71,18 @@ def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor):
     return W, H
 
 
-def sweep(W: torch.Tensor, H: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
-          perm: torch.Tensor, *, damp: float = 0.01, block_size: int = 128, backend: str = "auto",
-          fit_group=None) -> torch.Tensor:
+def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float) -> torch.Tensor:
+    return inverse_hessian_factor(H[perm][:, perm], damp).float()
+
+
+def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
+          perm: torch.Tensor, *, block_size: int = 128, backend: str = "auto", fit_group=None) -> torch.Tensor:
     """GPTQ's rounding: codes [N, K] (natural column order) for the grid (scale, zero) [N, G], columns
-    taken in the order `perm`, each column's error fed forward. With `fit_group(W_group, g)` (natural
+    taken in the order `perm`, each column's error fed forward through Hinv, the upper Cholesky factor
+    of the permuted damped inverse Hessian (`permuted_factor`). With `fit_group(W_group, g)` (natural
     order only) a group's parameters are fitted when the sweep reaches it; blocks must then divide gs."""
     k = W.shape[1]
     W = W[:, perm].contiguous()
-    Hinv = inverse_hessian_factor(H[perm][:, perm], damp).float()
     group = perm // gs  # the group of every (permuted) column
     Q = torch.empty_like(W)
     for i1 in range(0, k, block_size):
