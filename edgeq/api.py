@@ -24,6 +24,8 @@ class QuantConfig:
     seed: int = 0
     device: str = "cpu"
     solver_opts: dict = field(default_factory=dict)
+    block_epochs: int = 0      # block-wise scale training after the solver (decoupleQ's stage 2); 0 = off
+    block_lr: float = 1e-3     # Adam on log(scale / solver's scale)
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -76,7 +78,12 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     arch = models.arch_of(loaded.config)
     t_load = time.perf_counter() - t0
 
-    recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size)
+    if config.block_epochs < 0 or not config.block_lr > 0:
+        raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
+    if config.block_epochs and not calibrated:
+        raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
+                             config.block_epochs, config.block_lr)
     resume = pipeline.ResumeState(resume_folder(out), recipe.digest(source.label, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -85,16 +92,18 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     meta = {
         "edgeq_version": __version__, "method": config.method, "bits": spec.bits,
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
-        "base_model": source.label,
+        "block_epochs": config.block_epochs, "block_lr": config.block_lr, "base_model": source.label,
         "calibration": None if not calibrated else {
             "text": calib_label, "samples": config.samples, "seq_len": config.seq_len, "seed": config.seed,
             "digest": calib_digest},
         "layer_errors": timings.layer_errors,
+        "block_losses": timings.block_losses,
     }
     meta["stats"] = {
         "seconds_load": round(t_load, 2), "seconds_quantize": round(t_quant, 2),
         "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
-        "seconds_solver": round(timings.solver, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
+        "seconds_solver": round(timings.solver, 2), "seconds_block_training": round(timings.block_training, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "fp32_parameter_mb": round(models.parameter_bytes_of_config(loaded.config) / 2 ** 20, 1),
     }
     checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)

@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq, decoupleq: damping, fraction of mean diag(H)")
     q.add_argument("--iters", type=positive_int, default=4,
                    help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
+    q.add_argument("--block-epochs", type=int, default=0,
+                   help="gptq, decoupleq: after each block is solved, train its scales (codes frozen) for N "
+                   "epochs to match the float block's outputs (decoupleQ's stage 2; ~8 s per block and epoch "
+                   "at 128 x 512 here; default: 0, off)")
+    q.add_argument("--block-lr", type=float, default=1e-3,
+                   help="Adam learning rate of that training, on log(scale) (default: 1e-3)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
@@ -141,7 +147,8 @@ def cmd_quantize(args) -> None:
         opts.update(damp=args.damp, iters=args.iters)
     config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
-                         seed=args.seed, device=args.device, solver_opts=opts)
+                         seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
+                         block_lr=args.block_lr)
     meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet)
     s = meta["stats"]
     print(f"wrote {args.out}: {meta['method']} W{meta['bits']} g{meta['group_size']} "

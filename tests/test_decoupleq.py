@@ -79,3 +79,17 @@ def test_tiny_model_through_pipeline_checkpoint_and_export(tiny_model_dir, tmp_p
     assert report["matmulnbits_nodes"] == 21 and report["parity_relative_logit_error"] < 1e-5
     _, qweights, _ = checkpoint.load_checkpoint(out)
     assert all(qw.bits == 2 and qw.zero.max() <= 3 for qw in qweights.values())
+
+
+def test_block_training_lowers_the_block_output_error(tiny_model_dir, tmp_path):
+    """Stage 2 on the tiny model: per block, the output MSE after training is below the first epoch's."""
+    from edgeq import api
+    from tests.conftest import calibration_text
+    meta = api.quantize(str(tiny_model_dir), tmp_path / "w2", api.QuantConfig(
+        method="decoupleq", bits=2, group_size=32, samples=8, seq_len=64, block_epochs=3, block_lr=1e-2),
+        calib=str(calibration_text()), progress=False)
+    losses = meta["block_losses"]
+    assert sorted(losses) == ["0", "1", "2"]
+    for block, (first, *_, after) in losses.items():
+        assert after < first, (block, losses[block])
+    assert meta["stats"]["seconds_block_training"] > 0

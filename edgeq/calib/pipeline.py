@@ -25,6 +25,7 @@ from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
 from ..qweight import QuantizedWeight
 from ..solvers import NEEDS_HESSIAN, get_solver, weighted_error
+from .blockwise import refine_scales
 from .capture import block_output, capture_block_inputs, hessian_hooks, to_device
 
 
@@ -35,10 +36,12 @@ class Recipe:
     spec: grid.QuantSpec
     solver_opts: dict = field(default_factory=dict)
     batch_size: int = 2
+    block_epochs: int = 0
+    block_lr: float = 1e-3
 
     def digest(self, model_label: str, calib_digest: str) -> str:
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
-                           self.batch_size], sort_keys=True, default=str)
+                           self.batch_size, self.block_epochs, self.block_lr], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -47,7 +50,9 @@ class Timings:
     forward: float = 0.0
     hessian: float = 0.0
     solver: float = 0.0
+    block_training: float = 0.0
     layer_errors: dict = field(default_factory=dict)  # linear -> H-weighted error (calibrated methods)
+    block_losses: dict = field(default_factory=dict)  # block -> output MSE per training epoch, then after
 
 
 class ResumeState:
@@ -126,8 +131,10 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         load_block(model, arch, i)
         block = blocks[i].to(device)
         prefix = f"{arch.blocks}.{i}."
+        targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
         if calibrated:
-            hessians = _collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings)
+            hessians = _collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
+                                         targets)
         block_q = {}
         for group in arch.input_groups:
             H = hessians[group[0]].hessian() if calibrated else None
@@ -142,10 +149,16 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                     timings.layer_errors[prefix + name] = weighted_error(linear.weight.data, W_hat, H)
                 linear.weight.data = W_hat
                 block_q[prefix + name] = qw
-        if calibrated and i < len(blocks) - 1:  # the last block's outputs feed nothing
+        if targets is not None:
+            block_q = _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe,
+                                          device, timings)
+        if calibrated and (i < len(blocks) - 1 or targets is not None):  # the last outputs feed nothing
             t = time.perf_counter()
-            _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device)
+            loss = _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
+            if targets is not None:
+                timings.block_losses[str(i)].append(loss)
             timings.forward += time.perf_counter() - t
+        del targets
         blocks[i] = block.to("cpu")
         if resume.folder is None:
             in_memory.update(block_q)
@@ -177,12 +190,15 @@ def _batches(hidden: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
-def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings):
+def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings, targets=None):
+    """Hessians of the block's linears on `hidden`; the float block's outputs go to `targets` if given."""
     accumulators, remove = hessian_hooks(block, arch, device)
     t = time.perf_counter()
     try:
         for b, rows in _batches(hidden, batch_size):
-            block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+            out = block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+            if targets is not None:
+                targets[rows] = out.to(targets.device)
     finally:
         remove()
     hessian_time = sum(acc.seconds for acc in accumulators.values())
@@ -192,8 +208,26 @@ def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device,
 
 
 @torch.no_grad()
-def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device):
-    """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer."""
+def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, targets=None):
+    """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
+    With targets, returns the mean squared error of the outputs against them."""
+    squared = 0.0
     for b, rows in _batches(hidden, batch_size):
         out = block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+        if targets is not None:
+            squared += float(torch.nn.functional.mse_loss(out, targets[rows].to(device), reduction="sum"))
         hidden[rows] = out.to(hidden.device)
+    return squared / hidden.numel()
+
+
+def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):
+    """Stage 2: scales trained against the float block's outputs; the block gets the trained weights."""
+    t = time.perf_counter()
+    local = {name[len(prefix):]: qw for name, qw in block_q.items()}
+    trained, losses = refine_scales(block, local, hidden, targets, kwargs_per_batch, recipe.batch_size,
+                                    recipe.block_epochs, recipe.block_lr, device)
+    for name, qw in trained.items():
+        get_module(block, name).weight.data = qw.dequantize().to(device)
+    timings.block_losses[prefix.rstrip(".").split(".")[-1]] = losses
+    timings.block_training += time.perf_counter() - t
+    return {prefix + name: qw for name, qw in trained.items()}
