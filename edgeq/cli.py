@@ -175,7 +175,8 @@ def cmd_export(args) -> None:
                ort_format=args.ort_format)
     size = sum(r["bytes"].values()) / 2 ** 20
     print(f"wrote {args.out}: {r['matmulnbits_nodes']} MatMulNBits nodes, {size:.1f} MB, accuracy level "
-          f"{r['accuracy_level']}, logits vs torch: relative error {r['parity_relative_logit_error']:.1e}")
+          f"{r['accuracy_level']}, logits vs torch: relative error {r['parity_relative_logit_error']:.1e} "
+          f"(weights checked at level 0: {r['parity_relative_logit_error_level_0']:.1e})")
     three = sorted({v["stored_bits"] for v in r["layers"].values() if v["stored_bits"] == 3})
     if three:
         print("note: 3-bit codes are stored in the 4-bit MatMulNBits container (onnxruntime has no 3-bit kernel)")

@@ -97,6 +97,13 @@ def test_tiny_export_has_one_node_per_linear_and_matches_torch(tiny_checkpoint, 
     assert json.loads((tmp_path / "onnx" / "export.json").read_text())["matmulnbits_nodes"] == 21
 
 
+def test_level_4_export_checks_its_weights_at_level_0(tiny_checkpoint, tmp_path):
+    report = export(str(tiny_checkpoint), tmp_path / "onnx")
+    assert report["accuracy_level"] == 4 and report["parity_relative_logit_error_level_0"] < 1e-5
+    assert 1e-5 < report["parity_relative_logit_error"] < 0.5  # int8 activations: close, not exact
+    assert sorted(f.name for f in (tmp_path / "onnx").iterdir() if f.suffix == ".onnx") == ["model.onnx"]
+
+
 def test_kv_cache_decoding_equals_full_recomputation(tiny_checkpoint, tmp_path):
     export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
     decoder = OrtDecoder.from_folder(tmp_path / "onnx")

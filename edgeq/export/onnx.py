@@ -20,9 +20,14 @@ from .graph import export_decoder
 from .embedding import quantize_tied_embedding, share_tied_head, shares_codes_with_lookup
 from .matmulnbits import node_layout, replace_matmuls
 
-# relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT); measured on
-# SmolLM2 W4 g128: about 1e-6 at level 0 and 1e-2 at level 4 (int8 activations)
-PARITY_LIMIT = {0: 1e-3, 1: 1e-3, 2: 1e-3, 3: 1e-3, 4: 0.1}
+# relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
+# are always checked at accuracy level 0 (fp32 compute), where a correct export agrees to about 1e-6
+# (SmolLM2 W4 g128: 2.1e-6); the level asked for, if another, must then only stay sane: int8
+# activations cost about 0.5% per MatMulNBits node and 30 blocks amplify it (W4 g128: 5.8e-2; W2 g64,
+# a fragile model: 2.0e-1), while a wrongly packed node gives errors of order 1.
+EXACT_LIMIT = 1e-3
+APPROXIMATE_LIMIT = 0.5
+ACCURACY_LEVELS = range(5)
 PARITY_PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                  "must be in want of a wife.")
 
@@ -81,6 +86,33 @@ def parity(model, decoder: OrtDecoder, tokenizer) -> float:
     return float(np.linalg.norm(got[0] - ref) / np.linalg.norm(ref))
 
 
+def check_parity(model, tokenizer, proto, path: Path, accuracy_level: int) -> dict[int, float]:
+    """{level: relative logit error against torch} for level 0 (the exact check of the weights) and the
+    level asked for; raises if either is over its limit."""
+    import onnx
+    errors = {}
+    if accuracy_level != 0:
+        exact = path.with_name("parity_level0.onnx")
+        exact_proto = type(proto)()
+        exact_proto.CopyFrom(proto)
+        for node in exact_proto.graph.node:
+            for attr in node.attribute:
+                if node.op_type == "MatMulNBits" and attr.name == "accuracy_level":
+                    attr.i = 0
+        onnx.save(exact_proto, str(exact))
+        try:
+            errors[0] = parity(model, OrtDecoder(cpu_session(exact)), tokenizer)
+        finally:
+            exact.unlink()
+    errors[accuracy_level] = parity(model, OrtDecoder(cpu_session(path)), tokenizer)
+    for level, error in errors.items():
+        limit = EXACT_LIMIT if level == 0 else APPROXIMATE_LIMIT
+        if not error <= limit:
+            raise EdgeqError(f"exported graph disagrees with torch at accuracy level {level}: relative logit "
+                             f"error {error:.2e} > {limit}")
+    return errors
+
+
 def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 4, lm_head: str = "fp",
            ort_format: bool = False) -> dict:
     import onnx
@@ -91,7 +123,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     t0 = time.perf_counter()
     out = Path(out)
     check_output_folder(out)
-    if accuracy_level not in PARITY_LIMIT:
+    if accuracy_level not in ACCURACY_LEVELS:
         raise EdgeqError(f"accuracy level must be 0..4, got {accuracy_level}")
     if lm_head not in ("fp", "8"):
         raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
@@ -110,11 +142,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
                                                                     layouts[head_name])
         onnx.save(proto, str(path))
         onnx.checker.check_model(str(path))
-        decoder = OrtDecoder(cpu_session(path))
-        error = parity(loaded, decoder, tokenizer)
-        limit = PARITY_LIMIT[accuracy_level]
-        if not error <= limit:
-            raise EdgeqError(f"exported graph disagrees with torch: relative logit error {error:.2e} > {limit}")
+        errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)
         if ort_format:
             cpu_session(path, optimized_path=tmp / "model.ort", save_format="ORT")
         tokenizer.save_pretrained(tmp)
@@ -123,7 +151,8 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
             "source": label, "fp32": fp32, "accuracy_level": accuracy_level, "lm_head": lm_head,
             "matmulnbits_nodes": len(layouts), "tied_head_shares_embedding": tied,
             "embedding": "8-bit, shares the head's codes" if embedding_8bit else "float32",
-            "parity_relative_logit_error": error,
+            "parity_relative_logit_error": errors[accuracy_level],
+            "parity_relative_logit_error_level_0": errors[0],
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,
                               "stored_bits": qweights[name].bits} for name, lay in layouts.items()},
             "bytes": {f.name: f.stat().st_size for f in tmp.iterdir()},
