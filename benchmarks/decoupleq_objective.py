@@ -1,0 +1,63 @@
+"""decoupleQ's layer objective across outer iterations, on the real Hessians of one block of the bundled
+model, next to GPTQ's and RTN's (all on the same H).
+
+    python benchmarks/decoupleq_objective.py [--block 2] [--samples 32] [--seq-len 512]
+
+The trace is the damped objective decoupleQ minimises (H + 1% mean diag), after the start (the better
+of RTN and GPTQ per row) and after each outer iteration; it must never rise. The last three columns
+use the undamped H, as `quantization.json`'s layer errors do.
+"""
+import argparse
+
+import torch
+
+from edgeq import grid, models
+from edgeq.calib import data
+from edgeq.calib.capture import block_output, capture_block_inputs, hessian_hooks
+from edgeq.models import get_module
+from edgeq.solvers import get_solver, weighted_error
+
+SPECS = [grid.QuantSpec(2, 64), grid.QuantSpec(3, 128), grid.QuantSpec(4, 128), grid.QuantSpec(2, -1)]
+
+
+def block_hessians(block_index, samples, seq_len):
+    source = models.bundled_source()
+    model, config = models.load_model(source)
+    arch = models.arch_of(config)
+    text, _ = data.read_text(None, data.DEFAULT_CALIB)
+    windows = data.calibration_windows(data.tokenize(models.load_tokenizer(source), text), samples, seq_len)
+    hidden, kwargs = capture_block_inputs(model, arch, windows, samples)
+    blocks = get_module(model, arch.blocks)
+    with torch.no_grad():
+        for i in range(block_index):
+            hidden = block_output(blocks[i], hidden, kwargs[0])
+        accumulators, remove = hessian_hooks(blocks[block_index], arch, "cpu")
+        block_output(blocks[block_index], hidden, kwargs[0])
+        remove()
+    return [(name, get_module(blocks[block_index], name).weight.data, accumulators[group[0]].hessian())
+            for group in arch.input_groups for name in group]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--block", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    args = parser.parse_args()
+    print(f"block {args.block}, {args.samples} x {args.seq_len} calibration tokens")
+    print(f"| {'linear':<16} | {'spec':<8} | decoupleQ trace (damped objective) | {'rtn':>9} | {'gptq':>9} | "
+          f"{'decoupleq':>9} |")
+    for name, W, H in block_hessians(args.block, args.samples, args.seq_len):
+        for spec in SPECS:
+            trace = []
+            dq = get_solver("decoupleq")(W, H, spec, trace=trace)
+            errors = [weighted_error(W, get_solver(m)(W, H, spec).dequantize(), H) for m in ("rtn", "gptq")]
+            errors.append(weighted_error(W, dq.dequantize(), H))
+            assert all(b <= a for a, b in zip(trace, trace[1:])), f"objective rose: {trace}"
+            label = f"W{spec.bits} g{spec.group_size if spec.group_size > 0 else 'ch'}"
+            print(f"| {name:<16} | {label:<8} | {' > '.join(f'{t:.4g}' for t in trace):<34} | "
+                  + " | ".join(f"{e:>9.4g}" for e in errors) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
