@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with static groups so no g_idx is needed)")
     q.add_argument("--damp", type=float, default=0.01,
                    help="gptq, decoupleq: damping, fraction of mean diag(H)")
-    q.add_argument("--iters", type=positive_int, default=4,
+    q.add_argument("--iters", type=positive_int, default=None,
                    help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
     q.add_argument("--block-epochs", type=int, default=0,
                    help="gptq, decoupleq: after each block is solved, train its scales (codes frozen) for N "
@@ -138,13 +138,27 @@ Every export is checked (onnx.checker, an onnxruntime session, logits against to
 appears. onnxruntime runs 2, 4 and 8 bits; 3-bit codes are stored in the 4-bit container."""
 
 
+def method_flag_conflict(args) -> str | None:
+    """A flag that the chosen method would silently ignore is a mistake worth one clear line."""
+    if args.clip is not None and args.method == "decoupleq":
+        return "--clip applies to rtn and gptq; decoupleq searches its grid against the full Hessian"
+    if not args.act_order and args.method != "gptq":
+        return "--no-act-order applies to gptq only"
+    if args.iters is not None and args.method != "decoupleq":
+        return "--iters applies to decoupleq only"
+    return None
+
+
 def cmd_quantize(args) -> None:
     from .api import QuantConfig, quantize
+    conflict = method_flag_conflict(args)
+    if conflict:
+        raise EdgeqError(conflict)
     opts = {} if args.clip is None else {"clip": args.clip}
     if args.method == "gptq":
         opts.update(act_order=args.act_order, damp=args.damp)
     if args.method == "decoupleq":
-        opts.update(damp=args.damp, iters=args.iters)
+        opts.update(damp=args.damp, iters=args.iters or 4)
     config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,

@@ -49,11 +49,13 @@ def _cases(tiny, bad, tmp):
         "empty calibration": ([tiny, "--calib", bad["empty"], *quick], "text file is empty"),
         "short calibration": ([tiny, "--calib", bad["short"], "--seq-len", "512"], "calibration text too short"),
         "missing calibration": ([tiny, "--calib", tmp / "nope.txt", *quick], "text file not found"),
+        "flag of another method": ([tiny, "--method", "rtn", "--iters", "3"], "--iters applies to decoupleq only"),
     }
 
 
 CASES = ["missing model", "unsupported architecture", "bits too high", "bits too low", "group not power of two",
-         "group too small", "NaN weights", "empty calibration", "short calibration", "missing calibration"]
+         "group too small", "NaN weights", "empty calibration", "short calibration", "missing calibration",
+         "flag of another method"]
 
 
 @pytest.mark.parametrize("case", CASES)
