@@ -37,7 +37,7 @@ class Recipe:
     solver_opts: dict = field(default_factory=dict)
     batch_size: int = 2
     block_epochs: int = 0
-    block_lr: float = 1e-3
+    block_lr: float = 5e-3
 
     def digest(self, model_label: str, calib_digest: str) -> str:
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
