@@ -113,51 +113,40 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
 
 def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
              progress: bool = True) -> dict:
-    """Perplexity of a model source or an edgeq checkpoint on held-out text (default: packaged Persuasion)."""
-    from . import checkpoint, models
+    """Perplexity of a model source, an edgeq checkpoint or an exported ONNX folder (run by onnxruntime)
+    on held-out text (default: packaged Persuasion); the same windows whichever runs it."""
     from .calib import data
-    from .eval import perplexity
+    from .eval import perplexity_of
 
-    if model is not None and (Path(model) / "model.onnx").is_file():
-        return evaluate_onnx(model, text, seq_len, max_windows, progress)
-    if model is not None and checkpoint.is_checkpoint(model):
-        loaded, _, _ = checkpoint.load_checkpoint(model)
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        label = str(model)
-    else:
-        source = models.resolve_source(model)
-        tokenizer = models.load_tokenizer(source)
-        loaded, _ = models.load_model(source)
-        label = source.label
+    label, tokenizer, score, runtime = _scorer(model)
     body, text_label = data.read_text(text, data.DEFAULT_EVAL)
     windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
     t = time.perf_counter()
-    ppl = perplexity(loaded, models.arch_of(loaded.config), windows, progress=progress)
+    ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
     return {"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
-            "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2)}
+            "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2),
+            "runtime": runtime}
 
 
+def _scorer(model: str | None):
+    """(label, tokenizer, score(ids) -> (NLL sum, count), runtime name) for what `model` names."""
+    from . import checkpoint, models
+    from .eval import window_nll
 
-def evaluate_onnx(folder, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-                  progress: bool = True) -> dict:
-    """Perplexity of an exported folder through onnxruntime, on the same windows evaluate() uses."""
-    import math
+    if model is not None and (Path(model) / "model.onnx").is_file():
+        from transformers import AutoTokenizer
 
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-
-    from .calib import data
-    from .runtime.session import OrtDecoder
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    decoder = OrtDecoder.from_folder(folder)
-    body, text_label = data.read_text(text, data.DEFAULT_EVAL)
-    windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows).numpy()
-    t = time.perf_counter()
-    nll, count = 0.0, 0
-    for window in tqdm(windows, desc="perplexity (onnxruntime)", unit="window", disable=not progress):
-        s, c = decoder.window_nll(window[None])
-        nll, count = nll + s, count + c
-    return {"model": str(folder), "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
-            "tokens": int(windows.size), "perplexity": math.exp(nll / count),
-            "seconds": round(time.perf_counter() - t, 2), "runtime": "onnxruntime"}
+        from .runtime.session import OrtDecoder
+        decoder = OrtDecoder.from_folder(model)
+        return str(model), AutoTokenizer.from_pretrained(model), lambda ids: decoder.window_nll(ids.numpy()), \
+            "onnxruntime"
+    if model is not None and checkpoint.is_checkpoint(model):
+        from transformers import AutoTokenizer
+        loaded, _, _ = checkpoint.load_checkpoint(model)
+        label, tokenizer = str(model), AutoTokenizer.from_pretrained(model)
+    else:
+        source = models.resolve_source(model)
+        loaded, _ = models.load_model(source)
+        label, tokenizer = source.label, models.load_tokenizer(source)
+    arch = models.arch_of(loaded.config)
+    return label, tokenizer, lambda ids: window_nll(loaded, arch, ids), "torch"

@@ -28,9 +28,14 @@ def window_nll(model, arch: Arch, ids: torch.Tensor, chunk: int = 128) -> tuple[
 
 
 def perplexity(model, arch: Arch, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
+    return perplexity_of(lambda ids: window_nll(model, arch, ids), windows, batch_size, progress)
+
+
+def perplexity_of(score, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
+                  desc: str = "perplexity") -> float:
+    """exp(total NLL / predictions) with score(ids [B, L]) -> (NLL sum, count): torch or onnxruntime."""
     nll, count = 0.0, 0
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc="perplexity", unit="batch",
-                      disable=not progress):
-        s, c = window_nll(model, arch, windows[start:start + batch_size])
+    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", disable=not progress):
+        s, c = score(windows[start:start + batch_size])
         nll, count = nll + s, count + c
     return math.exp(nll / count)
