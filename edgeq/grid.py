@@ -57,6 +57,13 @@ def quantize_codes(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max
     return torch.clamp(torch.round(W / scale) + zero, 0, maxq)
 
 
+def quantize_groups(W: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                    maxq: int) -> torch.Tensor:
+    """Codes [N, K] for W given per-group scale and zero [N, G]."""
+    k = W.shape[1]
+    return quantize_codes(W, expand_groups(scale, group_size, k), expand_groups(zero, group_size, k), maxq)
+
+
 def minmax_params(Wg: torch.Tensor, bits: int, sym: bool, shrink: float | torch.Tensor = 1.0):
     """Scale and integer zero for each row of a group [N, c]; the range always contains 0 (GPTQ's rule)."""
     return range_params(Wg.amin(dim=1), Wg.amax(dim=1), bits, sym, shrink)

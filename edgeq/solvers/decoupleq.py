@@ -39,7 +39,7 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, iters: int 
         return sweep(W, Hinv, scale, zero, gs, spec.maxq, perm, backend=backend)
 
     scale, zero = grid.fit_params(W, spec, "minmax")
-    q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
+    q = grid.quantize_groups(W, scale, zero, gs, spec.maxq)
     state = Candidate(q, scale, zero, row_errors(W, q, scale, zero, gs, Hf))
     s_mse, z_mse = grid.fit_params(W, spec, "mse", torch.diag(H).float())
     state = state.keep_better(Candidate.of(W, codes_for(s_mse, z_mse), s_mse, z_mse, gs, Hf))
@@ -82,28 +82,22 @@ class Candidate:
         return float(self.err.sum())
 
 
-def dequantize(q, scale, zero, gs):
-    k = q.shape[1]
-    return grid.expand_groups(scale, gs, k) * (q - grid.expand_groups(zero, gs, k))
-
-
 def row_errors(W, q, scale, zero, gs, H) -> torch.Tensor:
     """(w - w_hat) H (w - w_hat)^T of every row, float64."""
-    D = W - dequantize(q, scale, zero, gs)
+    D = W - grid.dequantize(q, scale, zero, gs)
     return ((D @ H) * D).double().sum(dim=1)
 
 
 def shrink_search(W, spec, gs, H, steps, max_shrink=0.8):
     """Per row, the min-max grid shrunk by the p = 1 - i/(steps/max_shrink) that minimises the layer
     objective with the full H (one p for all groups of a row, as in the reference)."""
-    k = W.shape[1]
     lo, hi = grid.group_ranges(W, gs)
     best_scale, best_zero = grid.range_params(lo, hi, spec.bits, spec.sym)
     best_err = torch.full((W.shape[0],), float("inf"), dtype=torch.float64, device=W.device)
     denominator = steps / max_shrink
     for i in range(steps):
         scale, zero = grid.range_params(lo, hi, spec.bits, spec.sym, 1 - i / denominator)
-        q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
+        q = grid.quantize_groups(W, scale, zero, gs, spec.maxq)
         err = row_errors(W, q, scale, zero, gs, H)
         better = err < best_err
         best_err = torch.where(better, err, best_err)

@@ -14,5 +14,5 @@ def solve(W: torch.Tensor, H: torch.Tensor | None, spec: grid.QuantSpec, *, clip
     gs = spec.columns_per_group(k)
     importance = None if H is None else torch.diag(H).to(W.device)
     scale, zero = grid.fit_params(W, spec, clip, importance)
-    q = grid.quantize_codes(W, grid.expand_groups(scale, gs, k), grid.expand_groups(zero, gs, k), spec.maxq)
+    q = grid.quantize_groups(W, scale, zero, gs, spec.maxq)
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
