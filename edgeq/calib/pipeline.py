@@ -150,8 +150,8 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 linear.weight.data = W_hat
                 block_q[prefix + name] = qw
         if targets is not None:
-            block_q = _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe,
-                                          device, timings)
+            block_q, timings.block_losses[str(i)] = _train_block_scales(
+                block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings)
         if calibrated and (i < len(blocks) - 1 or targets is not None):  # the last outputs feed nothing
             t = time.perf_counter()
             loss = _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
@@ -221,13 +221,13 @@ def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, tar
 
 
 def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):
-    """Stage 2: scales trained against the float block's outputs; the block gets the trained weights."""
+    """Stage 2: scales trained against the float block's outputs; the block gets the trained weights.
+    Returns (the block's QuantizedWeights, the mean output error of each epoch)."""
     t = time.perf_counter()
     local = {name[len(prefix):]: qw for name, qw in block_q.items()}
     trained, losses = refine_scales(block, local, hidden, targets, kwargs_per_batch, recipe.batch_size,
                                     recipe.block_epochs, recipe.block_lr, device)
     for name, qw in trained.items():
         get_module(block, name).weight.data = qw.dequantize().to(device)
-    timings.block_losses[prefix.rstrip(".").split(".")[-1]] = losses
     timings.block_training += time.perf_counter() - t
-    return {prefix + name: qw for name, qw in trained.items()}
+    return {prefix + name: qw for name, qw in trained.items()}, losses
