@@ -159,7 +159,7 @@ def cmd_quantize(args) -> None:
     if args.method == "gptq":
         opts.update(act_order=args.act_order, damp=args.damp)
     if args.method == "decoupleq":
-        opts.update(damp=args.damp, iters=args.iters or 4)
+        opts.update(damp=args.damp, **({} if args.iters is None else {"iters": args.iters}))
     config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
