@@ -1,5 +1,8 @@
 """Exported folders compared in one process: sizes, and decode latency of one token on a 128-token KV
-cache, runs interleaved across models (A B C A B C ...) so the ratios are honest on a noisy machine.
+cache, with the models interleaved in short blocks (A×5 B×5 C×5 A×5 ...) so the ratios are honest on a
+noisy machine. The first run of each block is not counted: after a switch, the other sessions' idle
+worker threads still spin for a while (onnxruntime's default), which on 2 cores slowed single-run
+interleaving of 5 models by up to 2x, an artefact a deployed app with one session never sees.
 
     python benchmarks/export_latency.py FP32_DIR Q_DIR... [--threads 2] [--runs 50] [--cache 128]
 
@@ -44,6 +47,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--block", type=int, default=5, help="consecutive runs of one model (first not counted)")
     parser.add_argument("--cache", type=int, default=128, help="KV cache length before the timed token")
     args = parser.parse_args()
 
@@ -55,17 +59,22 @@ def main():
         decoders.append(decoder)
         pasts.append(past)
     token = np.array([[42]])
+    for decoder, past in zip(decoders, pasts):
+        for _ in range(args.warmup):
+            decoder.forward(token, past)
     times = [[] for _ in decoders]
-    for run in range(args.warmup + args.runs):
+    while len(times[-1]) < args.runs:
         for i, (decoder, past) in enumerate(zip(decoders, pasts)):
-            t = time.perf_counter()
-            decoder.forward(token, past)  # the cache stays at --cache tokens: every run measures the same step
-            if run >= args.warmup:
-                times[i].append(time.perf_counter() - t)
+            for run in range(args.block):
+                t = time.perf_counter()
+                decoder.forward(token, past)  # the cache stays at --cache tokens: every run measures the same step
+                if run:
+                    times[i].append(time.perf_counter() - t)
 
     base_p50 = statistics.median(times[0])
     base_size = folder_bytes(args.folders[0])
-    print(f"decode 1 token on a {args.cache}-token KV cache, {args.threads} threads, {args.runs} interleaved runs")
+    print(f"decode 1 token on a {args.cache}-token KV cache, {args.threads} threads, {len(times[0])} runs each, "
+          f"interleaved in blocks of {args.block}")
     print(f"| {'model':<28} | {'p50 ms':>7} | {'p90 ms':>7} | {'x first':>7} | {'tok/s':>6} | {'ONNX MB':>8} | "
           f"{'x first':>7} | {'linears MB':>10} | {'x fp32':>6} |")
     for folder, t in zip(args.folders, times):

@@ -1,15 +1,11 @@
-"""MatMul(x, W^T) -> com.microsoft::MatMulNBits(x, B, scales, zero_points) from our QuantizedWeight.
-
-Linears are found by value, not by name: an exported MatMul whose B initializer is bit-identical to the
-dequantized W_hat^T of a quantized linear is that linear (exporters rename and transpose initializers;
-values survive). The codes, scales and integer zero points are ours, never re-quantized.
+"""A QuantizedWeight as the tensors of a com.microsoft::MatMulNBits node: the codes, scales and integer
+zero points are ours, packed, never re-quantized.
 
 What onnxruntime 1.32's CPU kernel accepts (measured): bits 2, 4, 8; power-of-two blocks >= 16; 2-bit
 only up to block 128 on the fast path. 3-bit codes go into the 4-bit container unchanged (values 0..7).
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,56 +50,3 @@ def node_tensors(qw: QuantizedWeight, layout: NodeLayout) -> tuple[np.ndarray, n
     if layout.bits == 8:
         zeros = zeros.reshape(qw.shape[0], -1)
     return b, scales, zeros.reshape(-1)
-
-
-def weight_digest(w_t: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(w_t, dtype=np.float32).tobytes()).hexdigest()
-
-
-def replace_matmuls(model_proto, qweights: dict[str, QuantizedWeight], accuracy_level: int) -> dict[str, NodeLayout]:
-    """Rewrite every MatMul whose weight equals a quantized linear's W_hat^T; return {linear: layout}."""
-    from onnx import helper, numpy_helper
-
-    graph = model_proto.graph
-    wanted = {weight_digest(qw.dequantize().numpy().T): name for name, qw in qweights.items()}
-    initializers = {init.name: init for init in graph.initializer}
-    replaced, used_inits, new_nodes, new_inits = {}, set(), [], []
-    for node in graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        name = wanted.get(weight_digest(numpy_helper.to_array(weight))) if weight is not None else None
-        if name is None or name in replaced:
-            new_nodes.append(node)
-            if name in replaced:
-                raise EdgeqError(f"{name} appears twice in the exported graph")
-            continue
-        qw = qweights[name]
-        layout = node_layout(name, qw)
-        b, scales, zeros = node_tensors(qw, layout)
-        prefix = name.replace(".", "_")
-        for suffix, array in (("B", b), ("scales", scales), ("zero_points", zeros)):
-            new_inits.append(numpy_helper.from_array(array, f"{prefix}_{suffix}"))
-        n, k = qw.shape
-        new_nodes.append(helper.make_node(
-            "MatMulNBits", [node.input[0], f"{prefix}_B", f"{prefix}_scales", f"{prefix}_zero_points"],
-            list(node.output), name=f"{prefix}_MatMulNBits", domain=MS_DOMAIN, K=k, N=n, bits=layout.bits,
-            block_size=layout.block, accuracy_level=accuracy_level))
-        used_inits.add(weight.name)
-        replaced[name] = layout
-    missing = sorted(set(qweights) - set(replaced))
-    if missing:
-        raise EdgeqError(f"{len(missing)} quantized linears were not found in the exported graph, e.g. {missing[0]}")
-    still_used = {i for n in new_nodes for i in n.input}
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    kept = [init for init in graph.initializer if init.name not in used_inits or init.name in still_used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept + new_inits)
-    use_ms_domain(model_proto)
-    return replaced
-
-
-def use_ms_domain(model_proto):
-    from onnx import helper
-    if not any(op.domain == MS_DOMAIN for op in model_proto.opset_import):
-        model_proto.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-

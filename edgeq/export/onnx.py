@@ -16,9 +16,8 @@ import torch
 from .. import grid
 from ..errors import EdgeqError
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
-from .graph import export_decoder
-from .embedding import quantize_tied_embedding, share_tied_head, shares_codes_with_lookup
-from .matmulnbits import node_layout, replace_matmuls
+from .decoder import build_decoder, shares_codes_with_lookup
+from .matmulnbits import node_layout
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
 # are always checked at accuracy level 0 (fp32 compute), where a correct export agrees to about 1e-6
@@ -73,11 +72,6 @@ def quantize_lm_head(model) -> "QuantizedWeight":
     return qw
 
 
-def embedding_of(model) -> np.ndarray:
-    from ..models import arch_of, get_module
-    return get_module(model, arch_of(model.config).embed).weight.detach().numpy()
-
-
 def parity(model, decoder: OrtDecoder, tokenizer) -> float:
     ids = tokenizer(PARITY_PROMPT, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -128,18 +122,13 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     if lm_head not in ("fp", "8"):
         raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
     loaded, tokenizer, qweights, label = load_for_export(model, fp32)
-    layouts = {name: node_layout(name, qw) for name, qw in qweights.items()}  # refuse before any work
-    head_name = arch_of(loaded.config).lm_head
+    for name, qw in qweights.items():
+        node_layout(name, qw)  # refuse what onnxruntime cannot run fast before any work
     if lm_head == "8":
-        qweights = {**qweights, head_name: quantize_lm_head(loaded)}
+        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded)}
     with atomic_folder(out) as tmp:
         path = tmp / MODEL_FILE
-        export_decoder(loaded, path)
-        proto = onnx.load(str(path))
-        layouts = replace_matmuls(proto, qweights, accuracy_level)
-        tied = lm_head == "fp" and share_tied_head(proto, embedding_of(loaded))
-        embedding_8bit = lm_head == "8" and quantize_tied_embedding(proto, head_name, qweights[head_name],
-                                                                    layouts[head_name])
+        proto, layouts = build_decoder(loaded, qweights, accuracy_level)
         onnx.save(proto, str(path))
         onnx.checker.check_model(str(path))
         errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)
@@ -147,10 +136,12 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
             cpu_session(path, optimized_path=tmp / "model.ort", save_format="ORT")
         tokenizer.save_pretrained(tmp)
         loaded.config.save_pretrained(tmp)
+        ops = [node.op_type for node in proto.graph.node]
         report = {
             "source": label, "fp32": fp32, "accuracy_level": accuracy_level, "lm_head": lm_head,
-            "matmulnbits_nodes": len(layouts), "tied_head_shares_embedding": tied,
-            "embedding": "8-bit, shares the head's codes" if embedding_8bit else "float32",
+            "graph_nodes": len(ops), "matmulnbits_nodes": ops.count("MatMulNBits"),
+            "tied_head_shares_embedding": "FusedMatMul" in ops,
+            "embedding": "8-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
             "parity_relative_logit_error": errors[accuracy_level],
             "parity_relative_logit_error_level_0": errors[0],
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,

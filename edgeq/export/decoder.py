@@ -1,0 +1,270 @@
+"""The decoder graph written node by node from the model's weights (the Llama family: llama, mistral,
+qwen2, qwen3), in the fused form onnxruntime runs fastest: per block two RMS norms
+(SkipSimplifiedLayerNormalization also adds the residual), one GroupQueryAttention with the rotary
+embedding inside, and four linears, q/k/v and gate/up each concatenated into one node: MatMulNBits built
+from our QuantizedWeight, or float MatMul.
+
+Why not torch.onnx.export (what edgeq used first): its graph of SmolLM2 carries ~2,700 shape and glue
+nodes (Unsqueeze, Gather, Concat, Reshape, Shape) that cost 13 of 21 ms per decoded token on 2 cores;
+this one has 11 nodes per block. The interface is the one optimum uses: inputs input_ids, attention_mask,
+position_ids, past_key_values.{i}.key/value [B, kv_heads, P, head_dim]; outputs logits,
+present.{i}.key/value. Positions come from position_ids; the mask's row sums give GroupQueryAttention
+each row's length, so batches may be right-padded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import EdgeqError
+from ..models import arch_of, get_module
+from ..qweight import QuantizedWeight
+from .matmulnbits import MS_DOMAIN, NodeLayout, node_layout, node_tensors
+
+OPSET = 23  # RMSNormalization (the first norm) is standard from 23; the others fuse the residual add
+
+
+@dataclass
+class Graph:
+    """Nodes and initializers as they are added; names are unique by construction (prefix per module)."""
+    nodes: list = field(default_factory=list)
+    initializers: list = field(default_factory=list)
+
+    def constant(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, *, domain: str = "",
+           name: str | None = None, **attrs) -> list[str]:
+        from onnx import helper
+        outputs = [outputs] if isinstance(outputs, str) else outputs
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name or outputs[0],
+                                           domain=domain, **attrs))
+        return outputs
+
+
+def tensor(module_weight) -> np.ndarray:
+    return module_weight.detach().float().numpy()
+
+
+@dataclass(frozen=True)
+class Dims:
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+
+    @classmethod
+    def of(cls, config) -> "Dims":
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        return cls(config.num_attention_heads, config.num_key_value_heads, head_dim, float(config.rms_norm_eps))
+
+
+def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str, QuantizedWeight],
+           accuracy_level: int, layouts: dict[str, NodeLayout]) -> str:
+    """x @ [W_1; W_2; ...]^T (+ biases): linears that share their input, concatenated along N into one node
+    (fewer, larger kernels: q/k/v and gate/up). MatMulNBits from our codes when every one is quantized with
+    the same layout, float MatMul when none is; a mix is refused (it has no one-node form)."""
+    prefix = names[0].replace(".", "_") if len(names) == 1 else \
+        names[0].rsplit(".", 1)[0].replace(".", "_") + "_" + "_".join(n.rsplit(".", 1)[1] for n in names)
+    out = f"{prefix}_out"
+    quantized = [qweights.get(name) for name in names]
+    if all(qw is None for qw in quantized):
+        w_t = np.concatenate([tensor(m.weight).T for m in modules], axis=1)
+        g.op("MatMul", [x, g.constant(f"{prefix}_weight_t", w_t)], out)
+    else:
+        node_layouts = {name: node_layout(name, qw) if qw is not None else None for name, qw in zip(names, quantized)}
+        if len(set(node_layouts.values())) != 1:
+            raise EdgeqError(f"{', '.join(names)} share an input but not a quantized layout ({node_layouts}); "
+                             "quantize them alike")
+        layout = node_layouts[names[0]]
+        layouts.update(node_layouts)
+        parts = [node_tensors(qw, layout) for qw in quantized]
+        b, scales, zeros = (np.concatenate(arrays, axis=0) for arrays in zip(*parts))
+        k = quantized[0].shape[1]
+        n = sum(qw.shape[0] for qw in quantized)
+        inputs = [x, g.constant(f"{prefix}_B", b), g.constant(f"{prefix}_scales", scales),
+                  g.constant(f"{prefix}_zero_points", zeros)]
+        g.op("MatMulNBits", inputs, out, domain=MS_DOMAIN, name=f"{prefix}_MatMulNBits", K=k, N=n,
+             bits=layout.bits, block_size=layout.block, accuracy_level=accuracy_level)
+    biases = [getattr(m, "bias", None) for m in modules]
+    if all(bias is None for bias in biases):
+        return out
+    bias = np.concatenate([tensor(b) if b is not None else np.zeros(m.weight.shape[0], np.float32)
+                           for b, m in zip(biases, modules)])
+    return g.op("Add", [out, g.constant(f"{prefix}_bias", bias)], f"{prefix}_biased")[0]
+
+
+def rotary_caches(model, dims: Dims) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [max_positions, rotary_dim / 2] from the model's own rotary module, so every rope
+    scaling transformers knows (linear, llama3, yarn's attention factor) is baked in exactly."""
+    arch = arch_of(model.config)
+    positions = torch.arange(model.config.max_position_embeddings)[None]
+    probe = torch.zeros(1, 1, dims.head_dim)
+    with torch.no_grad():
+        cos, sin = get_module(model, arch.rotary)(probe, positions)
+    half = cos.shape[-1] // 2
+    # transformers repeats the half-size table twice (rotate_half layout); GQA wants one half
+    if not torch.equal(cos[..., :half], cos[..., half:]):
+        raise EdgeqError("rotary table is not in the rotate-half layout GroupQueryAttention expects")
+    return cos[0, :, :half].numpy().astype(np.float32), sin[0, :, :half].numpy().astype(np.float32)
+
+
+def attention_inputs(g: Graph) -> tuple[str, str]:
+    """seqlens_k (int32 [B]: index of the last valid token) and total_sequence_length (int32 scalar)."""
+    one = g.constant("one_i64", np.array(1, dtype=np.int64))
+    axis1 = g.constant("axis_1", np.array([1], dtype=np.int64))
+    valid = g.op("ReduceSum", ["attention_mask", axis1], "mask_tokens", keepdims=0)[0]
+    last = g.op("Sub", [valid, one], "mask_last_index")[0]
+    seqlens = g.op("Cast", [last], "seqlens_k", to=6)[0]  # int32
+    shape = g.op("Shape", ["attention_mask"], "mask_shape", start=1, end=2)[0]
+    total_1d = g.op("Cast", [shape], "total_length_1d", to=6)[0]
+    total = g.op("Squeeze", [total_1d], "total_sequence_length")[0]
+    return seqlens, total
+
+
+def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, config, shared: dict, lin) -> str:
+    attn = layer.self_attn
+    names = [f"{prefix}.self_attn.{p}_proj" for p in "qkv"]
+    qkv = [lin(x, names, [attn.q_proj, attn.k_proj, attn.v_proj]), "", ""]  # packed: GQA splits it itself
+    if getattr(attn, "q_norm", None) is not None:
+        qkv = head_norms(g, qkv[0], i, attn, dims)
+    inputs = [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", shared["seqlens"],
+              shared["total"], shared["cos"], shared["sin"], "position_ids"]
+    attrs = dict(num_heads=dims.heads, kv_num_heads=dims.kv_heads, do_rotary=1, rotary_interleaved=0)
+    window = getattr(config, "sliding_window", None)
+    if window and getattr(config, "use_sliding_window", True) is not False:
+        attrs["local_window_size"] = int(window)
+    out = g.op("GroupQueryAttention", inputs, [f"layer{i}_attn", f"present.{i}.key", f"present.{i}.value"],
+               domain=MS_DOMAIN, name=f"layer{i}_GroupQueryAttention", **attrs)[0]
+    return lin(out, [f"{prefix}.self_attn.o_proj"], [attn.o_proj])
+
+
+def head_norms(g: Graph, qkv: str, i: int, attn, dims: Dims) -> list[str]:
+    """qwen3's per-head RMS norms of q and k (before rotary), as RMSNormalization over [B, S, heads, head_dim]
+    views: GroupQueryAttention's own q/k norm inputs run on CUDA and WebGPU only (onnxruntime 1.32)."""
+    sizes = g.constant(f"layer{i}_qkv_sizes", np.array([dims.heads, dims.kv_heads, dims.kv_heads]) * dims.head_dim)
+    q, k, v = g.op("Split", [qkv, sizes], [f"layer{i}_q", f"layer{i}_k", f"layer{i}_v"], axis=-1)
+    normed = []
+    for name, x, module in (("q", q, attn.q_norm), ("k", k, attn.k_norm)):
+        heads = g.constant(f"layer{i}_{name}_heads_shape", np.array([0, 0, -1, dims.head_dim], dtype=np.int64))
+        flat = g.constant(f"layer{i}_{name}_flat_shape", np.array([0, 0, -1], dtype=np.int64))
+        split = g.op("Reshape", [x, heads], f"layer{i}_{name}_heads")[0]
+        y = g.op("RMSNormalization", [split, g.constant(f"layer{i}_{name}_norm", tensor(module.weight))],
+                 f"layer{i}_{name}_normed", axis=-1, epsilon=dims.eps)[0]
+        normed.append(g.op("Reshape", [y, flat], f"layer{i}_{name}_normed_flat")[0])
+    return [*normed, v]
+
+
+def mlp(g: Graph, x: str, i: int, layer, prefix: str, lin) -> str:
+    names = [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"]
+    gate_up = lin(x, names, [layer.mlp.gate_proj, layer.mlp.up_proj])
+    gate, up = g.op("Split", [gate_up], [f"layer{i}_gate", f"layer{i}_up"], axis=-1, num_outputs=2)
+    sig = g.op("Sigmoid", [gate], f"layer{i}_gate_sigmoid")[0]
+    silu = g.op("Mul", [gate, sig], f"layer{i}_gate_silu")[0]
+    act = g.op("Mul", [silu, up], f"layer{i}_mlp_act")[0]
+    return lin(act, [f"{prefix}.mlp.down_proj"], [layer.mlp.down_proj])
+
+
+def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> tuple[str, str]:
+    """(normalized, residual): RMSNorm of x, or of x + skip with the sum returned as the new residual."""
+    gamma = g.constant(f"{name}_weight", tensor(weight))
+    if skip is None:
+        return g.op("RMSNormalization", [x, gamma], f"{name}_out", axis=-1, epsilon=eps)[0], x
+    out, _, _, total = g.op("SkipSimplifiedLayerNormalization", [x, skip, gamma],
+                            [f"{name}_out", "", "", f"{name}_residual"], domain=MS_DOMAIN, epsilon=eps)
+    return out, total
+
+
+def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
+    """(hidden states of input_ids, name of the float table or ""). A tied 8-bit head whose codes need no
+    padding lends them to the lookup (GatherBlockQuantized over a [V, K/block, block] view of its B);
+    otherwise the float table is gathered."""
+    arch = arch_of(model.config)
+    table = get_module(model, arch.embed).weight
+    tied = table is get_module(model, arch.lm_head).weight
+    if head is not None and tied and shares_codes_with_lookup(head, head_layout):
+        v, k = head.shape
+        blocks = k // head_layout.block
+        prefix = arch.lm_head.replace(".", "_")
+        inputs = [f"{prefix}_B", "input_ids",
+                  g.constant("embedding_scales", head.scale.numpy().astype(np.float32).reshape(v, blocks, 1)),
+                  g.constant("embedding_zero_points", head.zero.numpy().astype(np.uint8).reshape(v, blocks, 1))]
+        blocked = g.op("GatherBlockQuantized", inputs, "embedding_blocked", domain=MS_DOMAIN, gather_axis=0,
+                       quantize_axis=2, block_size=head_layout.block, bits=8)[0]
+        shape = g.constant("embedding_shape", np.array([0, 0, k], dtype=np.int64))
+        return g.op("Reshape", [blocked, shape], "embedding")[0], ""
+    name = g.constant("embedding_table", tensor(table))
+    return g.op("Gather", [name, "input_ids"], "embedding")[0], name
+
+
+def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
+    """MatMulNBits' B [V, K/block, block] holds exactly the bytes of a [V, K] 8-bit table when no block is
+    padded; only then can one initializer serve both nodes."""
+    return layout.bits == 8 and qw.shape[1] % layout.block == 0
+
+
+def lm_head(g: Graph, x: str, model, table: str, lin) -> str:
+    """Logits. A float head tied to the embedding reads the table itself (FusedMatMul, transB) instead of a
+    second, transposed copy (113 MB on SmolLM2)."""
+    arch = arch_of(model.config)
+    head = get_module(model, arch.lm_head)
+    if table and head.weight is get_module(model, arch.embed).weight:
+        return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0)[0]
+    out = lin(x, [arch.lm_head], [head])
+    return g.op("Identity", [out], "logits")[0]
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past_key_values.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
+    present = [f"present.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def graph_io(config, dims: Dims):
+    from onnx import TensorProto, helper
+    inputs, outputs = io_names(config.num_hidden_layers)
+    kv = lambda length: ["batch", dims.kv_heads, length, dims.head_dim]  # noqa: E731
+    shapes = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "total_sequence"],
+              "position_ids": ["batch", "sequence"], "logits": ["batch", "sequence", config.vocab_size]}
+    types = {"input_ids": TensorProto.INT64, "attention_mask": TensorProto.INT64, "position_ids": TensorProto.INT64}
+    info = lambda name, length: helper.make_tensor_value_info(  # noqa: E731
+        name, types.get(name, TensorProto.FLOAT), shapes.get(name) or kv(length))
+    return ([info(n, "past_sequence") for n in inputs], [info(n, "total_sequence") for n in outputs])
+
+
+def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: int):
+    """(ModelProto, {quantized linear: NodeLayout}) for a Llama-family model whose quantized linears (and
+    optionally its head) are given as QuantizedWeight; everything else is taken from the torch model."""
+    from onnx import helper
+    config = model.config
+    arch = arch_of(config)
+    dims = Dims.of(config)
+    g, layouts = Graph(), {}
+    lin = lambda x, name, module: linear(g, x, name, module, qweights, accuracy_level, layouts)  # noqa: E731
+    head = qweights.get(arch.lm_head)
+    head_layout = node_layout(arch.lm_head, head) if head is not None else None
+    cos, sin = rotary_caches(model, dims)
+    seqlens, total = attention_inputs(g)
+    shared = {"seqlens": seqlens, "total": total, "cos": g.constant("cos_cache", cos),
+              "sin": g.constant("sin_cache", sin)}
+    hidden, table = embedding(g, model, head, head_layout)
+    residual, skip = hidden, None
+    for i, layer in enumerate(get_module(model, arch.blocks)):
+        prefix = f"{arch.blocks}.{i}"
+        x, residual = norm(g, f"layer{i}_input_norm", layer.input_layernorm.weight, dims.eps, residual, skip)
+        skip = attention(g, x, i, layer, prefix, dims, config, shared, lin)
+        x, residual = norm(g, f"layer{i}_post_attention_norm", layer.post_attention_layernorm.weight, dims.eps,
+                           residual, skip)
+        skip = mlp(g, x, i, layer, prefix, lin)
+    x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip)
+    lm_head(g, x, model, table, lin)
+    inputs, outputs = graph_io(config, dims)
+    proto = helper.make_model(helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, g.initializers),
+                              opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="edgeq")
+    proto.ir_version = 10
+    return proto, layouts
