@@ -15,6 +15,9 @@ def cpu_session(path, threads: int | None = None, optimized_path: str | None = N
     if threads:
         options.intra_op_num_threads = threads
     if optimized_path:
+        # extended, not all: level "all" adds layout transforms for this machine's CPU (NCHWc), and the
+        # saved file must run on the device it is shipped to
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.save_model_format", save_format)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
