@@ -1,9 +1,10 @@
-"""`edgeq quantize | eval`: the command line. Every refusal is one line on stderr and exit code 2."""
+"""`edgeq quantize | eval | export | generate | bench`: the command line. Every refusal is one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .errors import EdgeqError
 
@@ -123,6 +124,28 @@ def build_parser() -> argparse.ArgumentParser:
                         "(a tied embedding then shares the 8-bit codes: 4x smaller)")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
 
+    b = sub.add_parser("bench", help="latency of exported folders on this device (onnxruntime only, no torch)",
+                       epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("models", nargs="+", metavar="MODEL_DIR",
+                   help="exported folders, measured interleaved; the first is the baseline of the ratios "
+                        "(or: compare A.json B.json ...)")
+    b.add_argument("--provider", default="cpu", help="cpu, cuda, xnnpack, coreml, nnapi, qnn, dml or auto "
+                   "(default: cpu); one this onnxruntime lacks is refused, never replaced by the CPU")
+    b.add_argument("--threads", type=positive_int, help="intra-op threads (default: onnxruntime's, all cores)")
+    b.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens for prefill (default: 128)")
+    b.add_argument("--gen", type=int, default=64, help="tokens decoded per run, cache growing (default: 64)")
+    b.add_argument("--runs", type=positive_int, default=20, help="measured runs per model (default: 20)")
+    b.add_argument("--warmup", type=int, default=3, help="unmeasured runs per model first (default: 3)")
+    b.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
+                   help="onnxruntime graph optimisation level (default: all)")
+    b.add_argument("--ort-format", action="store_true", help="run model.ort instead of model.onnx")
+    b.add_argument("--save-optimized", metavar="DIR", help="write each model's optimised graph to DIR")
+    b.add_argument("--provider-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="passed to the provider (repeatable), e.g. device_id=0")
+    b.add_argument("--json", dest="json_out", help="write the report (with machine info and samples) here")
+    b.add_argument("--plot", help="PNG of the decode latency distributions (needs matplotlib)")
+    b.add_argument("--quiet", action="store_true", help="no progress line")
+
     g = sub.add_parser("generate", help="greedy text generation from an exported folder (onnxruntime)")
     g.add_argument("model", help="exported ONNX folder")
     g.add_argument("--prompt", required=True)
@@ -137,6 +160,15 @@ EPILOG_EXPORT = """examples:
   edgeq export smollm2-w4 --out w4-mobile --lm-head 8 --ort-format
 Every export is checked (onnx.checker, an onnxruntime session, logits against torch) before the folder
 appears. onnxruntime runs 2, 4 and 8 bits; 3-bit codes are stored in the 4-bit container."""
+
+
+EPILOG_BENCH = """examples:
+  edgeq bench fp32-onnx w4-onnx w2-onnx --threads 2 --json laptop.json --plot laptop.png
+  edgeq bench w4-onnx --provider xnnpack --threads 4 --json phone.json       # on the device
+  edgeq bench compare laptop.json phone.json --plot devices.png
+Each run prefills the prompt, then decodes --gen tokens greedily with a growing KV cache; runs of the
+models alternate (A B A B ...) so the ratios survive a noisy device. Needs only numpy and onnxruntime:
+pip install edgeq (the [quantize] extra is for quantizing and exporting)."""
 
 
 def method_flag_conflict(args) -> str | None:
@@ -197,23 +229,78 @@ def cmd_export(args) -> None:
         print("note: 3-bit codes are stored in the 4-bit MatMulNBits container (onnxruntime has no 3-bit kernel)")
 
 
-def cmd_generate(args) -> None:
-    from transformers import AutoTokenizer
+def provider_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EdgeqError(f"--provider-option takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
 
+
+def cmd_bench(args) -> None:
+    from dataclasses import asdict
+
+    from .runtime import bench, report
+    if args.models[0] == "compare":
+        return cmd_bench_compare(args.models[1:], args.plot)
+    settings = bench.Settings(args.provider, args.threads, args.prompt, args.gen, args.runs, args.warmup,
+                              args.optimization, args.ort_format, args.save_optimized,
+                              provider_options(args.provider_option))
+    if args.gen < 0 or args.warmup < 0:
+        raise EdgeqError("--gen and --warmup must be >= 0")
+    progress = None if args.quiet else \
+        (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
+    models = bench.bench(args.models, settings, progress=progress)
+    rep = report.report([bench.result(m, settings) for m in models], asdict(settings))
+    print(report.table(rep))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rep, indent=1) + "\n")
+    if args.plot:
+        report.plot([(rep["machine"]["cpu"], rep)], args.plot)
+
+
+def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
+    from .runtime import report
+    if not paths:
+        raise EdgeqError("compare needs at least one report: edgeq bench compare a.json b.json")
+    reports = [(Path(p).stem, report.load_report(p)) for p in paths]
+    for label, rep in reports:
+        print(f"{label}: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, onnxruntime "
+              f"{rep['machine']['onnxruntime']}, provider {rep['settings']['provider']}, "
+              f"threads {rep['settings']['threads']}")
+    print("\n".join(report.table(rep, label) if i == 0 else report.table(rep, label).split("\n", 2)[2]
+                    for i, (label, rep) in enumerate(reports)))
+    if plot_path:
+        report.plot(reports, plot_path)
+
+
+def cmd_generate(args) -> None:
     from .runtime.session import OrtDecoder
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    from .runtime.tokenizer import load_tokenizer
+    tokenizer, eos = load_tokenizer(args.model)
     decoder = OrtDecoder.from_folder(args.model, args.threads)
-    ids = decoder.greedy(tokenizer(args.prompt, add_special_tokens=False)["input_ids"], args.max_new_tokens,
-                         tokenizer.eos_token_id)
+    ids = decoder.greedy(tokenizer.encode(args.prompt, add_special_tokens=False).ids, args.max_new_tokens, eos)
     print(args.prompt + tokenizer.decode(ids))
+
+
+QUANTIZE_EXTRA = {"torch", "transformers", "numba", "onnx", "safetensors", "gguf", "accelerate", "tqdm"}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        {"quantize": cmd_quantize, "eval": cmd_eval, "export": cmd_export, "generate": cmd_generate}[args.command](args)
+        {"quantize": cmd_quantize, "eval": cmd_eval, "export": cmd_export, "generate": cmd_generate,
+         "bench": cmd_bench}[args.command](args)
     except EdgeqError as err:
         print(f"edgeq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in QUANTIZE_EXTRA:
+            raise
+        print(f"edgeq {args.command}: error: needs {err.name}, part of the quantize extra: "
+              f"pip install 'edgeq[quantize]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeq: interrupted; run the same command again to resume", file=sys.stderr)

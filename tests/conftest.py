@@ -57,3 +57,13 @@ def real_model():
     from edgeq import models
     model, config = models.load_model(models.bundled_source())
     return model, models.arch_of(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_model_dir, tmp_path_factory):
+    """GPTQ W4 g32 of the tiny Llama."""
+    from edgeq import api
+    out = tmp_path_factory.mktemp("ckpt") / "w4"
+    api.quantize(str(tiny_model_dir), out, api.QuantConfig(bits=4, group_size=32, samples=4, seq_len=64),
+                 calib=str(calibration_text()), progress=False)
+    return out

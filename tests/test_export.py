@@ -79,14 +79,6 @@ def test_layouts_onnxruntime_cannot_run_fast_are_refused(bits, group, message):
         node_layout("w", random_qweight(4, 576, bits, group))
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ckpt") / "w4"
-    api.quantize(str(tiny_model_dir), out, api.QuantConfig(bits=4, group_size=32, samples=4, seq_len=64),
-                 calib=str(calibration_text()), progress=False)
-    return out
-
-
 def test_tiny_export_holds_every_linear_once_and_matches_torch(tiny_checkpoint, tmp_path):
     report = export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
     proto = onnx.load(str(tmp_path / "onnx" / "model.onnx"))

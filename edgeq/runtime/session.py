@@ -9,18 +9,33 @@ import numpy as np
 MODEL_FILE = "model.onnx"
 
 
-def cpu_session(path, threads: int | None = None, optimized_path: str | None = None, save_format: str = "ONNX"):
+OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def open_session(path, provider: str = "cpu", threads: int | None = None, optimization: str = "all",
+                 optimized_path=None, save_format: str = "ONNX", provider_options: dict | None = None):
+    """An onnxruntime session on one provider (short name, see providers.py), with the options that matter
+    on the edge: intra-op threads, the graph optimisation level, and saving the optimised model."""
     import onnxruntime as ort
+
+    from .providers import resolve
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    levels = ort.GraphOptimizationLevel
+    options.graph_optimization_level = {"disable": levels.ORT_DISABLE_ALL, "basic": levels.ORT_ENABLE_BASIC,
+                                        "extended": levels.ORT_ENABLE_EXTENDED, "all": levels.ORT_ENABLE_ALL}[optimization]
     if optimized_path:
-        # extended, not all: level "all" adds layout transforms for this machine's CPU (NCHWc), and the
-        # saved file must run on the device it is shipped to
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.save_model_format", save_format)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=[resolve(provider)],
+                                provider_options=[provider_options or {}])
+
+
+def cpu_session(path, threads: int | None = None, optimized_path=None, save_format: str = "ONNX"):
+    """CPU session; a saved optimised model stops at the extended level: "all" adds layout transforms for
+    this machine's CPU (NCHWc), and the saved file must run on the device it is shipped to."""
+    return open_session(path, "cpu", threads, "extended" if optimized_path else "all", optimized_path, save_format)
 
 
 class OrtDecoder:

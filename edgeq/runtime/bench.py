@@ -1,0 +1,134 @@
+"""Latency of exported decoders on this device: model load, prefill of a prompt, per-token decode on a
+growing KV cache, end-to-end tokens/s, memory and file size. Several models are measured in one process
+with their runs interleaved (A B A B ...), so that drift on a noisy device hits every model alike and the
+ratios between them stay honest. numpy + onnxruntime only."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EdgeqError
+from .session import MODEL_FILE, OrtDecoder, open_session
+
+ORT_FILE = "model.ort"
+
+PERCENTILES = (50, 90, 99)
+
+
+def summary(values: list[float], scale: float = 1e3) -> dict:
+    """p50/p90/p99 (linear interpolation, numpy's default), mean, std, min, max and count of values * scale
+    (seconds -> milliseconds by default)."""
+    x = np.asarray(values, dtype=np.float64) * scale
+    out = {f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES}
+    out.update(mean=float(x.mean()), std=float(x.std()), min=float(x.min()), max=float(x.max()), n=int(x.size))
+    return out
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in (".onnx", ".data", ".ort")) / 2 ** 20
+
+
+@dataclass
+class Settings:
+    provider: str = "cpu"
+    threads: int | None = None
+    prompt: int = 128
+    gen: int = 64
+    runs: int = 20
+    warmup: int = 3
+    optimization: str = "all"
+    ort_format: bool = False          # run model.ort (written by `edgeq export --ort-format`)
+    save_optimized: str | None = None  # folder for each model's optimised graph, as onnxruntime rewrote it
+    provider_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    folder: Path
+    decoder: OrtDecoder
+    load_s: float
+    peak_rss_after_load_mb: float | None    # the process's peak so far (models load one after another)
+    prefill: list = field(default_factory=list)   # seconds per prompt
+    decode: list = field(default_factory=list)    # seconds per generated token (all runs pooled)
+    e2e: list = field(default_factory=list)       # seconds per run (prefill + all decode steps)
+
+
+def model_file(folder, settings: Settings) -> Path:
+    path = Path(folder) / (ORT_FILE if settings.ort_format else MODEL_FILE)
+    if not path.is_file():
+        hint = " (export with --ort-format)" if settings.ort_format else " (an edgeq export folder)"
+        raise EdgeqError(f"{folder}: no {path.name}{hint}")
+    return path
+
+
+def load(folder, settings: Settings, clock=time.perf_counter) -> Model:
+    path = model_file(folder, settings)
+    saved = None
+    if settings.save_optimized:
+        Path(settings.save_optimized).mkdir(parents=True, exist_ok=True)
+        saved = Path(settings.save_optimized) / f"{Path(folder).name}.{'ort' if settings.ort_format else 'onnx'}"
+    start = clock()
+    session = open_session(path, settings.provider, settings.threads, settings.optimization, saved,
+                           "ORT" if settings.ort_format else "ONNX", settings.provider_options)
+    decoder = OrtDecoder(session)
+    return Model(Path(folder), decoder, clock() - start, peak_rss_mb())
+
+
+def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter) -> tuple[float, list[float]]:
+    """(prefill seconds, [seconds per decoded token]): greedy decoding, the cache growing by one each step."""
+    start = clock()
+    logits, past = model.decoder.forward(prompt, model.decoder.empty_past())
+    prefill = clock() - start
+    steps = []
+    for _ in range(gen):
+        token = np.array([[int(logits[0, -1].argmax())]])
+        start = clock()
+        logits, past = model.decoder.forward(token, past)
+        steps.append(clock() - start)
+    return prefill, steps
+
+
+def vocab_size(decoder: OrtDecoder) -> int:
+    size = decoder.session.get_outputs()[0].shape[-1]
+    return size if isinstance(size, int) else 1000
+
+
+def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
+    """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
+    models = [load(folder, settings, clock) for folder in folders]
+    prompt = np.random.default_rng(0).integers(0, min(vocab_size(m.decoder) for m in models), (1, settings.prompt))
+    for round_ in range(settings.warmup + settings.runs):
+        for model in models:
+            prefill, steps = one_run(model, prompt, settings.gen, clock)
+            if round_ >= settings.warmup:
+                model.prefill.append(prefill)
+                model.decode.extend(steps)
+                model.e2e.append(prefill + sum(steps))
+        if progress:
+            progress(round_ + 1, settings.warmup + settings.runs)
+    return models
+
+
+def result(model: Model, settings: Settings) -> dict:
+    decode = summary(model.decode) if model.decode else None
+    return {
+        "model": str(model.folder), "name": model.folder.name, "file_mb": round(folder_mb(model.folder), 2),
+        "load_s": round(model.load_s, 3), "peak_rss_after_load_mb": model.peak_rss_after_load_mb,
+        "prefill_ms": summary(model.prefill), "decode_ms_per_token": decode,
+        "decode_tokens_per_s": 1e3 / decode["p50"] if decode else None,
+        "e2e_tokens_per_s": summary([settings.gen / s for s in model.e2e], scale=1) if settings.gen else None,
+        "samples_ms": {"prefill": [s * 1e3 for s in model.prefill], "decode": [s * 1e3 for s in model.decode]},
+    }

@@ -1,0 +1,103 @@
+"""Bench reports: the machine they were taken on, a table, JSON, and PNG plots of latency distributions;
+`compare` puts reports from several devices side by side."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from ..errors import EdgeqError
+
+SCHEMA = 1
+# ISA features that decide which onnxruntime kernels run (x86 and ARM names as /proc/cpuinfo spells them)
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+             "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16", "fphp")
+REQUIRED = ("schema", "machine", "settings", "models")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """(CPU model name, ISA flags of interest) from /proc/cpuinfo where it exists, else platform's guess."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return name, []
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu model") and value.strip():
+            name = value.strip()
+        elif key in ("flags", "features"):
+            flags.update(value.split())
+    if platform.machine().lower() in ("aarch64", "arm64") and "asimd" in flags:
+        flags.add("neon")
+    return name, [f for f in (*ISA_FLAGS, "neon") if f in flags]
+
+
+def machine_info() -> dict:
+    import onnxruntime as ort
+
+    from .providers import available
+    name, flags = cpu_info()
+    return {"cpu": name, "arch": platform.machine(), "cores": os.cpu_count(), "isa": flags,
+            "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+            "onnxruntime": ort.__version__, "providers_available": available()}
+
+
+def report(results: list[dict], settings: dict) -> dict:
+    return {"schema": SCHEMA, "machine": machine_info(), "settings": settings, "models": results}
+
+
+def load_report(path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise EdgeqError(f"cannot read bench report {path}: {err}") from None
+    missing = [key for key in REQUIRED if key not in data]
+    if missing:
+        raise EdgeqError(f"{path} is not an edgeq bench report (missing {', '.join(missing)})")
+    return data
+
+
+def table(rep: dict, label: str | None = None) -> str:
+    """Markdown table; ratios are against the first model of the report."""
+    rows = rep["models"]
+    base = rows[0]["decode_ms_per_token"]["p50"] if rows and rows[0]["decode_ms_per_token"] else None
+    head = "| device | model | decode p50 ms | p90 | p99 | x first | tok/s | prefill p50 ms | e2e tok/s | load s | MB |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    device = label or rep["machine"]["cpu"]
+    for r in rows:
+        d = r["decode_ms_per_token"]
+        ratio = d["p50"] / base if d and base else float("nan")
+        e2e = r["e2e_tokens_per_s"]["p50"] if r["e2e_tokens_per_s"] else float("nan")
+        lines.append(f"| {device} | {r['name']} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {ratio:.3f} | "
+                     f"{r['decode_tokens_per_s']:.1f} | {r['prefill_ms']['p50']:.1f} | {e2e:.1f} | {r['load_s']:.2f} | "
+                     f"{r['file_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot(reports: list[tuple[str, dict]], path) -> None:
+    """Box plots of per-token decode latency, one box per (device, model)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise EdgeqError("--plot needs matplotlib: pip install 'edgeq[plot]'") from None
+    labels, samples = [], []
+    for device, rep in reports:
+        for r in rep["models"]:
+            labels.append(f"{r['name']}\n{device}" if len(reports) > 1 else r["name"])
+            samples.append(r["samples_ms"]["decode"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4.5))
+    ax.boxplot(samples, showfliers=False)
+    ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
+    ax.set_ylabel("decode latency per token (ms)")
+    settings = reports[0][1]["settings"]
+    ax.set_title(f"prompt {settings['prompt']}, {settings['gen']} generated tokens, {settings['runs']} runs, "
+                 f"threads {settings['threads'] or 'default'}, provider {settings['provider']}", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,135 @@
+"""The device-side runtime: provider detection and refusals, percentile maths on a scripted clock, the JSON
+report, a real bench of a tiny exported model, and an import that pulls in no torch."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgeq.cli import main
+from edgeq.errors import EdgeqError
+from edgeq.runtime import bench, providers, report
+from edgeq.export.onnx import export
+
+
+def test_cpu_is_always_available_and_auto_picks_a_present_provider():
+    assert "cpu" in providers.available()
+    assert providers.resolve("cpu") == "CPUExecutionProvider"
+    assert providers.resolve("auto") in {providers.PROVIDERS[p] for p in providers.available()}
+
+
+def test_a_missing_provider_is_refused_with_how_to_get_it():
+    missing = next(p for p in ("qnn", "nnapi", "coreml", "dml") if p not in providers.available())
+    with pytest.raises(EdgeqError, match=f"no {missing} provider.*to get it"):
+        providers.resolve(missing)
+    with pytest.raises(EdgeqError, match="unknown provider"):
+        providers.resolve("tpu")
+
+
+def test_summary_percentiles_are_numpys_linear_interpolation():
+    values = [0.004, 0.001, 0.003, 0.002, 0.010]
+    s = bench.summary(values)
+    assert s["p50"] == pytest.approx(3.0) and s["p90"] == pytest.approx(7.6) and s["p99"] == pytest.approx(9.76)
+    assert (s["min"], s["max"], s["n"]) == (pytest.approx(1.0), pytest.approx(10.0), 5)
+    assert s["mean"] == pytest.approx(4.0) and s["std"] == pytest.approx(np.std([4, 1, 3, 2, 10]))
+
+
+class ScriptedClock:
+    """Each call advances by the next step: the measured durations are known exactly."""
+    def __init__(self, steps):
+        self.now, self.steps = 0.0, iter(steps)
+
+    def __call__(self):
+        self.now += next(self.steps, 0.0)
+        return self.now
+
+
+class FakeDecoder:
+    """Logits that always pick token 3; no session."""
+    def empty_past(self):
+        return {}
+
+    def forward(self, ids, past):
+        logits = np.zeros((1, ids.shape[1], 8), dtype=np.float32)
+        logits[..., 3] = 1
+        return logits, past
+
+
+def test_one_run_times_prefill_and_every_decode_step_with_the_given_clock():
+    model = bench.Model(folder=None, decoder=FakeDecoder(), load_s=0.0, peak_rss_after_load_mb=None)
+    # clock calls: start, end of prefill, then (start, end) per token; the steps are the gaps
+    clock = ScriptedClock([0.0, 0.050, 1.0, 0.010, 1.0, 0.020, 1.0, 0.030])
+    prefill, steps = bench.one_run(model, np.zeros((1, 4), dtype=np.int64), 3, clock)
+    assert prefill == pytest.approx(0.050)
+    assert steps == pytest.approx([0.010, 0.020, 0.030])
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "w4"
+    export(str(tiny_checkpoint), out, ort_format=True)
+    return out
+
+
+def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_path, capsys):
+    json_path = tmp_path / "r.json"
+    code = main(["bench", str(tiny_export), str(tiny_export), "--runs", "2", "--warmup", "1", "--prompt", "8",
+                 "--gen", "4", "--threads", "1", "--json", str(json_path), "--quiet"])
+    assert code == 0
+    rep = report.load_report(json_path)
+    assert rep["schema"] == report.SCHEMA and rep["settings"]["runs"] == 2 and len(rep["models"]) == 2
+    assert rep["machine"]["cores"] >= 1 and "cpu" in rep["machine"]["providers_available"]
+    for model in rep["models"]:
+        assert model["decode_ms_per_token"]["n"] == 2 * 4 and model["prefill_ms"]["n"] == 2
+        assert len(model["samples_ms"]["decode"]) == 8 and model["e2e_tokens_per_s"]["p50"] > 0
+        assert model["file_mb"] > 0 and model["load_s"] > 0
+    assert "| w4 |" in capsys.readouterr().out
+
+
+def test_bench_runs_the_ort_format_and_saves_the_optimized_graph(tiny_export, tmp_path):
+    settings = bench.Settings(threads=1, prompt=4, gen=2, runs=1, warmup=0, ort_format=True,
+                              optimization="basic", save_optimized=str(tmp_path / "opt"))
+    [model] = bench.bench([tiny_export], settings)
+    assert len(model.decode) == 2 and (tmp_path / "opt" / "w4.ort").stat().st_size > 0
+
+
+def test_compare_renders_two_reports_in_one_table_and_plot(tiny_export, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    for name in ("laptop", "phone"):
+        assert main(["bench", str(tiny_export), "--runs", "1", "--warmup", "0", "--prompt", "4", "--gen", "2",
+                     "--json", str(tmp_path / f"{name}.json"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "compare", str(tmp_path / "laptop.json"), str(tmp_path / "phone.json"),
+                 "--plot", str(tmp_path / "cmp.png")]) == 0
+    out = capsys.readouterr().out
+    assert "| laptop | w4 |" in out and "| phone | w4 |" in out
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bad_bench_inputs_are_one_clear_line(tmp_path, capsys):
+    assert main(["bench", str(tmp_path)]) == 2
+    assert "no model.onnx" in capsys.readouterr().err
+    assert main(["bench", "compare", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read bench report" in capsys.readouterr().err
+    (tmp_path / "x.json").write_text(json.dumps({"schema": 1}))
+    assert main(["bench", "compare", str(tmp_path / "x.json")]) == 2
+    assert "not an edgeq bench report" in capsys.readouterr().err
+
+
+def test_the_runtime_imports_no_torch():
+    code = ("import sys, edgeq.runtime.bench, edgeq.runtime.report, edgeq.runtime.providers, edgeq.cli; "
+            "heavy = [m for m in ('torch', 'transformers', 'numba', 'onnx') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_generate_needs_only_the_tokenizers_library(tiny_export, capsys):
+    from edgeq.runtime.session import OrtDecoder
+    from edgeq.runtime.tokenizer import load_tokenizer
+    assert main(["generate", str(tiny_export), "--prompt", "It is a truth", "--max-new-tokens", "5"]) == 0
+    text = capsys.readouterr().out
+    tokenizer, _ = load_tokenizer(tiny_export)
+    prompt = tokenizer.encode("It is a truth", add_special_tokens=False).ids
+    expected = OrtDecoder.from_folder(tiny_export).greedy(prompt, 5)
+    assert text == "It is a truth" + tokenizer.decode(expected) + "\n"
