@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--save-optimized", metavar="DIR", help="write each model's optimised graph to DIR")
     b.add_argument("--provider-option", action="append", default=[], metavar="KEY=VALUE",
                    help="passed to the provider (repeatable), e.g. device_id=0")
+    b.add_argument("--per-session-pools", action="store_true",
+                   help="give each model its own thread pool (default: one shared pool; separate pools keep "
+                        "spinning after a run and slow the next model's first tokens)")
     b.add_argument("--json", dest="json_out", help="write the report (with machine info and samples) here")
     b.add_argument("--plot", help="PNG of the decode latency distributions (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
@@ -245,9 +248,11 @@ def cmd_bench(args) -> None:
     from .runtime import bench, report
     if args.models[0] == "compare":
         return cmd_bench_compare(args.models[1:], args.plot)
-    settings = bench.Settings(args.provider, args.threads, args.prompt, args.gen, args.runs, args.warmup,
-                              args.optimization, args.ort_format, args.save_optimized,
-                              provider_options(args.provider_option))
+    settings = bench.Settings(provider=args.provider, threads=args.threads, prompt=args.prompt, gen=args.gen,
+                              runs=args.runs, warmup=args.warmup, optimization=args.optimization,
+                              ort_format=args.ort_format, save_optimized=args.save_optimized,
+                              provider_options=provider_options(args.provider_option),
+                              shared_pool=not args.per_session_pools)
     if args.gen < 0 or args.warmup < 0:
         raise EdgeqError("--gen and --warmup must be >= 0")
     progress = None if args.quiet else \

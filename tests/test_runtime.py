@@ -57,7 +57,7 @@ class FakeDecoder:
 
 
 def test_one_run_times_prefill_and_every_decode_step_with_the_given_clock():
-    model = bench.Model(folder=None, decoder=FakeDecoder(), load_s=0.0, peak_rss_after_load_mb=None)
+    model = bench.Model(folder=None, path=None, decoder=FakeDecoder(), load_s=0.0, peak_rss_after_load_mb=None)
     # clock calls: start, end of prefill, then (start, end) per token; the steps are the gaps
     clock = ScriptedClock([0.0, 0.050, 1.0, 0.010, 1.0, 0.020, 1.0, 0.030])
     prefill, steps = bench.one_run(model, np.zeros((1, 4), dtype=np.int64), 3, clock)
@@ -72,11 +72,17 @@ def tiny_export(tiny_checkpoint, tmp_path_factory):
     return out
 
 
-def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_path, capsys):
+def edgeq_cli(*args) -> str:
+    """The command in a process of its own: a bench sets up the process-wide shared thread pool."""
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_path):
     json_path = tmp_path / "r.json"
-    code = main(["bench", str(tiny_export), str(tiny_export), "--runs", "2", "--warmup", "1", "--prompt", "8",
-                 "--gen", "4", "--threads", "1", "--json", str(json_path), "--quiet"])
-    assert code == 0
+    out = edgeq_cli("bench", tiny_export, tiny_export, "--runs", 2, "--warmup", 1, "--prompt", 8, "--gen", 4,
+                    "--threads", 1, "--json", json_path, "--quiet")
     rep = report.load_report(json_path)
     assert rep["schema"] == report.SCHEMA and rep["settings"]["runs"] == 2 and len(rep["models"]) == 2
     assert rep["machine"]["cores"] >= 1 and "cpu" in rep["machine"]["providers_available"]
@@ -84,25 +90,22 @@ def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_p
         assert model["decode_ms_per_token"]["n"] == 2 * 4 and model["prefill_ms"]["n"] == 2
         assert len(model["samples_ms"]["decode"]) == 8 and model["e2e_tokens_per_s"]["p50"] > 0
         assert model["file_mb"] > 0 and model["load_s"] > 0
-    assert "| w4 |" in capsys.readouterr().out
+    assert rep["settings"]["shared_pool"] and "| w4 |" in out
 
 
 def test_bench_runs_the_ort_format_and_saves_the_optimized_graph(tiny_export, tmp_path):
     settings = bench.Settings(threads=1, prompt=4, gen=2, runs=1, warmup=0, ort_format=True,
-                              optimization="basic", save_optimized=str(tmp_path / "opt"))
+                              optimization="basic", save_optimized=str(tmp_path / "opt"), shared_pool=False)
     [model] = bench.bench([tiny_export], settings)
     assert len(model.decode) == 2 and (tmp_path / "opt" / "w4.ort").stat().st_size > 0
 
 
-def test_compare_renders_two_reports_in_one_table_and_plot(tiny_export, tmp_path, capsys):
+def test_compare_renders_two_reports_in_one_table_and_plot(tiny_export, tmp_path):
     pytest.importorskip("matplotlib")
     for name in ("laptop", "phone"):
-        assert main(["bench", str(tiny_export), "--runs", "1", "--warmup", "0", "--prompt", "4", "--gen", "2",
-                     "--json", str(tmp_path / f"{name}.json"), "--quiet"]) == 0
-    capsys.readouterr()
-    assert main(["bench", "compare", str(tmp_path / "laptop.json"), str(tmp_path / "phone.json"),
-                 "--plot", str(tmp_path / "cmp.png")]) == 0
-    out = capsys.readouterr().out
+        edgeq_cli("bench", tiny_export, "--runs", 1, "--warmup", 0, "--prompt", 4, "--gen", 2,
+                  "--json", tmp_path / f"{name}.json", "--quiet")
+    out = edgeq_cli("bench", "compare", tmp_path / "laptop.json", tmp_path / "phone.json", "--plot", tmp_path / "cmp.png")
     assert "| laptop | w4 |" in out and "| phone | w4 |" in out
     assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -133,3 +136,13 @@ def test_generate_needs_only_the_tokenizers_library(tiny_export, capsys):
     prompt = tokenizer.encode("It is a truth", add_special_tokens=False).ids
     expected = OrtDecoder.from_folder(tiny_export).greedy(prompt, 5)
     assert text == "It is a truth" + tokenizer.decode(expected) + "\n"
+
+
+def test_a_process_shares_one_pool_and_refuses_another_thread_count(tiny_export):
+    code = (f"from edgeq.runtime.session import open_session, use_shared_thread_pool\n"
+            f"from edgeq.errors import EdgeqError\n"
+            f"use_shared_thread_pool(1)\n"
+            f"open_session('{tiny_export}/model.onnx', threads=1)\n"
+            f"try:\n    open_session('{tiny_export}/model.onnx', threads=2)\nexcept EdgeqError as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "already shares a pool of 1 threads" in done.stdout

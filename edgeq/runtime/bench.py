@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from .session import MODEL_FILE, OrtDecoder, open_session
+from .session import MODEL_FILE, OrtDecoder, open_session, use_shared_thread_pool
 
 ORT_FILE = "model.ort"
 
@@ -37,8 +37,9 @@ def peak_rss_mb() -> float | None:
     return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
 
-def folder_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).iterdir() if f.suffix in (".onnx", ".data", ".ort")) / 2 ** 20
+def model_mb(path: Path) -> float:
+    """The file that runs, with its external-data files (model.onnx.data) if any."""
+    return sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 2 ** 20
 
 
 @dataclass
@@ -53,11 +54,13 @@ class Settings:
     ort_format: bool = False          # run model.ort (written by `edgeq export --ort-format`)
     save_optimized: str | None = None  # folder for each model's optimised graph, as onnxruntime rewrote it
     provider_options: dict = field(default_factory=dict)
+    shared_pool: bool = True           # one intra-op pool for all models (see use_shared_thread_pool)
 
 
 @dataclass
 class Model:
     folder: Path
+    path: Path | None
     decoder: OrtDecoder
     load_s: float
     peak_rss_after_load_mb: float | None    # the process's peak so far (models load one after another)
@@ -84,7 +87,7 @@ def load(folder, settings: Settings, clock=time.perf_counter) -> Model:
     session = open_session(path, settings.provider, settings.threads, settings.optimization, saved,
                            "ORT" if settings.ort_format else "ONNX", settings.provider_options)
     decoder = OrtDecoder(session)
-    return Model(Path(folder), decoder, clock() - start, peak_rss_mb())
+    return Model(Path(folder), path, decoder, clock() - start, peak_rss_mb())
 
 
 def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter) -> tuple[float, list[float]]:
@@ -108,6 +111,10 @@ def vocab_size(decoder: OrtDecoder) -> int:
 
 def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
     """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
+    for folder in folders:
+        model_file(folder, settings)  # refuse a bad folder before touching the process's thread pool
+    if settings.shared_pool:
+        use_shared_thread_pool(settings.threads)
     models = [load(folder, settings, clock) for folder in folders]
     prompt = np.random.default_rng(0).integers(0, min(vocab_size(m.decoder) for m in models), (1, settings.prompt))
     for round_ in range(settings.warmup + settings.runs):
@@ -125,7 +132,8 @@ def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -
 def result(model: Model, settings: Settings) -> dict:
     decode = summary(model.decode) if model.decode else None
     return {
-        "model": str(model.folder), "name": model.folder.name, "file_mb": round(folder_mb(model.folder), 2),
+        "model": str(model.folder), "name": model.folder.name, "file": model.path.name,
+        "file_mb": round(model_mb(model.path), 2),
         "load_s": round(model.load_s, 3), "peak_rss_after_load_mb": model.peak_rss_after_load_mb,
         "prefill_ms": summary(model.prefill), "decode_ms_per_token": decode,
         "decode_tokens_per_s": 1e3 / decode["p50"] if decode else None,

@@ -94,6 +94,7 @@ def plot(reports: list[tuple[str, dict]], path) -> None:
     ax.boxplot(samples, showfliers=False)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.set_ylabel("decode latency per token (ms)")
+    ax.set_ylim(bottom=0)  # ratios read true only from zero
     settings = reports[0][1]["settings"]
     ax.set_title(f"prompt {settings['prompt']}, {settings['gen']} generated tokens, {settings['runs']} runs, "
                  f"threads {settings['threads'] or 'default'}, provider {settings['provider']}", fontsize=9)
