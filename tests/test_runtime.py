@@ -146,3 +146,11 @@ def test_a_process_shares_one_pool_and_refuses_another_thread_count(tiny_export)
             f"try:\n    open_session('{tiny_export}/model.onnx', threads=2)\nexcept EdgeqError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "already shares a pool of 1 threads" in done.stdout
+
+
+@pytest.mark.skipif("cuda" not in providers.available(), reason="this onnxruntime build has no CUDA provider")
+def test_bench_on_cuda(tiny_export, tmp_path):
+    out = edgeq_cli("bench", tiny_export, "--provider", "cuda", "--runs", 1, "--warmup", 1, "--prompt", 8,
+                    "--gen", 2, "--json", tmp_path / "cuda.json", "--quiet")
+    rep = report.load_report(tmp_path / "cuda.json")
+    assert rep["settings"]["provider"] == "cuda" and "| w4 |" in out

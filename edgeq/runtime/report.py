@@ -87,17 +87,21 @@ def plot(reports: list[tuple[str, dict]], path) -> None:
         raise EdgeqError("--plot needs matplotlib: pip install 'edgeq[plot]'") from None
     labels, samples = [], []
     for device, rep in reports:
+        run = rep["settings"]
+        where = f"\n{device}\n{run['provider']}, {run['threads'] or 'default'} threads" if len(reports) > 1 else ""
         for r in rep["models"]:
-            labels.append(f"{r['name']}\n{device}" if len(reports) > 1 else r["name"])
+            labels.append(r["name"] + where)
             samples.append(r["samples_ms"]["decode"])
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(labels)), 4.5))
     ax.boxplot(samples, showfliers=False)
     ax.set_xticks(range(1, len(labels) + 1), labels, fontsize=8)
     ax.set_ylabel("decode latency per token (ms)")
     ax.set_ylim(bottom=0)  # ratios read true only from zero
-    settings = reports[0][1]["settings"]
-    ax.set_title(f"prompt {settings['prompt']}, {settings['gen']} generated tokens, {settings['runs']} runs, "
-                 f"threads {settings['threads'] or 'default'}, provider {settings['provider']}", fontsize=9)
+    run = reports[0][1]["settings"]
+    title = f"prompt {run['prompt']}, {run['gen']} generated tokens"
+    if len(reports) == 1:
+        title += f", {run['runs']} runs, {run['threads'] or 'default'} threads, provider {run['provider']}"
+    ax.set_title(title, fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
