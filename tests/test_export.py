@@ -188,3 +188,30 @@ def test_each_family_decodes_like_torch(family, tmp_path):
         logits, past = decoder.forward(np.array([[token]]), past)
         steps.append(logits[0])
     np.testing.assert_allclose(np.concatenate(steps), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_linears_of_different_widths_get_a_node_each_and_still_match_torch(tmp_path):
+    """Mixed precision: q 8-bit, k 4-bit, v float, gate 2-bit, up/down 4-bit. Fusing needs one layout, so
+    these fall back to one node per linear (and GQA takes q, k, v apart)."""
+    from edgeq import grid
+    from edgeq.export.decoder import build_decoder
+    from edgeq.solvers import get_solver
+    model = tiny_family_model("llama")
+    widths = {"q_proj": 8, "k_proj": 4, "gate_proj": 2, "up_proj": 4, "down_proj": 4, "o_proj": 4}
+    qweights = {}
+    for name, module in model.named_modules():
+        bits = widths.get(name.rsplit(".", 1)[-1])
+        if bits and "layers" in name:
+            qweights[name] = get_solver("rtn")(module.weight.data, None, grid.QuantSpec(bits, 32))
+            module.weight.data.copy_(qweights[name].dequantize())
+    proto, layouts = build_decoder(model, qweights, 0)
+    ops = [node.op_type for node in proto.graph.node]
+    # per block: q, k, o, gate, up, down as MatMulNBits, v as a float MatMul
+    assert ops.count("MatMulNBits") == 2 * 6 and ops.count("MatMul") == 2 + 1 and set(layouts) == set(qweights)
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    decoder = OrtDecoder(cpu_session(tmp_path / "m.onnx"))
+    ids = np.random.default_rng(3).integers(0, 300, (1, 9))
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
+    got, _ = decoder.forward(ids, decoder.empty_past())
+    np.testing.assert_allclose(got[0], ref, rtol=1e-4, atol=1e-4)

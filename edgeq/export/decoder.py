@@ -67,7 +67,7 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
            accuracy_level: int, layouts: dict[str, NodeLayout]) -> str:
     """x @ [W_1; W_2; ...]^T (+ biases): linears that share their input, concatenated along N into one node
     (fewer, larger kernels: q/k/v and gate/up). MatMulNBits from our codes when every one is quantized with
-    the same layout, float MatMul when none is; a mix is refused (it has no one-node form)."""
+    the same layout, float MatMul when none is (see `fusable`)."""
     prefix = names[0].replace(".", "_") if len(names) == 1 else \
         names[0].rsplit(".", 1)[0].replace(".", "_") + "_" + "_".join(n.rsplit(".", 1)[1] for n in names)
     out = f"{prefix}_out"
@@ -76,10 +76,7 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
         w_t = np.concatenate([tensor(m.weight).T for m in modules], axis=1)
         g.op("MatMul", [x, g.constant(f"{prefix}_weight_t", w_t)], out)
     else:
-        node_layouts = {name: node_layout(name, qw) if qw is not None else None for name, qw in zip(names, quantized)}
-        if len(set(node_layouts.values())) != 1:
-            raise EdgeqError(f"{', '.join(names)} share an input but not a quantized layout ({node_layouts}); "
-                             "quantize them alike")
+        node_layouts = {name: node_layout(name, qw) for name, qw in zip(names, quantized)}
         layout = node_layouts[names[0]]
         layouts.update(node_layouts)
         parts = [node_tensors(qw, layout) for qw in quantized]
@@ -96,6 +93,23 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
     bias = np.concatenate([tensor(b) if b is not None else np.zeros(m.weight.shape[0], np.float32)
                            for b, m in zip(biases, modules)])
     return g.op("Add", [out, g.constant(f"{prefix}_bias", bias)], f"{prefix}_biased")[0]
+
+
+def fusable(names: list[str], qweights: dict[str, QuantizedWeight]) -> bool:
+    """One node can hold linears that are all float, or all quantized with one layout (bits and block);
+    mixed precision may give q, k and v different widths, and then each gets its own node."""
+    quantized = [qweights.get(name) for name in names]
+    if all(qw is None for qw in quantized):
+        return True
+    return None not in quantized and len({node_layout(n, qw) for n, qw in zip(names, quantized)}) == 1
+
+
+def linears(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str, QuantizedWeight],
+            accuracy_level: int, layouts: dict[str, NodeLayout]) -> list[str]:
+    """Outputs of linears sharing input x: [one concatenated output] when fusable, else one per linear."""
+    if fusable(names, qweights):
+        return [linear(g, x, names, modules, qweights, accuracy_level, layouts)]
+    return [linear(g, x, [n], [m], qweights, accuracy_level, layouts) for n, m in zip(names, modules)]
 
 
 def rotary_caches(model, dims: Dims) -> tuple[np.ndarray, np.ndarray]:
@@ -129,9 +143,11 @@ def attention_inputs(g: Graph) -> tuple[str, str]:
 def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, config, shared: dict, lin) -> str:
     attn = layer.self_attn
     names = [f"{prefix}.self_attn.{p}_proj" for p in "qkv"]
-    qkv = [lin(x, names, [attn.q_proj, attn.k_proj, attn.v_proj]), "", ""]  # packed: GQA splits it itself
+    qkv = lin(x, names, [attn.q_proj, attn.k_proj, attn.v_proj])
     if getattr(attn, "q_norm", None) is not None:
-        qkv = head_norms(g, qkv[0], i, attn, dims)
+        qkv = head_norms(g, split_qkv(g, qkv, i, dims), i, attn, dims)
+    elif len(qkv) == 1:
+        qkv += ["", ""]  # packed: GQA splits it itself
     inputs = [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", shared["seqlens"],
               shared["total"], shared["cos"], shared["sin"], "position_ids"]
     attrs = dict(num_heads=dims.heads, kv_num_heads=dims.kv_heads, do_rotary=1, rotary_interleaved=0)
@@ -140,14 +156,20 @@ def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, config, 
         attrs["local_window_size"] = int(window)
     out = g.op("GroupQueryAttention", inputs, [f"layer{i}_attn", f"present.{i}.key", f"present.{i}.value"],
                domain=MS_DOMAIN, name=f"layer{i}_GroupQueryAttention", **attrs)[0]
-    return lin(out, [f"{prefix}.self_attn.o_proj"], [attn.o_proj])
+    return lin(out, [f"{prefix}.self_attn.o_proj"], [attn.o_proj])[0]
 
 
-def head_norms(g: Graph, qkv: str, i: int, attn, dims: Dims) -> list[str]:
+def split_qkv(g: Graph, qkv: list[str], i: int, dims: Dims) -> list[str]:
+    if len(qkv) == 3:
+        return qkv
+    sizes = g.constant(f"layer{i}_qkv_sizes", np.array([dims.heads, dims.kv_heads, dims.kv_heads]) * dims.head_dim)
+    return g.op("Split", [qkv[0], sizes], [f"layer{i}_q", f"layer{i}_k", f"layer{i}_v"], axis=-1)
+
+
+def head_norms(g: Graph, qkv: list[str], i: int, attn, dims: Dims) -> list[str]:
     """qwen3's per-head RMS norms of q and k (before rotary), as RMSNormalization over [B, S, heads, head_dim]
     views: GroupQueryAttention's own q/k norm inputs run on CUDA and WebGPU only (onnxruntime 1.32)."""
-    sizes = g.constant(f"layer{i}_qkv_sizes", np.array([dims.heads, dims.kv_heads, dims.kv_heads]) * dims.head_dim)
-    q, k, v = g.op("Split", [qkv, sizes], [f"layer{i}_q", f"layer{i}_k", f"layer{i}_v"], axis=-1)
+    q, k, v = qkv
     normed = []
     for name, x, module in (("q", q, attn.q_norm), ("k", k, attn.k_norm)):
         heads = g.constant(f"layer{i}_{name}_heads_shape", np.array([0, 0, -1, dims.head_dim], dtype=np.int64))
@@ -162,11 +184,12 @@ def head_norms(g: Graph, qkv: str, i: int, attn, dims: Dims) -> list[str]:
 def mlp(g: Graph, x: str, i: int, layer, prefix: str, lin) -> str:
     names = [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"]
     gate_up = lin(x, names, [layer.mlp.gate_proj, layer.mlp.up_proj])
-    gate, up = g.op("Split", [gate_up], [f"layer{i}_gate", f"layer{i}_up"], axis=-1, num_outputs=2)
+    gate, up = gate_up if len(gate_up) == 2 else \
+        g.op("Split", gate_up, [f"layer{i}_gate", f"layer{i}_up"], axis=-1, num_outputs=2)
     sig = g.op("Sigmoid", [gate], f"layer{i}_gate_sigmoid")[0]
     silu = g.op("Mul", [gate, sig], f"layer{i}_gate_silu")[0]
     act = g.op("Mul", [silu, up], f"layer{i}_mlp_act")[0]
-    return lin(act, [f"{prefix}.mlp.down_proj"], [layer.mlp.down_proj])
+    return lin(act, [f"{prefix}.mlp.down_proj"], [layer.mlp.down_proj])[0]
 
 
 def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> tuple[str, str]:
@@ -214,7 +237,7 @@ def lm_head(g: Graph, x: str, model, table: str, lin) -> str:
     head = get_module(model, arch.lm_head)
     if table and head.weight is get_module(model, arch.embed).weight:
         return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0)[0]
-    out = lin(x, [arch.lm_head], [head])
+    out = lin(x, [arch.lm_head], [head])[0]
     return g.op("Identity", [out], "logits")[0]
 
 
@@ -244,7 +267,7 @@ def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: i
     arch = arch_of(config)
     dims = Dims.of(config)
     g, layouts = Graph(), {}
-    lin = lambda x, name, module: linear(g, x, name, module, qweights, accuracy_level, layouts)  # noqa: E731
+    lin = lambda x, names, modules: linears(g, x, names, modules, qweights, accuracy_level, layouts)  # noqa: E731
     head = qweights.get(arch.lm_head)
     head_layout = node_layout(arch.lm_head, head) if head is not None else None
     cos, sin = rotary_caches(model, dims)
