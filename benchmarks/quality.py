@@ -16,7 +16,8 @@ from pathlib import Path
 
 SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "austen_persuasion.txt"
 ROWS = {  # name: (bits, group size)
-    "W4 g128": (4, "128"), "W3 g128": (3, "128"), "W2 g64": (2, "64"), "W4 per-channel": (4, "channel")}
+    "W4 g128": (4, "128"), "W3 g128": (3, "128"), "W2 g64": (2, "64"), "W4 per-channel": (4, "channel"),
+    "W2 per-channel": (2, "channel")}
 METHODS = {"rtn": ["--method", "rtn"], "rtn-mse": ["--method", "rtn", "--clip", "mse"], "gptq": ["--method", "gptq"],
            "decoupleq": ["--method", "decoupleq"]}
 
