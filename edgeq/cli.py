@@ -258,7 +258,7 @@ def cmd_bench(args) -> None:
     progress = None if args.quiet else \
         (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
     models = bench.bench(args.models, settings, progress=progress)
-    rep = report.report([bench.result(m, settings) for m in models], asdict(settings))
+    rep = report.report([bench.result(m, settings) for m in models], asdict(settings), bench.peak_rss_mb())
     print(report.table(rep))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rep, indent=1) + "\n")

@@ -57,7 +57,7 @@ class FakeDecoder:
 
 
 def test_one_run_times_prefill_and_every_decode_step_with_the_given_clock():
-    model = bench.Model(folder=None, path=None, decoder=FakeDecoder(), load_s=0.0, peak_rss_after_load_mb=None)
+    model = bench.Model(folder=None, path=None, decoder=FakeDecoder(), load_s=0.0, load_rss_mb=None)
     # clock calls: start, end of prefill, then (start, end) per token; the steps are the gaps
     clock = ScriptedClock([0.0, 0.050, 1.0, 0.010, 1.0, 0.020, 1.0, 0.030])
     prefill, steps = bench.one_run(model, np.zeros((1, 4), dtype=np.int64), 3, clock)
@@ -89,8 +89,8 @@ def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_p
     for model in rep["models"]:
         assert model["decode_ms_per_token"]["n"] == 2 * 4 and model["prefill_ms"]["n"] == 2
         assert len(model["samples_ms"]["decode"]) == 8 and model["e2e_tokens_per_s"]["p50"] > 0
-        assert model["file_mb"] > 0 and model["load_s"] > 0
-    assert rep["settings"]["shared_pool"] and "| w4 |" in out
+        assert model["file_mb"] > 0 and model["load_s"] > 0 and model["load_rss_mb"] is not None
+    assert rep["settings"]["shared_pool"] and rep["peak_rss_mb"] > 0 and "| w4 |" in out
 
 
 def test_bench_runs_the_ort_format_and_saves_the_optimized_graph(tiny_export, tmp_path):

@@ -28,6 +28,15 @@ def summary(values: list[float], scale: float = 1e3) -> dict:
     return out
 
 
+def rss_mb() -> float | None:
+    """Resident memory of this process now (Linux and Android: /proc; elsewhere unknown)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
 def peak_rss_mb() -> float | None:
     try:
         import resource
@@ -63,7 +72,7 @@ class Model:
     path: Path | None
     decoder: OrtDecoder
     load_s: float
-    peak_rss_after_load_mb: float | None    # the process's peak so far (models load one after another)
+    load_rss_mb: float | None    # resident memory the session added when it loaded (weights, arenas)
     prefill: list = field(default_factory=list)   # seconds per prompt
     decode: list = field(default_factory=list)    # seconds per generated token (all runs pooled)
     e2e: list = field(default_factory=list)       # seconds per run (prefill + all decode steps)
@@ -83,11 +92,14 @@ def load(folder, settings: Settings, clock=time.perf_counter) -> Model:
     if settings.save_optimized:
         Path(settings.save_optimized).mkdir(parents=True, exist_ok=True)
         saved = Path(settings.save_optimized) / f"{Path(folder).name}.{'ort' if settings.ort_format else 'onnx'}"
+    before = rss_mb()
     start = clock()
     session = open_session(path, settings.provider, settings.threads, settings.optimization, saved,
                            "ORT" if settings.ort_format else "ONNX", settings.provider_options)
     decoder = OrtDecoder(session)
-    return Model(Path(folder), path, decoder, clock() - start, peak_rss_mb())
+    load_s = clock() - start
+    after = rss_mb()
+    return Model(Path(folder), path, decoder, load_s, after - before if None not in (before, after) else None)
 
 
 def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter) -> tuple[float, list[float]]:
@@ -134,7 +146,7 @@ def result(model: Model, settings: Settings) -> dict:
     return {
         "model": str(model.folder), "name": model.folder.name, "file": model.path.name,
         "file_mb": round(model_mb(model.path), 2),
-        "load_s": round(model.load_s, 3), "peak_rss_after_load_mb": model.peak_rss_after_load_mb,
+        "load_s": round(model.load_s, 3), "load_rss_mb": model.load_rss_mb,
         "prefill_ms": summary(model.prefill), "decode_ms_per_token": decode,
         "decode_tokens_per_s": 1e3 / decode["p50"] if decode else None,
         "e2e_tokens_per_s": summary([settings.gen / s for s in model.e2e], scale=1) if settings.gen else None,

@@ -45,8 +45,10 @@ def machine_info() -> dict:
             "onnxruntime": ort.__version__, "providers_available": available()}
 
 
-def report(results: list[dict], settings: dict) -> dict:
-    return {"schema": SCHEMA, "machine": machine_info(), "settings": settings, "models": results}
+def report(results: list[dict], settings: dict, peak_rss_mb: float | None = None) -> dict:
+    """peak_rss_mb: the whole process's peak, all models loaded and run."""
+    return {"schema": SCHEMA, "machine": machine_info(), "settings": settings, "peak_rss_mb": peak_rss_mb,
+            "models": results}
 
 
 def load_report(path) -> dict:
@@ -64,7 +66,8 @@ def table(rep: dict, label: str | None = None) -> str:
     """Markdown table; ratios are against the first model of the report."""
     rows = rep["models"]
     base = rows[0]["decode_ms_per_token"]["p50"] if rows and rows[0]["decode_ms_per_token"] else None
-    head = "| device | model | decode p50 ms | p90 | p99 | x first | tok/s | prefill p50 ms | e2e tok/s | load s | MB |"
+    head = ("| device | model | decode p50 ms | p90 | p99 | x first | tok/s | prefill p50 ms | e2e tok/s | load s | "
+            "load RSS MB | file MB |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     device = label or rep["machine"]["cpu"]
     for r in rows:
@@ -73,6 +76,7 @@ def table(rep: dict, label: str | None = None) -> str:
         e2e = r["e2e_tokens_per_s"]["p50"] if r["e2e_tokens_per_s"] else float("nan")
         lines.append(f"| {device} | {r['name']} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {ratio:.3f} | "
                      f"{r['decode_tokens_per_s']:.1f} | {r['prefill_ms']['p50']:.1f} | {e2e:.1f} | {r['load_s']:.2f} | "
+                     f"{r['load_rss_mb'] if r['load_rss_mb'] is None else round(r['load_rss_mb'])} | "
                      f"{r['file_mb']:.1f} |")
     return "\n".join(lines)
 
