@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: cpu); one this onnxruntime lacks is refused, never replaced by the CPU")
     b.add_argument("--threads", type=positive_int, help="intra-op threads (default: onnxruntime's, all cores)")
     b.add_argument("--prompt", type=positive_int, default=128, help="prompt tokens for prefill (default: 128)")
-    b.add_argument("--gen", type=int, default=64, help="tokens decoded per run, cache growing (default: 64)")
+    b.add_argument("--gen", type=positive_int, default=64, help="tokens decoded per run, cache growing (default: 64)")
     b.add_argument("--runs", type=positive_int, default=20, help="measured runs per model (default: 20)")
     b.add_argument("--warmup", type=int, default=3, help="unmeasured runs per model first (default: 3)")
     b.add_argument("--optimization", default="all", choices=["disable", "basic", "extended", "all"],
@@ -253,8 +253,8 @@ def cmd_bench(args) -> None:
                               ort_format=args.ort_format, save_optimized=args.save_optimized,
                               provider_options=provider_options(args.provider_option),
                               shared_pool=not args.per_session_pools)
-    if args.gen < 0 or args.warmup < 0:
-        raise EdgeqError("--gen and --warmup must be >= 0")
+    if args.warmup < 0:
+        raise EdgeqError("--warmup must be >= 0")
     progress = None if args.quiet else \
         (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
     models = bench.bench(args.models, settings, progress=progress)

@@ -215,3 +215,22 @@ def test_linears_of_different_widths_get_a_node_each_and_still_match_torch(tmp_p
         ref = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
     got, _ = decoder.forward(ids, decoder.empty_past())
     np.testing.assert_allclose(got[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_beyond_the_inline_limit_go_to_one_data_file(tiny_checkpoint, tmp_path, monkeypatch):
+    """Models over 2 GB cannot be one protobuf: their weights go to model.onnx.data (forced here with a
+    zero limit); the checks, the level-0 parity copy and a fresh session all read it."""
+    import edgeq.export.onnx as onnx_export
+    save = onnx_export.save_model
+    monkeypatch.setattr(onnx_export, "save_model", lambda proto, path: save(proto, path, inline_limit=0))
+    report = export(str(tiny_checkpoint), tmp_path / "ext")
+    files = {f.name: f.stat().st_size for f in (tmp_path / "ext").iterdir()}
+    assert files["model.onnx.data"] > 10 * files["model.onnx"] and "parity_level0.onnx" not in files
+    assert report["parity_relative_logit_error_level_0"] < 1e-5
+    monkeypatch.undo()
+    export(str(tiny_checkpoint), tmp_path / "inline")
+    assert not (tmp_path / "inline" / "model.onnx.data").exists()
+    ids = np.array([[5, 17, 300, 42]])
+    external, inline = (OrtDecoder.from_folder(tmp_path / name) for name in ("ext", "inline"))
+    np.testing.assert_array_equal(external.forward(ids, external.empty_past())[0],
+                                  inline.forward(ids, inline.empty_past())[0])

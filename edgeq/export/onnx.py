@@ -72,6 +72,15 @@ def quantize_lm_head(model) -> "QuantizedWeight":
     return qw
 
 
+def save_model(proto, path: Path, inline_limit: int = 1 << 30) -> None:
+    """One .onnx file while the weights are small; beyond `inline_limit` bytes (protobuf refuses files
+    over 2 GB) the weights go to model.onnx.data beside it, which onnxruntime maps on load."""
+    import onnx
+    weights = sum(len(init.raw_data) for init in proto.graph.initializer)
+    onnx.save(proto, str(path), save_as_external_data=weights > inline_limit, all_tensors_to_one_file=True,
+              location=path.name + ".data", size_threshold=1024)
+
+
 def parity(model, decoder: OrtDecoder, tokenizer) -> float:
     ids = tokenizer(PARITY_PROMPT, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -93,7 +102,7 @@ def check_parity(model, tokenizer, proto, path: Path, accuracy_level: int) -> di
             for attr in node.attribute:
                 if node.op_type == "MatMulNBits" and attr.name == "accuracy_level":
                     attr.i = 0
-        onnx.save(exact_proto, str(exact))
+        onnx.save(exact_proto, str(exact))  # external data, if any, is shared: same folder, same location
         try:
             errors[0] = parity(model, OrtDecoder(cpu_session(exact)), tokenizer)
         finally:
@@ -129,7 +138,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     with atomic_folder(out) as tmp:
         path = tmp / MODEL_FILE
         proto, layouts = build_decoder(loaded, qweights, accuracy_level)
-        onnx.save(proto, str(path))
+        save_model(proto, path)
         onnx.checker.check_model(str(path))
         errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)
         if ort_format:
