@@ -154,3 +154,13 @@ def test_bench_on_cuda(tiny_export, tmp_path):
                     "--gen", 2, "--json", tmp_path / "cuda.json", "--quiet")
     rep = report.load_report(tmp_path / "cuda.json")
     assert rep["settings"]["provider"] == "cuda" and "| w4 |" in out
+
+
+def test_isa_flags_are_read_from_x86_and_arm_cpuinfo():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC 9654\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_vnni\n"
+    assert report.parse_cpuinfo(x86, "x86_64", "?") == ("AMD EPYC 9654", ["sse4_2", "avx", "avx2", "fma",
+                                                                          "avx512f", "avx512_vnni"])
+    arm = ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes asimddp sve i8mm bf16\n"
+           "CPU implementer\t: 0x41\n")
+    name, flags = report.parse_cpuinfo(arm, "aarch64", "aarch64")
+    assert name == "aarch64" and flags == ["asimd", "asimddp", "i8mm", "sve", "bf16", "neon"]

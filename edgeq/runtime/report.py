@@ -18,11 +18,17 @@ REQUIRED = ("schema", "machine", "settings", "models")
 
 def cpu_info() -> tuple[str, list[str]]:
     """(CPU model name, ISA flags of interest) from /proc/cpuinfo where it exists, else platform's guess."""
-    name, flags = platform.processor() or platform.machine(), set()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return name, []
+        return platform.processor() or platform.machine(), []
+    return parse_cpuinfo(text, platform.machine(), platform.processor() or platform.machine())
+
+
+def parse_cpuinfo(text: str, machine: str, fallback_name: str) -> tuple[str, list[str]]:
+    """x86 lists `flags` and names the CPU in `model name`; ARM lists `Features` and may name it only in
+    `Hardware` or not at all. NEON is ASIMD on aarch64."""
+    name, flags = fallback_name, set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip().lower()
@@ -30,7 +36,7 @@ def cpu_info() -> tuple[str, list[str]]:
             name = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
-    if platform.machine().lower() in ("aarch64", "arm64") and "asimd" in flags:
+    if machine.lower() in ("aarch64", "arm64") and "asimd" in flags:
         flags.add("neon")
     return name, [f for f in (*ISA_FLAGS, "neon") if f in flags]
 
