@@ -26,5 +26,5 @@ case "${1:-}" in
     edgeq bench compare laptop.json "$@" --plot devices.png
     ;;
   *)
-    sed -n 2,6p "$0"; exit 2 ;;
+    sed -n 2,5p "$0"; exit 2 ;;
 esac
