@@ -245,6 +245,7 @@ def provider_options(pairs: list[str]) -> dict:
 def cmd_bench(args) -> None:
     from dataclasses import asdict
 
+    from .memory import peak_rss_mb
     from .runtime import bench, report
     if args.models[0] == "compare":
         return cmd_bench_compare(args.models[1:], args.plot)
@@ -258,7 +259,7 @@ def cmd_bench(args) -> None:
     progress = None if args.quiet else \
         (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
     models = bench.bench(args.models, settings, progress=progress)
-    rep = report.report([bench.result(m, settings) for m in models], asdict(settings), bench.peak_rss_mb())
+    rep = report.report([bench.result(m, settings) for m in models], asdict(settings), peak_rss_mb())
     print(report.table(rep))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rep, indent=1) + "\n")

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import resource
+import os
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory; None where the OS does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
 
 
 def release_freed_memory() -> None:

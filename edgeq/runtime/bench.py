@@ -37,15 +37,6 @@ def rss_mb() -> float | None:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
-
-
 def model_mb(path: Path) -> float:
     """The file that runs, with its external-data files (model.onnx.data) if any."""
     return sum(f.stat().st_size for f in path.parent.glob(path.name + "*")) / 2 ** 20
