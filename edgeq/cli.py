@@ -260,11 +260,12 @@ def cmd_bench(args) -> None:
         (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
     models = bench.bench(args.models, settings, progress=progress)
     rep = report.report([bench.result(m, settings) for m in models], asdict(settings), peak_rss_mb())
-    print(report.table(rep))
+    here = [(rep["machine"]["cpu"], rep)]
+    print(report.table(here))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rep, indent=1) + "\n")
     if args.plot:
-        report.plot([(rep["machine"]["cpu"], rep)], args.plot)
+        report.plot(here, args.plot)
 
 
 def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
@@ -276,8 +277,7 @@ def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
         print(f"{label}: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, onnxruntime "
               f"{rep['machine']['onnxruntime']}, provider {rep['settings']['provider']}, "
               f"threads {rep['settings']['threads']}")
-    print("\n".join(report.table(rep, label) if i == 0 else report.table(rep, label).split("\n", 2)[2]
-                    for i, (label, rep) in enumerate(reports)))
+    print(report.table(reports))
     if plot_path:
         report.plot(reports, plot_path)
 

@@ -68,22 +68,23 @@ def load_report(path) -> dict:
     return data
 
 
-def table(rep: dict, label: str | None = None) -> str:
-    """Markdown table; ratios are against the first model of the report."""
-    rows = rep["models"]
-    base = rows[0]["decode_ms_per_token"]["p50"] if rows and rows[0]["decode_ms_per_token"] else None
+def table(reports: list[tuple[str, dict]]) -> str:
+    """One markdown table for (device label, report) pairs; ratios are against each report's first model."""
     head = ("| device | model | decode p50 ms | p90 | p99 | x first | tok/s | prefill p50 ms | e2e tok/s | load s | "
             "load RSS MB | file MB |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    device = label or rep["machine"]["cpu"]
-    for r in rows:
-        d = r["decode_ms_per_token"]
-        ratio = d["p50"] / base if d and base else float("nan")
-        e2e = r["e2e_tokens_per_s"]["p50"] if r["e2e_tokens_per_s"] else float("nan")
-        lines.append(f"| {device} | {r['name']} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {ratio:.3f} | "
-                     f"{r['decode_tokens_per_s']:.1f} | {r['prefill_ms']['p50']:.1f} | {e2e:.1f} | {r['load_s']:.2f} | "
-                     f"{r['load_rss_mb'] if r['load_rss_mb'] is None else round(r['load_rss_mb'])} | "
-                     f"{r['file_mb']:.1f} |")
+    for device, rep in reports:
+        rows = rep["models"]
+        base = rows[0]["decode_ms_per_token"]["p50"] if rows and rows[0]["decode_ms_per_token"] else None
+        for r in rows:
+            d = r["decode_ms_per_token"]
+            ratio = d["p50"] / base if d and base else float("nan")
+            e2e = r["e2e_tokens_per_s"]["p50"] if r["e2e_tokens_per_s"] else float("nan")
+            lines.append(f"| {device} | {r['name']} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {ratio:.3f} | "
+                         f"{r['decode_tokens_per_s']:.1f} | {r['prefill_ms']['p50']:.1f} | {e2e:.1f} | "
+                         f"{r['load_s']:.2f} | "
+                         f"{r['load_rss_mb'] if r['load_rss_mb'] is None else round(r['load_rss_mb'])} | "
+                         f"{r['file_mb']:.1f} |")
     return "\n".join(lines)
 
 
