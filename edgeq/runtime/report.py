@@ -83,7 +83,7 @@ def table(reports: list[tuple[str, dict]]) -> str:
             lines.append(f"| {device} | {r['name']} | {d['p50']:.2f} | {d['p90']:.2f} | {d['p99']:.2f} | {ratio:.3f} | "
                          f"{r['decode_tokens_per_s']:.1f} | {r['prefill_ms']['p50']:.1f} | {e2e:.1f} | "
                          f"{r['load_s']:.2f} | "
-                         f"{r['load_rss_mb'] if r['load_rss_mb'] is None else round(r['load_rss_mb'])} | "
+                         f"{'-' if r.get('load_rss_mb') is None else round(r['load_rss_mb'])} | "
                          f"{r['file_mb']:.1f} |")
     return "\n".join(lines)
 
