@@ -55,6 +55,12 @@ def get_module(root, dotted: str):
     return root
 
 
+def head_is_tied(model) -> bool:
+    """Whether the output head and the embedding are one tensor (SmolLM2's are)."""
+    arch = arch_of(model.config)
+    return get_module(model, arch.lm_head).weight is get_module(model, arch.embed).weight
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where weights come from: a folder, optionally with a GGUF file inside it."""

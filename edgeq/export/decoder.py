@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
-from ..models import arch_of, get_module
+from ..models import arch_of, get_module, head_is_tied
 from ..qweight import QuantizedWeight
 from .matmulnbits import MS_DOMAIN, NodeLayout, node_layout, node_tensors
 
@@ -207,9 +207,7 @@ def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLa
     padding lends them to the lookup (GatherBlockQuantized over a [V, K/block, block] view of its B);
     otherwise the float table is gathered."""
     arch = arch_of(model.config)
-    table = get_module(model, arch.embed).weight
-    tied = table is get_module(model, arch.lm_head).weight
-    if head is not None and tied and shares_codes_with_lookup(head, head_layout):
+    if head is not None and head_is_tied(model) and shares_codes_with_lookup(head, head_layout):
         v, k = head.shape
         blocks = k // head_layout.block
         prefix = arch.lm_head.replace(".", "_")
@@ -220,7 +218,7 @@ def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLa
                        quantize_axis=2, block_size=head_layout.block, bits=8)[0]
         shape = g.constant("embedding_shape", np.array([0, 0, k], dtype=np.int64))
         return g.op("Reshape", [blocked, shape], "embedding")[0], ""
-    name = g.constant("embedding_table", tensor(table))
+    name = g.constant("embedding_table", tensor(get_module(model, arch.embed).weight))
     return g.op("Gather", [name, "input_ids"], "embedding")[0], name
 
 
@@ -235,7 +233,7 @@ def lm_head(g: Graph, x: str, model, table: str, lin) -> str:
     second, transposed copy (113 MB on SmolLM2)."""
     arch = arch_of(model.config)
     head = get_module(model, arch.lm_head)
-    if table and head.weight is get_module(model, arch.embed).weight:
+    if table and head_is_tied(model):
         return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0)[0]
     out = lin(x, [arch.lm_head], [head])[0]
     return g.op("Identity", [out], "logits")[0]

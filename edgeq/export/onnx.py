@@ -59,13 +59,13 @@ def quantize_lm_head(model) -> "QuantizedWeight":
     """8-bit RTN of the output head, written into the torch model (the parity reference). A tied table
     whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is untied
     and the embedding stays float."""
-    from ..models import arch_of, get_module
+    from ..models import arch_of, get_module, head_is_tied
     from ..solvers import get_solver
     arch = arch_of(model.config)
-    head, embed = get_module(model, arch.lm_head), get_module(model, arch.embed)
+    head = get_module(model, arch.lm_head)
     qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1]))
-    if head.weight is embed.weight and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
-        embed.weight.data.copy_(qw.dequantize())
+    if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
+        head.weight.data.copy_(qw.dequantize())  # the same tensor as the embedding
     else:
         head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
         model.config.tie_word_embeddings = False

@@ -9,7 +9,6 @@ import numpy as np
 MODEL_FILE = "model.onnx"
 
 
-OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 _SHARED_POOL: list[int] = []  # intra-op threads of the process-wide pool, once one is set up
 
 
