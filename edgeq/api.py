@@ -112,23 +112,24 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
 
 
 def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, bits: int | None = None) -> dict:
     """Perplexity of a model source, an edgeq checkpoint or an exported ONNX folder (run by onnxruntime)
-    on held-out text (default: packaged Persuasion); the same windows whichever runs it."""
+    on held-out text (default: packaged Persuasion); the same windows whichever runs it. `bits` evaluates
+    that slice of a checkpoint's (or an exported 8-bit folder's) codes."""
     from .calib import data
     from .eval import perplexity_of
 
-    label, tokenizer, score, runtime = _scorer(model)
+    label, tokenizer, score, runtime = _scorer(model, bits)
     body, text_label = data.read_text(text, data.DEFAULT_EVAL)
     windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
     t = time.perf_counter()
     ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
     return {"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
             "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2),
-            "runtime": runtime}
+            "runtime": runtime, "bits": bits}
 
 
-def _scorer(model: str | None):
+def _scorer(model: str | None, bits: int | None = None):
     """(label, tokenizer, score(ids) -> (NLL sum, count), runtime name) for what `model` names."""
     from . import checkpoint, models
     from .eval import window_nll
@@ -137,13 +138,16 @@ def _scorer(model: str | None):
         from transformers import AutoTokenizer
 
         from .runtime.session import OrtDecoder
-        decoder = OrtDecoder.from_folder(model)
+        decoder = OrtDecoder.from_folder(model, bits=bits)
         return str(model), AutoTokenizer.from_pretrained(model), lambda ids: decoder.window_nll(ids.numpy()), \
             "onnxruntime"
     if model is not None and checkpoint.is_checkpoint(model):
         from transformers import AutoTokenizer
-        loaded, _, _ = checkpoint.load_checkpoint(model)
+        loaded, _, _ = checkpoint.load_checkpoint(model, bits)
         label, tokenizer = str(model), AutoTokenizer.from_pretrained(model)
+    elif bits is not None:
+        what = model or "the bundled model"
+        raise EdgeqError(f"--bits slices a quantized checkpoint or an exported 8-bit folder; {what} is neither")
     else:
         source = models.resolve_source(model)
         loaded, _ = models.load_model(source)

@@ -128,8 +128,9 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
-def load_checkpoint(path):
-    """(model with dequantized weights, {linear: QuantizedWeight}, meta). The model is float32, eval mode."""
+def load_checkpoint(path, bits: int | None = None):
+    """(model with dequantized weights, {linear: QuantizedWeight}, meta). The model is float32, eval mode.
+    With `bits`, every quantized linear is the `bits`-bit slice of its codes (MatQuant checkpoints)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -138,6 +139,8 @@ def load_checkpoint(path):
     meta = read_meta(path)
     tensors = load_tensors(path / WEIGHTS_FILE)
     qweights = qweights_from_tensors(tensors, meta["layers"])
+    if bits is not None:
+        qweights = {name: qw.slice(bits) for name, qw in qweights.items()}
     packed = set(qweights_to_tensors_names(meta["layers"]))
     state = {k: v for k, v in tensors.items() if k not in packed}
     state.update({f"{name}.weight": qw.dequantize() for name, qw in qweights.items()})

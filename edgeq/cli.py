@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import EdgeqError
+from .nesting import DEFAULT_WIDTHS, default_weights
 
 EPILOG_QUANTIZE = """examples:
   edgeq quantize --out smollm2-w4                      # GPTQ W4 g128 of the bundled SmolLM2-135M
@@ -14,6 +15,7 @@ EPILOG_QUANTIZE = """examples:
   edgeq quantize path/to/hf-folder --bits 2 --group-size 64 --calib my.txt --out w2
   edgeq quantize --group-size channel --out w4-pc      # one scale per output row
   edgeq quantize --method decoupleq --bits 2 --group-size 64 --out w2-dq
+  edgeq quantize --method matquant --widths 8,4,2 --out mq      # one int8 checkpoint, sliceable to 4 and 2
 
 Note: the bundled model's weights were stored as Q4_1 (blocks of 32), so asymmetric 4-bit with group 32
 is nearly lossless by construction; compare methods at group 64/128, per-channel, 3 and 2 bits.
@@ -44,6 +46,26 @@ def bits_arg(value: str) -> int:
     return bits
 
 
+def widths_arg(value: str) -> list[int]:
+    try:
+        widths = [int(v) for v in value.split(",")]
+    except ValueError:
+        widths = []
+    if not widths or len(set(widths)) != len(widths) or not all(2 <= b <= 8 for b in widths):
+        raise argparse.ArgumentTypeError(f"expected distinct widths from 2 to 8 like 8,4,2, got {value!r}")
+    return widths
+
+
+def weights_arg(value: str) -> list[float]:
+    try:
+        weights = [float(v) for v in value.split(",")]
+    except ValueError:
+        weights = []
+    if not weights or min(weights) < 0 or sum(weights) <= 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative weights like 1,1,1 (not all 0), got {value!r}")
+    return weights
+
+
 def positive_int(value: str) -> int:
     try:
         n = int(value)
@@ -66,10 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
                    "SmolLM2-135M)")
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
-    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq"],
+    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq", "matquant"],
                    help="solver: rtn (no calibration), gptq (default), decoupleq (alternates GPTQ rounding "
-                   "with the exact least-squares grid per row; best at 2-3 bits, a few times slower)")
-    q.add_argument("--bits", type=bits_arg, default=4, help="bits per weight, 2..8 (default: 4)")
+                   "with the exact least-squares grid per row; best at 2-3 bits, a few times slower), "
+                   "matquant (int8 codes whose top bits are good 4- and 2-bit weights: one file, three widths)")
+    q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; matquant: the widest of "
+                   "--widths)")
+    q.add_argument("--widths", type=widths_arg, help="matquant: the widths the codes serve, widest stored "
+                   "(default: 8,4,2)")
+    q.add_argument("--weights", type=weights_arg, help="matquant: weight of each width's error, in --widths "
+                   f"order (default for 8,4,2: {','.join(map(str, default_weights(DEFAULT_WIDTHS)))}; else all 1)")
     q.add_argument("--group-size", type=group_size_arg, default=128,
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
                    "(default: 128)")
@@ -88,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="range of each group: min-max, or an MSE search over shrunk ranges (default: "
                    "min-max for rtn, mse for gptq)")
     q.add_argument("--no-act-order", dest="act_order", action="store_false",
-                   help="GPTQ: sweep columns in natural order (default: by descending Hessian diagonal, "
+                   help="gptq, matquant: sweep columns in natural order (default: by descending Hessian diagonal, "
                    "with static groups so no g_idx is needed)")
     q.add_argument("--damp", type=float, default=0.01,
-                   help="gptq, decoupleq: damping, fraction of mean diag(H)")
+                   help="gptq, decoupleq, matquant: damping, fraction of mean diag(H)")
     q.add_argument("--iters", type=positive_int, default=None,
                    help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
     q.add_argument("--block-epochs", type=int, default=0,
@@ -110,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--text", help="held-out text file (default: packaged Persuasion)")
     e.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
     e.add_argument("--max-windows", type=positive_int, help="evaluate only the first N windows")
+    e.add_argument("--bits", type=bits_arg, help="evaluate this slice of the codes (a matquant checkpoint, or an "
+                   "exported 8-bit folder sliced in memory)")
     e.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
     x = sub.add_parser("export", help="ONNX decoder with KV cache; quantized linears as MatMulNBits",
@@ -123,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output head: float (default; a tied head shares the embedding) or 8-bit "
                         "(a tied embedding then shares the 8-bit codes: 4x smaller)")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
+    x.add_argument("--bits", type=bits_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
+                   "or 2; default: the stored width, which a device can still slice, see examples/)")
 
     b = sub.add_parser("bench", help="latency of exported folders on this device (onnxruntime only, no torch)",
                        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
     g.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
+    g.add_argument("--bits", type=bits_arg, help="slice an exported 8-bit (matquant) model to this width first")
     return parser
 
 
@@ -161,6 +194,7 @@ EPILOG_EXPORT = """examples:
   edgeq export smollm2-w4 --out smollm2-w4-onnx                # int4 MatMulNBits, accuracy level 4
   edgeq export --fp32 --out smollm2-fp32-onnx                  # the float baseline, same exporter
   edgeq export smollm2-w4 --out w4-mobile --lm-head 8 --ort-format
+  edgeq export mq --bits 4 --out mq-int4-onnx                  # one width of a matquant checkpoint
 Every export is checked (onnx.checker, an onnxruntime session, logits against torch) before the folder
 appears. onnxruntime runs 2, 4 and 8 bits; 3-bit codes are stored in the 4-bit container."""
 
@@ -169,6 +203,7 @@ EPILOG_BENCH = """examples:
   edgeq bench fp32-onnx w4-onnx w2-onnx --threads 2 --json laptop.json --plot laptop.png
   edgeq bench w4-onnx --provider xnnpack --threads 4 --json phone.json       # on the device
   edgeq bench compare laptop.json phone.json --plot devices.png
+  edgeq bench mq-onnx mq-onnx@4 mq-onnx@2             # one int8 matquant export, sliced at load
 Each run prefills the prompt, then decodes --gen tokens greedily with a growing KV cache; runs of the
 models alternate (A B A B ...) so the ratios survive a noisy device. Needs only numpy and onnxruntime:
 pip install edgeq (the [quantize] extra is for quantizing and exporting)."""
@@ -178,10 +213,18 @@ def method_flag_conflict(args) -> str | None:
     """A flag that the chosen method would silently ignore is a mistake worth one clear line."""
     if args.clip is not None and args.method == "decoupleq":
         return "--clip applies to rtn and gptq; decoupleq searches its grid against the full Hessian"
-    if not args.act_order and args.method != "gptq":
-        return "--no-act-order applies to gptq only"
+    if not args.act_order and args.method not in ("gptq", "matquant"):
+        return "--no-act-order applies to gptq and matquant only"
     if args.iters is not None and args.method != "decoupleq":
         return "--iters applies to decoupleq only"
+    if (args.widths or args.weights) and args.method != "matquant":
+        return "--widths and --weights apply to matquant only"
+    if args.method == "matquant":
+        widths = args.widths or list(DEFAULT_WIDTHS)
+        if args.bits is not None and args.bits != max(widths):
+            return f"matquant stores the widest width: --bits must be {max(widths)} for widths {widths} (or omitted)"
+        if args.weights is not None and len(args.weights) != len(widths):
+            return f"--weights needs one value per width ({len(widths)}), got {len(args.weights)}"
     return None
 
 
@@ -195,7 +238,13 @@ def cmd_quantize(args) -> None:
         opts.update(act_order=args.act_order, damp=args.damp)
     if args.method == "decoupleq":
         opts.update(damp=args.damp, **({} if args.iters is None else {"iters": args.iters}))
-    config = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
+    bits = 4 if args.bits is None else args.bits
+    if args.method == "matquant":
+        widths = args.widths or list(DEFAULT_WIDTHS)
+        opts.update(act_order=args.act_order, damp=args.damp, widths=widths,
+                    weights=args.weights or default_weights(widths))
+        bits = max(widths)
+    config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
                          block_lr=args.block_lr)
@@ -211,7 +260,8 @@ def cmd_quantize(args) -> None:
 
 def cmd_eval(args) -> None:
     from .api import evaluate
-    result = evaluate(args.model, args.text, args.seq_len, args.max_windows, progress=not args.quiet)
+    result = evaluate(args.model, args.text, args.seq_len, args.max_windows, progress=not args.quiet,
+                      bits=args.bits)
     print(f"perplexity {result['perplexity']:.3f}  ({result['model']}; {result['text']}; "
           f"{result['windows']} windows x {result['seq_len']} tokens)")
     if args.json_out:
@@ -222,7 +272,7 @@ def cmd_eval(args) -> None:
 def cmd_export(args) -> None:
     from .export.onnx import export
     r = export(args.model, args.out, fp32=args.fp32, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
-               ort_format=args.ort_format)
+               ort_format=args.ort_format, bits=args.bits)
     size = sum(r["bytes"].values()) / 2 ** 20
     print(f"wrote {args.out}: {r['matmulnbits_nodes']} MatMulNBits nodes, {size:.1f} MB, accuracy level "
           f"{r['accuracy_level']}, logits vs torch: relative error {r['parity_relative_logit_error']:.1e} "
@@ -286,7 +336,7 @@ def cmd_generate(args) -> None:
     from .runtime.session import OrtDecoder
     from .runtime.tokenizer import load_tokenizer
     tokenizer, eos = load_tokenizer(args.model)
-    decoder = OrtDecoder.from_folder(args.model, args.threads)
+    decoder = OrtDecoder.from_folder(args.model, args.threads, args.bits)
     ids = decoder.greedy(tokenizer.encode(args.prompt, add_special_tokens=False).ids, args.max_new_tokens, eos)
     print(args.prompt + tokenizer.decode(ids))
 

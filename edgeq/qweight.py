@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import grid
+from . import grid, nesting
 from .errors import EdgeqError
 
 
@@ -55,3 +55,15 @@ class QuantizedWeight:
 
     def dequantize(self) -> torch.Tensor:
         return grid.dequantize(self.q, self.scale, self.zero, self.group_size)
+
+    def slice(self, bits: int) -> "QuantizedWeight":
+        """The `bits`-bit weight made of the most significant bits of these codes (MatQuant's nesting):
+        scale x 2^d, zero / 2^d, so it stays on the integer-zero fast path. Refused when a zero point is
+        not a multiple of 2^d."""
+        nesting.check_widths(self.bits, bits)
+        if bits == self.bits:
+            return self
+        q = nesting.slice_codes(self.q.to(torch.int16), self.bits, bits)
+        zero = nesting.slice_zero(self.zero.to(torch.int16), self.bits, bits)
+        return QuantizedWeight(q.to(torch.uint8), self.scale * float(1 << (self.bits - bits)),
+                               zero.to(torch.uint8), bits, self.group_size)

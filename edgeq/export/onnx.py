@@ -16,6 +16,7 @@ import torch
 from .. import grid
 from ..errors import EdgeqError
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
+from ..runtime.slicing import sliceable_metadata
 from .decoder import build_decoder, shares_codes_with_lookup
 from .matmulnbits import node_layout
 
@@ -38,8 +39,9 @@ def head_spec(k: int) -> grid.QuantSpec:
     return grid.QuantSpec(8, block)
 
 
-def load_for_export(model: str | None, fp32: bool):
-    """(torch model, tokenizer, {linear: QuantizedWeight}, label)."""
+def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
+    """(torch model, tokenizer, {linear: QuantizedWeight}, label, checkpoint meta or {}); with `bits`, the
+    checkpoint's codes sliced to that width."""
     from transformers import AutoTokenizer
 
     from .. import checkpoint, models
@@ -48,11 +50,13 @@ def load_for_export(model: str | None, fp32: bool):
             raise EdgeqError(f"{model} is a quantized checkpoint; --fp32 exports a float model")
         source = models.resolve_source(model)
         loaded, _ = models.load_model(source)
-        return loaded, models.load_tokenizer(source), {}, source.label
+        if bits is not None:
+            raise EdgeqError("--bits slices a quantized checkpoint; --fp32 exports a float model")
+        return loaded, models.load_tokenizer(source), {}, source.label, {}
     if model is None or not checkpoint.is_checkpoint(model):
         raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
-    loaded, qweights, _ = checkpoint.load_checkpoint(model)
-    return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model)
+    loaded, qweights, meta = checkpoint.load_checkpoint(model, bits)
+    return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model), meta
 
 
 def quantize_lm_head(model) -> "QuantizedWeight":
@@ -117,7 +121,8 @@ def check_parity(model, tokenizer, proto, path: Path, accuracy_level: int) -> di
 
 
 def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 4, lm_head: str = "fp",
-           ort_format: bool = False) -> dict:
+           ort_format: bool = False, bits: int | None = None) -> dict:
+    """Write the validated ONNX folder `out`; `bits` exports that slice of a (MatQuant) checkpoint."""
     import onnx
 
     from ..api import check_output_folder
@@ -130,7 +135,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         raise EdgeqError(f"accuracy level must be 0..4, got {accuracy_level}")
     if lm_head not in ("fp", "8"):
         raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
-    loaded, tokenizer, qweights, label = load_for_export(model, fp32)
+    loaded, tokenizer, qweights, label, meta = load_for_export(model, fp32, bits)
     for name, qw in qweights.items():
         node_layout(name, qw)  # refuse what onnxruntime cannot run fast before any work
     if lm_head == "8":
@@ -138,6 +143,8 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     with atomic_folder(out) as tmp:
         path = tmp / MODEL_FILE
         proto, layouts = build_decoder(loaded, qweights, accuracy_level)
+        head = arch_of(loaded.config).lm_head.replace(".", "_")
+        sliceable_metadata(proto, head, meta.get("solver_opts", {}).get("widths"))
         save_model(proto, path)
         onnx.checker.check_model(str(path))
         errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)
@@ -147,7 +154,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         loaded.config.save_pretrained(tmp)
         ops = [node.op_type for node in proto.graph.node]
         report = {
-            "source": label, "fp32": fp32, "accuracy_level": accuracy_level, "lm_head": lm_head,
+            "source": label, "fp32": fp32, "sliced_to_bits": bits, "accuracy_level": accuracy_level, "lm_head": lm_head,
             "graph_nodes": len(ops), "matmulnbits_nodes": ops.count("MatMulNBits"),
             "tied_head_shares_embedding": "FusedMatMul" in ops,
             "embedding": "8-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",

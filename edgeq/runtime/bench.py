@@ -77,20 +77,36 @@ def model_file(folder, settings: Settings) -> Path:
     return path
 
 
-def load(folder, settings: Settings, clock=time.perf_counter) -> Model:
+def split_width(spec: str) -> tuple[str, int | None]:
+    """'FOLDER@4' -> (FOLDER, 4): that folder's 8-bit codes sliced to 4 bits at load (MatQuant)."""
+    folder, sep, bits = str(spec).rpartition("@")
+    if not sep or not bits.isdigit():
+        return str(spec), None
+    return folder, int(bits)
+
+
+def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
+    """Open one model; 'FOLDER@BITS' slices it on load, and load_s then includes the slicing."""
+    folder, bits = split_width(spec)
     path = model_file(folder, settings)
+    if bits is not None and settings.ort_format:
+        raise EdgeqError(f"{spec}: slicing needs model.onnx, not the ORT format")
     saved = None
     if settings.save_optimized:
         Path(settings.save_optimized).mkdir(parents=True, exist_ok=True)
-        saved = Path(settings.save_optimized) / f"{Path(folder).name}.{'ort' if settings.ort_format else 'onnx'}"
+        saved = Path(settings.save_optimized) / f"{Path(spec).name}.{'ort' if settings.ort_format else 'onnx'}"
     before = rss_mb()
     start = clock()
-    session = open_session(path, settings.provider, settings.threads, settings.optimization, saved,
+    model = path
+    if bits is not None:
+        from .slicing import sliced_model_bytes
+        model = sliced_model_bytes(path, bits)
+    session = open_session(model, settings.provider, settings.threads, settings.optimization, saved,
                            "ORT" if settings.ort_format else "ONNX", settings.provider_options)
     decoder = OrtDecoder(session)
     load_s = clock() - start
     after = rss_mb()
-    return Model(Path(folder), path, decoder, load_s, after - before if None not in (before, after) else None)
+    return Model(Path(spec), path, decoder, load_s, after - before if None not in (before, after) else None)
 
 
 def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter) -> tuple[float, list[float]]:

@@ -47,7 +47,8 @@ def open_session(path, provider: str = "cpu", threads: int | None = None, optimi
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.save_model_format", save_format)
-    return ort.InferenceSession(str(path), options, providers=[resolve(provider)],
+    model = path if isinstance(path, bytes) else str(path)  # bytes: a model built in memory (slicing.py)
+    return ort.InferenceSession(model, options, providers=[resolve(provider)],
                                 provider_options=[provider_options or {}])
 
 
@@ -67,8 +68,13 @@ class OrtDecoder:
         self.output_names = [o.name for o in session.get_outputs()]
 
     @classmethod
-    def from_folder(cls, folder, threads: int | None = None) -> "OrtDecoder":
-        return cls(cpu_session(Path(folder) / MODEL_FILE, threads))
+    def from_folder(cls, folder, threads: int | None = None, bits: int | None = None) -> "OrtDecoder":
+        """The exported decoder in `folder`; with `bits`, its 8-bit codes sliced to that width in memory."""
+        path = Path(folder) / MODEL_FILE
+        if bits is not None:
+            from .slicing import sliced_model_bytes
+            path = sliced_model_bytes(path, bits)
+        return cls(cpu_session(path, threads))
 
     def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)

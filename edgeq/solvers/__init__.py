@@ -21,8 +21,13 @@ def _decoupleq(*args, **kwargs):
     return solve(*args, **kwargs)
 
 
-SOLVERS = {"rtn": _rtn, "gptq": _gptq, "decoupleq": _decoupleq}
-NEEDS_HESSIAN = {"rtn": False, "gptq": True, "decoupleq": True}
+def _matquant(*args, **kwargs):
+    from .matquant import solve
+    return solve(*args, **kwargs)
+
+
+SOLVERS = {"rtn": _rtn, "gptq": _gptq, "decoupleq": _decoupleq, "matquant": _matquant}
+NEEDS_HESSIAN = {"rtn": False, "gptq": True, "decoupleq": True, "matquant": True}
 
 
 def get_solver(method: str):

@@ -76,11 +76,15 @@ def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float) -> torch.T
 
 
 def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
-          perm: torch.Tensor, *, block_size: int = 128, backend: str = "auto", fit_group=None) -> torch.Tensor:
+          perm: torch.Tensor, *, block_size: int = 128, backend: str = "auto", fit_group=None,
+          kernel=None) -> torch.Tensor:
     """GPTQ's rounding: codes [N, K] (natural column order) for the grid (scale, zero) [N, G], columns
     taken in the order `perm`, each column's error fed forward through Hinv, the upper Cholesky factor
     of the permuted damped inverse Hessian (`permuted_factor`). With `fit_group(W_group, g)` (natural
-    order only) a group's parameters are fitted when the sweep reaches it; blocks must then divide gs."""
+    order only) a group's parameters are fitted when the sweep reaches it; blocks must then divide gs.
+    `kernel(W1, Hinv1, scale, zero)` replaces the round-to-nearest block sweep (MatQuant's)."""
+    if kernel is None:
+        kernel = lambda W1, Hinv1, s, z: gptq_block(W1, Hinv1, s, z, maxq, backend)  # noqa: E731
     k = W.shape[1]
     W = W[:, perm].contiguous()
     group = perm // gs  # the group of every (permuted) column
@@ -91,8 +95,7 @@ def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.
             fit_group(W[:, i1:i1 + gs], i1 // gs)
         W1 = W[:, i1:i2].clone()
         cols = group[i1:i2]
-        Q1, Err1 = gptq_block(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(),
-                              zero[:, cols].contiguous(), maxq, backend)
+        Q1, Err1 = kernel(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(), zero[:, cols].contiguous())
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
     q = torch.empty_like(Q)

@@ -1,0 +1,77 @@
+"""Slice an exported 8-bit MatQuant model to 4 or 2 bits on the device, from its own initializers: no
+checkpoint, no torch. What a mobile app does at load time: ship one int8 file, pick the width from the
+memory and battery it has, build the session from the sliced bytes (nothing is written to disk).
+
+The export lists the MatMulNBits nodes that may be sliced in the model's metadata (the decoder's linears,
+never the 8-bit output head, whose RTN zero points are not nested). Needs numpy and onnx.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import nesting, pack
+from ..errors import EdgeqError
+
+SLICEABLE_KEY = "edgeq.sliceable_nodes"   # comma-separated MatMulNBits node names
+WIDTHS_KEY = "edgeq.nested_widths"        # the widths the codes were optimised for, e.g. "8,4,2"
+CONTAINER = {2: 2, 3: 4, 4: 4, 8: 8}      # MatMulNBits runs 2, 4 and 8 bits; 3-bit codes live in 4
+
+
+def sliced_model_bytes(path, bits: int) -> bytes:
+    """The serialized model at `path` with every sliceable node cut to `bits` bits."""
+    import onnx
+    proto = onnx.load(str(path))  # external data, if any, is read in too
+    slice_model(proto, bits)
+    return proto.SerializeToString()
+
+
+def slice_model(proto, bits: int) -> None:
+    """In place: each node listed under SLICEABLE_KEY gets the `bits`-bit slice of its 8-bit codes."""
+    if bits not in CONTAINER:
+        raise EdgeqError(f"can slice to {sorted(CONTAINER)} bits (what onnxruntime runs), not {bits}")
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if not meta.get(SLICEABLE_KEY):
+        raise EdgeqError("this model lists no sliceable nodes: export an 8-bit checkpoint (e.g. --method matquant) "
+                         "with `edgeq export` to get one")
+    names = set(meta[SLICEABLE_KEY].split(","))
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes = [n for n in proto.graph.node if n.name in names]
+    if len(nodes) != len(names):
+        raise EdgeqError(f"{len(names) - len(nodes)} sliceable nodes named in the metadata are not in the graph")
+    for node in nodes:
+        _slice_node(node, inits, bits)
+
+
+def _slice_node(node, inits: dict, bits: int) -> None:
+    from onnx import numpy_helper
+    attrs = {a.name: a for a in node.attribute}
+    if attrs["bits"].i != 8:
+        raise EdgeqError(f"{node.name}: stored with {attrs['bits'].i} bits, not 8")
+    b_init, scale_init, zero_init = (inits[name] for name in node.input[1:4])
+    b = numpy_helper.to_array(b_init)                         # [N, blocks, block]: one code per byte
+    n, blocks, _ = b.shape
+    zero = numpy_helper.to_array(zero_init).reshape(n, blocks).astype(np.int16)
+    try:
+        zero_r = nesting.slice_zero(zero, 8, bits)
+    except EdgeqError as err:
+        raise EdgeqError(f"{node.name}: {err}") from None
+    q_r = nesting.slice_codes(b.astype(np.int16), 8, bits).astype(np.uint8)
+    container = CONTAINER[bits]
+    scales = numpy_helper.to_array(scale_init) * np.float32(1 << (8 - bits))
+    for init, array in ((b_init, pack.pack_codes(q_r, container)), (scale_init, scales),
+                        (zero_init, pack.pack_codes(zero_r.astype(np.uint8), container).reshape(-1))):
+        init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(array), init.name))
+    attrs["bits"].i = container
+
+
+def sliceable_metadata(proto, head_prefix: str, widths) -> None:
+    """Record in the model which MatMulNBits nodes hold sliceable 8-bit codes (all but the head's)."""
+    names = [n.name for n in proto.graph.node if n.op_type == "MatMulNBits" and not n.name.startswith(head_prefix)
+             and any(a.name == "bits" and a.i == 8 for a in n.attribute)]
+    if names:
+        from onnx import helper
+        helper.set_model_props(proto, {SLICEABLE_KEY: ",".join(names),
+                                       **({WIDTHS_KEY: ",".join(map(str, widths))} if widths else {})})
+
