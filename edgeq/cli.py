@@ -102,9 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
                    "(default: 128)")
     sym = q.add_mutually_exclusive_group()
-    sym.add_argument("--sym", dest="sym", action="store_true", help="symmetric grid, zero point 2^(bits-1)")
-    sym.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid (default)")
-    q.set_defaults(sym=False)
+    sym.add_argument("--sym", dest="sym", action="store_true", default=None,
+                     help="symmetric grid, zero point 2^(bits-1) (default for matquant)")
+    sym.add_argument("--asym", dest="sym", action="store_false", default=None,
+                     help="asymmetric grid (default; matquant keeps zero points on multiples of 2^(8-narrowest))")
     q.add_argument("--calib", help="calibration text file (default: packaged Pride and Prejudice)")
     q.add_argument("--samples", type=positive_int, default=128, help="calibration windows (default: 128)")
     q.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
@@ -244,7 +245,8 @@ def cmd_quantize(args) -> None:
         opts.update(act_order=args.act_order, damp=args.damp, widths=widths,
                     weights=args.weights or default_weights(widths))
         bits = max(widths)
-    config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=args.sym,
+    sym = args.method == "matquant" if args.sym is None else args.sym  # MatGPTQ's reference is symmetric
+    config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
                          block_lr=args.block_lr)
