@@ -29,9 +29,9 @@ def edgeq(*args):
     return result
 
 
-def perplexity(model, text, max_windows, json_path):
+def perplexity(model, text, max_windows, json_path, *flags):
     edgeq("eval", *([model] if model else []), "--text", text, "--max-windows", max_windows, "--quiet",
-          "--json", json_path)
+          "--json", json_path, *flags)
     return json.loads(Path(json_path).read_text())
 
 

@@ -124,9 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--iters", type=positive_int, default=None,
                    help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
     q.add_argument("--block-epochs", type=int, default=0,
-                   help="gptq, decoupleq: after each block is solved, train its scales (codes frozen) for N "
-                   "epochs to match the float block's outputs (decoupleQ's stage 2; ~9 s per block and epoch "
-                   "at 128 x 512 on 2 cores; default: 0, off)")
+                   help="gptq, decoupleq, matquant: after each block is solved, train its scales (codes frozen) "
+                   "for N epochs to match the float block's outputs (decoupleQ's stage 2; ~9 s per block and "
+                   "epoch at 128 x 512 on 2 cores, matquant one pass per width; default: 0, off)")
     q.add_argument("--block-lr", type=float, default=5e-3,
                    help="Adam learning rate of that training, on log(scale) (default: 5e-3; SmolLM2 W2 g64 "
                    "decoupleQ: 4 epochs at 5e-3 gave 69.5 perplexity against 90.4 without training)")
@@ -355,10 +355,12 @@ def main(argv=None) -> int:
         print(f"edgeq {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as err:
-        if (err.name or "").split(".")[0] not in QUANTIZE_EXTRA:
+        module = (err.name or "").split(".")[0]
+        if module not in QUANTIZE_EXTRA:
             raise
-        print(f"edgeq {args.command}: error: needs {err.name}, part of the quantize extra: "
-              f"pip install 'edgeq[quantize]'", file=sys.stderr)
+        extra = "runtime" if module == "onnx" and args.command in ("bench", "generate") else "quantize"
+        print(f"edgeq {args.command}: error: needs {err.name}, part of the {extra} extra: "
+              f"pip install 'edgeq[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("edgeq: interrupted; run the same command again to resume", file=sys.stderr)

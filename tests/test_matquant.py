@@ -1,5 +1,9 @@
 """MatQuant: bit slicing against its definition, the nested sweep kernels against a brute-force reference,
 the solver against GPTQ where they must agree, and one int8 checkpoint exported and sliced at every width."""
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -202,6 +206,16 @@ def test_sliced_onnx_perplexity_equals_torch(tiny_matquant, tmp_path):
         assert ort_ppl == pytest.approx(torch_ppl, rel=1e-4)
 
 
+def test_device_example_picks_a_width_and_generates(tiny_matquant, tmp_path):
+    export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
+    example = Path(__file__).resolve().parents[1] / "examples" / "slice_on_device.py"
+    for bits in ("2", "auto"):
+        run = subprocess.run([sys.executable, str(example), str(tmp_path / "int8"), "--bits", bits,
+                              "--max-new-tokens", "3"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        assert "int2:" in run.stdout and ("running int2" in run.stdout if bits == "2" else "running int" in run.stdout)
+
+
 def test_plain_exports_cannot_be_sliced(tiny_checkpoint, tmp_path):
     export(str(tiny_checkpoint), tmp_path / "w4", accuracy_level=0)
     with pytest.raises(EdgeqError, match="no sliceable nodes"):
@@ -221,3 +235,14 @@ def test_cli_refuses_inconsistent_matquant_flags(argv, message, tmp_path, capsys
 def test_eval_bits_needs_something_to_slice(capsys):
     assert main(["eval", "--bits", "4", "--max-windows", "1"]) == 2
     assert "slices a quantized checkpoint" in capsys.readouterr().err
+
+
+def test_block_training_lowers_the_multi_width_block_loss(tiny_model_dir, tmp_path):
+    """The scales of each block trained for the weighted loss of all three slices: it must fall."""
+    meta = api.quantize(str(tiny_model_dir), tmp_path / "mq", api.QuantConfig(
+        method="matquant", bits=8, group_size=32, samples=8, seq_len=64, block_epochs=3, block_lr=1e-2,
+        solver_opts={"widths": [8, 4, 2], "weights": [4, 4, 1]}), calib=str(calibration_text()), progress=False)
+    for block, losses in meta["block_losses"].items():
+        assert losses[2] < losses[0], (block, losses)  # epochs' weighted losses (the last entry is int8 only)
+    _, q2, _ = checkpoint.load_checkpoint(tmp_path / "mq", bits=2)
+    assert all(qw.bits == 2 for qw in q2.values())

@@ -2,7 +2,9 @@
 so that its output matches the float block's output on the same (quantized-model) inputs.
 
 Each scale is trained as s0 * exp(r), r starting at 0, so one learning rate suits layers whose scales
-differ by orders of magnitude; zero points stay on their integer grid, untouched.
+differ by orders of magnitude; zero points stay on their integer grid, untouched. For MatQuant the loss
+is the weighted sum over the sliced widths (one forward per width, same scales: a slice's scale is the
+master scale times 2^d).
 """
 from __future__ import annotations
 
@@ -15,9 +17,13 @@ from .capture import to_device
 
 
 def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Tensor, targets: torch.Tensor,
-                  kwargs_per_batch: list, batch_size: int, epochs: int, lr: float, device) -> tuple[dict, list]:
-    """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch])."""
-    codes = {name: _centred_codes(qw).to(device) for name, qw in qweights.items()}
+                  kwargs_per_batch: list, batch_size: int, epochs: int, lr: float, device,
+                  widths: list[tuple[int, float]] | None = None) -> tuple[dict, list]:
+    """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch]).
+    `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: the stored width)."""
+    widths = widths or [(next(iter(qweights.values())).bits, 1.0)]
+    total_weight = sum(w for _, w in widths)
+    codes = {(name, bits): _centred_codes(qw, bits).to(device) for name, qw in qweights.items() for bits, _ in widths}
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
     log_ratio = {name: torch.zeros_like(s, requires_grad=True) for name, s in base.items()}
     optimizer = torch.optim.Adam(log_ratio.values(), lr=lr)
@@ -30,12 +36,14 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
             total = 0.0
             for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
                 rows = slice(start, start + batch_size)
-                weights = {f"{name}.weight": _weight(codes[name], base[name] * log_ratio[name].exp(), qweights[name])
-                           for name in qweights}
-                out = functional_call(block, weights, (inputs[rows].to(device),),
-                                      to_device(kwargs_per_batch[b], device))
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                loss = torch.nn.functional.mse_loss(out, targets[rows].to(device))
+                x, target = inputs[rows].to(device), targets[rows].to(device)
+                loss = 0.0
+                for bits, width_weight in widths:
+                    weights = {f"{name}.weight": _weight(codes[name, bits], base[name] * log_ratio[name].exp(),
+                                                         qweights[name]) for name in qweights}
+                    out = functional_call(block, weights, (x,), to_device(kwargs_per_batch[b], device))
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    loss = loss + width_weight / total_weight * torch.nn.functional.mse_loss(out, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -49,10 +57,13 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
     return trained, losses
 
 
-def _centred_codes(qw: QuantizedWeight) -> torch.Tensor:
-    """q - zero per column, float: the frozen integer part of w_hat = s (q - z)."""
+def _centred_codes(qw: QuantizedWeight, bits: int) -> torch.Tensor:
+    """2^d S(q) - zero per column (d = stored bits - bits), float: the frozen integer part of the
+    `bits`-bit slice, w_hat = s (2^d S(q) - z) = s 2^d (S(q) - z / 2^d)."""
     k = qw.shape[1]
-    return qw.q.float() - grid.expand_groups(qw.zero.float(), qw.group_size, k)
+    drop = qw.bits - bits
+    q = qw.slice(bits).q.float() * (1 << drop)
+    return q - grid.expand_groups(qw.zero.float(), qw.group_size, k)
 
 
 def _weight(centred: torch.Tensor, scale: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:

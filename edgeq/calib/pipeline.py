@@ -220,13 +220,22 @@ def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, tar
     return squared / hidden.numel()
 
 
+def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
+    """MatQuant trains its scales for every slice it serves, weighted as its solver weighs them."""
+    if recipe.method != "matquant":
+        return None
+    from ..nesting import DEFAULT_WIDTHS, MultiWidthLoss
+    loss = MultiWidthLoss.of(recipe.solver_opts.get("widths", DEFAULT_WIDTHS), recipe.solver_opts.get("weights"))
+    return [(loss.master_bits, loss.master_weight), *zip(loss.low_bits, map(float, loss.low_weights))]
+
+
 def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):
     """Stage 2: scales trained against the float block's outputs; the block gets the trained weights.
     Returns (the block's QuantizedWeights, the mean output error of each epoch)."""
     t = time.perf_counter()
     local = {name[len(prefix):]: qw for name, qw in block_q.items()}
     trained, losses = refine_scales(block, local, hidden, targets, kwargs_per_batch, recipe.batch_size,
-                                    recipe.block_epochs, recipe.block_lr, device)
+                                    recipe.block_epochs, recipe.block_lr, device, _trained_widths(recipe))
     for name, qw in trained.items():
         get_module(block, name).weight.data = qw.dequantize().to(device)
     timings.block_training += time.perf_counter() - t

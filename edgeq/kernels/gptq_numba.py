@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks import require_block_factor, require_c_float32
+
 _kernel = None
 
 
@@ -40,11 +42,8 @@ def gptq_block_numba(W1: np.ndarray, Hinv1: np.ndarray, scale: np.ndarray, zero:
     """
     global _kernel
     n, b = W1.shape
-    for name, arr in (("W1", W1), ("scale", scale), ("zero", zero)):
-        if arr.shape != (n, b) or arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous float32 array of shape {(n, b)}")
-    if Hinv1.shape != (b, b) or Hinv1.dtype != np.float32:
-        raise ValueError(f"Hinv1 must be float32 of shape {(b, b)}")
+    require_c_float32({"W1": W1, "scale": scale, "zero": zero}, (n, b))
+    require_block_factor(Hinv1, b)
     if _kernel is None:
         _kernel = _compile()
     Q1 = np.empty_like(W1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nesting import MultiWidthLoss
+from .checks import require_block_factor, require_c_float32
 
 _kernel = None
 
@@ -63,13 +64,9 @@ def nested_block_numba(W1: np.ndarray, Hinv1: np.ndarray, scale: np.ndarray, zer
     global _kernel
     n, b = scale.shape
     widths = 1 + len(loss.low_bits)
-    if W1.shape != (widths * n, b) or W1.dtype != np.float32 or not W1.flags.c_contiguous:
-        raise ValueError(f"W1 must be a C-contiguous float32 array of shape {(widths * n, b)}")
-    for name, arr in (("scale", scale), ("zero", zero)):
-        if arr.shape != (n, b) or arr.dtype != np.float32 or not arr.flags.c_contiguous:
-            raise ValueError(f"{name} must be a C-contiguous float32 array of shape {(n, b)}")
-    if Hinv1.shape != (b, b) or Hinv1.dtype != np.float32:
-        raise ValueError(f"Hinv1 must be float32 of shape {(b, b)}")
+    require_c_float32({"W1": W1}, (widths * n, b))
+    require_c_float32({"scale": scale, "zero": zero}, (n, b))
+    require_block_factor(Hinv1, b)
     if _kernel is None:
         _kernel = _compile()
     Q1 = np.empty_like(W1)
