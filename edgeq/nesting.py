@@ -97,5 +97,10 @@ class MultiWidthLoss:
         return cls(master, by_width[master], tuple(low), low_weights, lo, hi, values)
 
     @property
+    def weighted_widths(self) -> list[tuple[int, float]]:
+        """[(bits, weight)] for every width, the master's first."""
+        return [(self.master_bits, self.master_weight), *zip(self.low_bits, map(float, self.low_weights))]
+
+    @property
     def total_weight(self) -> float:
         return self.master_weight + float(self.low_weights.sum())

@@ -16,14 +16,13 @@ import os
 import onnx
 
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder, cpu_session
-from edgeq.runtime.slicing import SLICEABLE_KEY, WIDTHS_KEY, slice_model
+from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.runtime.tokenizer import load_tokenizer
 
 
 def weight_bytes(proto, bits: int) -> int:
     """Bytes of the initializers once the sliceable nodes hold `bits`-bit codes (3 bits live in 4)."""
-    meta = {p.key: p.value for p in proto.metadata_props}
-    names = set(meta.get(SLICEABLE_KEY, "").split(","))
+    names = sliceable_nodes(proto)
     codes = {n.input[1] for n in proto.graph.node if n.name in names}
     container = 4 if bits == 3 else bits
     return sum(len(t.raw_data) * container // 8 if t.name in codes else len(t.raw_data)
@@ -40,8 +39,7 @@ def available_bytes() -> int | None:
 
 def choose_width(proto, budget: int | None) -> int:
     """The widest width the codes were made for whose weights fit in half the budget."""
-    meta = {p.key: p.value for p in proto.metadata_props}
-    widths = sorted((int(w) for w in meta.get(WIDTHS_KEY, "8").split(",")), reverse=True)
+    widths = nested_widths(proto) or [8]
     for bits in widths:
         if budget is None or weight_bytes(proto, bits) <= budget // 2:
             return bits

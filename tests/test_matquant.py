@@ -18,7 +18,7 @@ from edgeq.kernels import nested_block
 from edgeq.kernels.nested_numba import nested_block_numba
 from edgeq.qweight import QuantizedWeight
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder
-from edgeq.runtime.slicing import SLICEABLE_KEY, WIDTHS_KEY, slice_model
+from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.solvers import get_solver, weighted_error
 from tests.conftest import calibration_text
 from tests.test_kernels import random_block
@@ -179,8 +179,7 @@ def test_device_slicing_of_the_int8_export_equals_exporting_the_slice(tiny_matqu
     report = export(str(tiny_matquant), tmp_path / "sliced", accuracy_level=0, bits=bits)
     assert {layer["bits"] for layer in report["layers"].values()} == {bits} and report["sliced_to_bits"] == bits
     proto8, _ = initializers(tmp_path / "int8")
-    meta = {p.key: p.value for p in proto8.metadata_props}
-    assert meta[WIDTHS_KEY] == "8,4,2" and len(meta[SLICEABLE_KEY].split(",")) == 4 * 3
+    assert nested_widths(proto8) == [8, 4, 2] and len(sliceable_nodes(proto8)) == 4 * 3
     slice_model(proto8, bits)
     exported_proto, exported = initializers(tmp_path / "sliced")
     on_device = {t.name: numpy_helper.to_array(t) for t in proto8.graph.initializer}

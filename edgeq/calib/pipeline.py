@@ -225,8 +225,8 @@ def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
     if recipe.method != "matquant":
         return None
     from ..nesting import DEFAULT_WIDTHS, MultiWidthLoss
-    loss = MultiWidthLoss.of(recipe.solver_opts.get("widths", DEFAULT_WIDTHS), recipe.solver_opts.get("weights"))
-    return [(loss.master_bits, loss.master_weight), *zip(loss.low_bits, map(float, loss.low_weights))]
+    opts = recipe.solver_opts
+    return MultiWidthLoss.of(opts.get("widths", DEFAULT_WIDTHS), opts.get("weights")).weighted_widths
 
 
 def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import EdgeqError
 from .session import MODEL_FILE, OrtDecoder, open_session, use_shared_thread_pool
+from .slicing import model_to_open
 
 ORT_FILE = "model.ort"
 
@@ -97,11 +98,7 @@ def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
         saved = Path(settings.save_optimized) / f"{Path(spec).name}.{'ort' if settings.ort_format else 'onnx'}"
     before = rss_mb()
     start = clock()
-    model = path
-    if bits is not None:
-        from .slicing import sliced_model_bytes
-        model = sliced_model_bytes(path, bits)
-    session = open_session(model, settings.provider, settings.threads, settings.optimization, saved,
+    session = open_session(model_to_open(path, bits), settings.provider, settings.threads, settings.optimization, saved,
                            "ORT" if settings.ort_format else "ONNX", settings.provider_options)
     decoder = OrtDecoder(session)
     load_s = clock() - start

@@ -70,11 +70,8 @@ class OrtDecoder:
     @classmethod
     def from_folder(cls, folder, threads: int | None = None, bits: int | None = None) -> "OrtDecoder":
         """The exported decoder in `folder`; with `bits`, its 8-bit codes sliced to that width in memory."""
-        path = Path(folder) / MODEL_FILE
-        if bits is not None:
-            from .slicing import sliced_model_bytes
-            path = sliced_model_bytes(path, bits)
-        return cls(cpu_session(path, threads))
+        from .slicing import model_to_open
+        return cls(cpu_session(model_to_open(Path(folder) / MODEL_FILE, bits), threads))
 
     def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)

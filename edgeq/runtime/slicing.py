@@ -19,23 +19,40 @@ WIDTHS_KEY = "edgeq.nested_widths"        # the widths the codes were optimised 
 CONTAINER = {2: 2, 3: 4, 4: 4, 8: 8}      # MatMulNBits runs 2, 4 and 8 bits; 3-bit codes live in 4
 
 
-def sliced_model_bytes(path, bits: int) -> bytes:
-    """The serialized model at `path` with every sliceable node cut to `bits` bits."""
+def model_to_open(path, bits: int | None):
+    """What onnxruntime should open: the file itself, or with `bits` its sliced model as bytes."""
+    if bits is None:
+        return path
     import onnx
     proto = onnx.load(str(path))  # external data, if any, is read in too
     slice_model(proto, bits)
     return proto.SerializeToString()
 
 
+def sliceable_nodes(proto) -> set[str]:
+    """Names of the MatMulNBits nodes the export marked as sliceable (empty if none)."""
+    value = _metadata(proto).get(SLICEABLE_KEY, "")
+    return set(value.split(",")) if value else set()
+
+
+def nested_widths(proto) -> list[int] | None:
+    """The widths the codes were optimised for (a MatQuant export), widest first; None if not recorded."""
+    value = _metadata(proto).get(WIDTHS_KEY)
+    return sorted(map(int, value.split(",")), reverse=True) if value else None
+
+
+def _metadata(proto) -> dict[str, str]:
+    return {p.key: p.value for p in proto.metadata_props}
+
+
 def slice_model(proto, bits: int) -> None:
     """In place: each node listed under SLICEABLE_KEY gets the `bits`-bit slice of its 8-bit codes."""
     if bits not in CONTAINER:
         raise EdgeqError(f"can slice to {sorted(CONTAINER)} bits (what onnxruntime runs), not {bits}")
-    meta = {p.key: p.value for p in proto.metadata_props}
-    if not meta.get(SLICEABLE_KEY):
+    names = sliceable_nodes(proto)
+    if not names:
         raise EdgeqError("this model lists no sliceable nodes: export an 8-bit checkpoint (e.g. --method matquant) "
                          "with `edgeq export` to get one")
-    names = set(meta[SLICEABLE_KEY].split(","))
     inits = {t.name: t for t in proto.graph.initializer}
     nodes = [n for n in proto.graph.node if n.name in names]
     if len(nodes) != len(names):

@@ -5,8 +5,8 @@ GPTQ's sweep run for every width at once on shared codes: each width keeps its o
 each weight takes the master code minimising the weighted error summed over the widths (an exact argmin,
 one candidate per run of constant slices), and each width feeds its own residual forward (see
 kernels/nested_numba.py for why not MatGPTQ's one mean residual). The grid is searched for the same
-multi-width error. Zero points
-are multiples of 2^(master - narrowest width), so every slice keeps an integer zero point (fast path).
+multi-width error. Zero points are multiples of 2^(master - narrowest width), so every slice keeps an
+integer zero point (fast path).
 """
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from ..kernels import nested_block
 from ..qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, permuted_factor, sweep
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths=nesting.DEFAULT_WIDTHS, weights=None,
-          act_order: bool = True, damp: float = 0.01, block_size: int = 128, clip: str = "mse",
+
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths=nesting.DEFAULT_WIDTHS,
+          weights=None, act_order: bool = True, damp: float = 0.01, block_size: int = 128, clip: str = "mse",
           backend: str = "auto", **_ignored) -> QuantizedWeight:
     loss = nesting.MultiWidthLoss.of(widths, weights)
     if spec.bits != loss.master_bits:
