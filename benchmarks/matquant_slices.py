@@ -9,26 +9,15 @@ With --onnx, the g128 MatQuant checkpoint is also exported once (int8) and each 
 onnxruntime on that one file sliced in memory (`edgeq eval ONNX_DIR --bits r`).
 """
 import argparse
-import json
 from pathlib import Path
 
-from quality import SHARED_TEXT, edgeq, perplexity
+from quality import SHARED_TEXT, cached_perplexity, checkpoint, edgeq
 
 WIDTHS = (8, 4, 2)
 
 
-def checkpoint(work: Path, name: str, *flags) -> Path:
-    out = work / name
-    if not (out / "quantization.json").is_file():
-        edgeq("quantize", *flags, "--out", out, "--quiet")
-    return out
-
-
 def ppl(work: Path, model: Path, label: str, args, *flags) -> float:
-    path = work / f"{label}.json"
-    if not path.is_file():
-        perplexity(model, args.text, args.max_windows, path, *flags)
-    return json.loads(path.read_text())["perplexity"]
+    return cached_perplexity(work, model, label, args.text, args.max_windows, *flags)
 
 
 def row(work, group, args):

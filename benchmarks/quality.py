@@ -35,6 +35,22 @@ def perplexity(model, text, max_windows, json_path, *flags):
     return json.loads(Path(json_path).read_text())
 
 
+def checkpoint(work: Path, name: str, *flags) -> Path:
+    """work/name quantized with these flags, unless a finished checkpoint is already there."""
+    out = work / name
+    if not (out / "quantization.json").is_file():
+        edgeq("quantize", *flags, "--out", out, "--quiet")
+    return out
+
+
+def cached_perplexity(work: Path, model, label: str, text, max_windows, *flags) -> float:
+    """Held-out perplexity of model (None = fp32), from work/label.json when an earlier run left it."""
+    path = work / f"{label}.json"
+    if not path.is_file():
+        perplexity(model, text, max_windows, path, *flags)
+    return json.loads(path.read_text())["perplexity"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=128)

@@ -3,7 +3,7 @@
 Public API (imported lazily, so `import edgeq` stays cheap and pulls in no torch by itself):
     quantize(model, out, QuantConfig(...)) -> checkpoint meta
     evaluate(model_or_checkpoint, text) -> perplexity report
-    QuantConfig, QuantSpec, QuantizedWeight, load_checkpoint, save_checkpoint
+    QuantConfig, MixedPrecision, QuantSpec, QuantizedWeight, load_checkpoint, save_checkpoint
 """
 __version__ = "0.1.0"
 
@@ -11,6 +11,7 @@ _LAZY = {
     "quantize": ("edgeq.api", "quantize"),
     "evaluate": ("edgeq.api", "evaluate"),
     "QuantConfig": ("edgeq.api", "QuantConfig"),
+    "MixedPrecision": ("edgeq.mixed", "MixedPrecision"),
     "QuantSpec": ("edgeq.grid", "QuantSpec"),
     "QuantizedWeight": ("edgeq.qweight", "QuantizedWeight"),
     "load_checkpoint": ("edgeq.checkpoint", "load_checkpoint"),

@@ -2,6 +2,7 @@
 calibrate block by block, write the checkpoint atomically, report where time and memory went."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 from . import __version__, grid
 from .errors import EdgeqError
 from .memory import peak_rss_mb, release_freed_memory
+from .mixed import MixedPrecision
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,8 @@ class QuantConfig:
     solver_opts: dict = field(default_factory=dict)
     block_epochs: int = 0      # block-wise scale training after the solver (decoupleQ's stage 2); 0 = off
     block_lr: float = 5e-3     # Adam on log(scale / solver's scale); best of those tried on SmolLM2 W2
+    mixed: "MixedPrecision | None" = None  # a width per linear under a size budget (then bits/group unused)
+    layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -67,7 +71,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     calibrated = NEEDS_HESSIAN[config.method]
     tokenizer = models.load_tokenizer(source)
     windows, calib_label, calib_digest = None, None, None
-    if calibrated:
+    if calibrated or config.mixed:
         text, calib_label = data.read_text(calib, data.DEFAULT_CALIB)
         windows = data.calibration_windows(data.tokenize(tokenizer, text), config.samples, config.seq_len,
                                            config.seed)
@@ -82,8 +86,15 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
     if config.block_epochs and not calibrated:
         raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    mixed_meta, sensitivity_record, layer_specs = None, None, {}
+    t_sensitivity = time.perf_counter()
+    if config.mixed:
+        layer_specs, mixed_meta, sensitivity_record = _mixed_plan(source, loaded, arch, windows, calib_digest,
+                                                                  config, resume_folder(out), progress)
+    t_sensitivity = time.perf_counter() - t_sensitivity
+    layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
-                             config.block_epochs, config.block_lr)
+                             config.block_epochs, config.block_lr, layer_specs)
     resume = pipeline.ResumeState(resume_folder(out), recipe.digest(source.label, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -99,8 +110,13 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
+    if config.layer_grids:
+        meta["layer_grids"] = [list(g) for g in config.layer_grids]
+    if config.mixed:
+        meta.update(bits=None, group_size=None, mixed=mixed_meta, sensitivity=sensitivity_record)
     meta["stats"] = {
-        "seconds_load": round(t_load, 2), "seconds_quantize": round(t_quant, 2),
+        "seconds_load": round(t_load, 2), "seconds_sensitivity": round(t_sensitivity, 2),
+        "seconds_quantize": round(t_quant, 2),
         "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
         "seconds_solver": round(timings.solver, 2), "seconds_block_training": round(timings.block_training, 2),
         "peak_rss_mb": round(peak_rss_mb(), 1),
@@ -109,6 +125,67 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)
     resume.discard()
     return checkpoint.read_meta(out)
+
+
+def block_linear_shapes(model, arch) -> dict[str, tuple[int, int]]:
+    """{qualified linear name: (out, in)} of every block linear (works on a streamed model's meta weights)."""
+    from .models import get_module
+    blocks = get_module(model, arch.blocks)
+    return {f"{arch.blocks}.{i}.{name}": tuple(get_module(blocks[i], name).weight.shape)
+            for i in range(len(blocks)) for name in arch.linears}
+
+
+def _hand_set_specs(config: QuantConfig, shapes: dict) -> dict[str, grid.QuantSpec]:
+    """The grids set by name (llama.cpp's --tensor-type): every linear whose name contains the pattern."""
+    specs = {}
+    for pattern, bits, group_size in config.layer_grids:
+        hits = [name for name in shapes if pattern in name]
+        if not hits:
+            raise EdgeqError(f"--layer-grid {pattern!r} matches no linear; names look like {next(iter(shapes))}")
+        specs.update({name: grid.QuantSpec(bits, group_size, config.sym) for name in hits})
+    return specs
+
+
+def _mixed_plan(source, loaded, arch, windows, calib_digest, config: QuantConfig, partial: Path, progress: bool):
+    """(width per linear, the plan's meta, the sensitivity record): the budget checked first, the estimates
+    reused from --sensitivity-from or from an interrupted run of the same job, else measured."""
+    from . import mixed
+    mp, shapes = config.mixed, block_linear_shapes(loaded, arch)
+    specs = mp.specs(config.sym)
+    mixed.check_budget(mp, shapes, specs)
+    wanted = {"candidates": [mixed.label(s) for s in specs], "method": config.method,
+              "solver_opts": config.solver_opts, "samples": mp.samples, "calibration_digest": calib_digest}
+    cached = partial / "sensitivity.json"
+    if mp.sensitivity_from:
+        record = mixed.load_estimates(mp.sensitivity_from)
+        if record["candidates"] != wanted["candidates"] or mp.estimator not in record["estimates"]:
+            raise EdgeqError(f"{mp.sensitivity_from} has {', '.join(record['estimates'])} estimates for "
+                             f"{record['candidates']}; this run needs {mp.estimator} for {wanted['candidates']}")
+    elif cached.is_file() and {k: v for k, v in json.loads(cached.read_text()).items() if k in wanted} == wanted:
+        record = json.loads(cached.read_text())
+    else:
+        record = {**wanted, "estimates": _measure_sensitivity(source, loaded, arch, windows[:mp.samples], specs,
+                                                                config, progress)}
+        partial.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(record))
+    chosen, result = mixed.plan(mp, shapes, specs, record["estimates"][mp.estimator])
+    return chosen, mixed.summary(mp, shapes, chosen, specs, record["estimates"][mp.estimator], result), record
+
+
+def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConfig, progress: bool) -> dict:
+    """Both estimators when the Fisher is asked for (the Hessian one comes free with it), else the Hessian's.
+    The Fisher needs gradients through the whole model, so it loads a full float copy for the pass."""
+    from . import models
+    from .calib import sensitivity
+    model, fisher = loaded, None
+    if config.mixed.estimator == "fisher":
+        model, _ = models.load_model(source)
+        fisher = sensitivity.fisher_diagonal(model, arch, windows, progress)
+    estimates = sensitivity.layer_estimates(model, arch, windows, specs, config.method, config.solver_opts,
+                                            config.batch_size, fisher, progress)
+    del model, fisher
+    release_freed_memory()
+    return estimates
 
 
 def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,

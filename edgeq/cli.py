@@ -16,6 +16,8 @@ EPILOG_QUANTIZE = """examples:
   edgeq quantize --group-size channel --out w4-pc      # one scale per output row
   edgeq quantize --method decoupleq --bits 2 --group-size 64 --out w2-dq
   edgeq quantize --method matquant --widths 8,4,2 --out mq      # one int8 checkpoint, sliceable to 4 and 2
+  edgeq quantize --mixed --budget 3.0 --out mixed-3bit  # 2/4/8 bits per layer, 3.0 code bits on average
+  edgeq quantize --budget 3.5 --sensitivity-from mixed-3bit --out mixed-3.5bit  # reuse the estimates
 
 Note: the bundled model's weights were stored as Q4_1 (blocks of 32), so asymmetric 4-bit with group 32
 is nearly lossless by construction; compare methods at group 64/128, per-channel, 3 and 2 bits.
@@ -64,6 +66,27 @@ def weights_arg(value: str) -> list[float]:
     if not weights or min(weights) < 0 or sum(weights) <= 0:
         raise argparse.ArgumentTypeError(f"expected non-negative weights like 1,1,1 (not all 0), got {value!r}")
     return weights
+
+
+def candidates_arg(value: str) -> list[tuple[int, int]]:
+    """'2:64,4,8:channel' -> [(2, 64), (4, 128), (8, -1)]; a width without a group gets 128."""
+    out = []
+    for part in value.split(","):
+        bits, _, group = part.partition(":")
+        try:
+            out.append((bits_arg(bits), group_size_arg(group) if group else 128))
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"expected BITS[:GROUP] pairs like 2:64,4:128,8:128, got {value!r}") \
+                from None
+    return out
+
+
+def layer_grid_arg(value: str) -> tuple[str, int, int]:
+    pattern, sep, grid_text = value.partition("=")
+    if not sep or not pattern:
+        raise argparse.ArgumentTypeError(f"expected PATTERN=BITS[:GROUP] like down_proj=4:128, got {value!r}")
+    (bits, group), = candidates_arg(grid_text)
+    return pattern, bits, group
 
 
 def positive_int(value: str) -> int:
@@ -130,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--block-lr", type=float, default=5e-3,
                    help="Adam learning rate of that training, on log(scale) (default: 5e-3; SmolLM2 W2 g64 "
                    "decoupleQ: 4 epochs at 5e-3 gave 69.5 perplexity against 90.4 without training)")
+    m = q.add_argument_group("mixed precision (a width per linear, chosen to fit a size budget)")
+    m.add_argument("--mixed", action="store_true", help="quantize with a width per linear; needs --budget")
+    m.add_argument("--budget", help="average code bits per quantized weight (e.g. 3.0), or the megabytes of "
+                   "the MatMulNBits weights onnxruntime stores (e.g. 30MB); implies --mixed")
+    m.add_argument("--candidates", type=candidates_arg, help="the grids a layer may get, BITS[:GROUP] "
+                   "(default: 2:64,4:128,8:128, the widths onnxruntime runs fast)")
+    m.add_argument("--sensitivity", choices=["fisher", "hessian"], default="fisher",
+                   help="what a width costs a layer: fisher = 1/2 sum F dW^2, the loss change (default; one "
+                   "backward pass per window through the whole model), hessian = the layer's own output error")
+    m.add_argument("--sensitivity-samples", type=positive_int, default=32,
+                   help="calibration windows for the estimates (default: 32)")
+    m.add_argument("--sensitivity-from", metavar="CKPT", help="reuse the estimates stored in an earlier mixed "
+                   "checkpoint (same candidates, method and calibration) instead of measuring them again")
+    q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
+                   help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
+                   "(repeatable; the later wins; the others keep --bits/--group-size)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
@@ -218,6 +257,19 @@ def method_flag_conflict(args) -> str | None:
         return "--no-act-order applies to gptq and matquant only"
     if args.iters is not None and args.method != "decoupleq":
         return "--iters applies to decoupleq only"
+    mixed = args.mixed or args.budget is not None
+    if mixed and args.budget is None:
+        return "--mixed needs --budget: average bits per weight (3.0) or megabytes (30MB)"
+    if not mixed and (args.candidates or args.sensitivity_from):
+        return "--candidates and --sensitivity-from apply to mixed precision: add --budget"
+    if mixed and args.method == "matquant":
+        return "matquant serves its widths by slicing one int8 code; it does not mix widths per layer"
+    if mixed and args.layer_grid:
+        return "--layer-grid sets widths by hand; --budget chooses them: use one of the two"
+    if args.layer_grid and args.method == "matquant":
+        return "matquant stores one width for every linear; --layer-grid does not apply"
+    if mixed and args.bits is not None:
+        return "with --budget the widths come from --candidates; drop --bits"
     if (args.widths or args.weights) and args.method != "matquant":
         return "--widths and --weights apply to matquant only"
     if args.method == "matquant":
@@ -249,15 +301,31 @@ def cmd_quantize(args) -> None:
     config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
-                         block_lr=args.block_lr)
+                         block_lr=args.block_lr, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid))
     meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet)
     s = meta["stats"]
-    print(f"wrote {args.out}: {meta['method']} W{meta['bits']} g{meta['group_size']} "
-          f"{'sym' if meta['sym'] else 'asym'}, {len(meta['layers'])} linears")
-    print(f"time {s['seconds_load'] + s['seconds_quantize']:.1f}s (load {s['seconds_load']:.1f}, forward "
+    if meta.get("mixed"):
+        from .mixed import table
+        print(table(meta["mixed"]))
+    grid_text = "mixed" if meta.get("mixed") else f"W{meta['bits']} g{meta['group_size']}" + \
+        "".join(f", {p}: W{b} g{g}" for p, b, g in meta.get("layer_grids", []))
+    print(f"wrote {args.out}: {meta['method']} {grid_text} {'sym' if meta['sym'] else 'asym'}, "
+          f"{len(meta['layers'])} linears")
+    sensitivity = f", sensitivity {s['seconds_sensitivity']:.1f}" if meta.get("mixed") else ""
+    print(f"time {s['seconds_load'] + s['seconds_sensitivity'] + s['seconds_quantize']:.1f}s (load "
+          f"{s['seconds_load']:.1f}{sensitivity}, forward "
           f"{s['seconds_forward']:.1f}, hessian {s['seconds_hessian']:.1f}, solver {s['seconds_solver']:.1f}); "
           f"peak RSS {s['peak_rss_mb']:.0f} MB ({s['peak_rss_mb'] / s['fp32_parameter_mb']:.2f}x the fp32 "
           f"parameters)")
+
+
+def mixed_config(args):
+    if args.budget is None:
+        return None
+    from .mixed import DEFAULT_CANDIDATES, MixedPrecision, parse_budget
+    budget, unit = parse_budget(args.budget)
+    return MixedPrecision(budget, unit, tuple(args.candidates or DEFAULT_CANDIDATES), args.sensitivity,
+                          args.sensitivity_samples, args.sensitivity_from)
 
 
 def cmd_eval(args) -> None:

@@ -38,10 +38,15 @@ class Recipe:
     batch_size: int = 2
     block_epochs: int = 0
     block_lr: float = 5e-3
+    layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
+
+    def spec_of(self, linear: str) -> grid.QuantSpec:
+        return self.layer_specs.get(linear, self.spec)
 
     def digest(self, model_label: str, calib_digest: str) -> str:
+        layers = {name: asdict(spec) for name, spec in self.layer_specs.items()}
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
-                           self.batch_size, self.block_epochs, self.block_lr], sort_keys=True, default=str)
+                           self.batch_size, self.block_epochs, self.block_lr, layers], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -133,7 +138,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         prefix = f"{arch.blocks}.{i}."
         targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
         if calibrated:
-            hessians = _collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
+            hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
                                          targets)
         block_q = {}
         for group in arch.input_groups:
@@ -142,7 +147,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 bar.set_postfix_str(f"{name}")
                 linear = get_module(block, name)
                 t = time.perf_counter()
-                qw = solver(linear.weight.data, H, recipe.spec, **recipe.solver_opts)
+                qw = solver(linear.weight.data, H, recipe.spec_of(prefix + name), **recipe.solver_opts)
                 W_hat = qw.dequantize().to(device)
                 timings.solver += time.perf_counter() - t
                 if calibrated:
@@ -154,7 +159,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings)
         if calibrated and (i < len(blocks) - 1 or targets is not None):  # the last outputs feed nothing
             t = time.perf_counter()
-            loss = _run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
+            loss = run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
             if targets is not None:
                 timings.block_losses[str(i)].append(loss)
             timings.forward += time.perf_counter() - t
@@ -190,7 +195,7 @@ def _batches(hidden: torch.Tensor, batch_size: int):
 
 
 @torch.no_grad()
-def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings, targets=None):
+def collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings, targets=None):
     """Hessians of the block's linears on `hidden`; the float block's outputs go to `targets` if given."""
     accumulators, remove = hessian_hooks(block, arch, device)
     t = time.perf_counter()
@@ -208,7 +213,7 @@ def _collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device,
 
 
 @torch.no_grad()
-def _run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, targets=None):
+def run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, targets=None):
     """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
     With targets, returns the mean squared error of the outputs against them."""
     squared = 0.0

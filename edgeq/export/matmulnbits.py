@@ -27,19 +27,30 @@ class NodeLayout:
 
 def node_layout(name: str, qw: QuantizedWeight) -> NodeLayout:
     """How a QuantizedWeight maps onto MatMulNBits, or a clear refusal."""
-    n, k = qw.shape
-    bits = 4 if qw.bits == 3 else qw.bits
+    return layout_for(name, qw.shape[1], qw.bits, qw.group_size)
+
+
+def layout_for(name: str, k: int, stored_bits: int, group_size: int) -> NodeLayout:
+    """The MatMulNBits layout of a weight with K inputs on this grid (3-bit goes to the 4-bit container)."""
+    bits = 4 if stored_bits == 3 else stored_bits
     if bits not in ORT_BITS:
-        raise EdgeqError(f"{name}: {qw.bits}-bit weights cannot run in onnxruntime's MatMulNBits "
+        raise EdgeqError(f"{name}: {stored_bits}-bit weights cannot run in onnxruntime's MatMulNBits "
                          f"(it runs 2, 4 and 8 bits; 3-bit is stored as 4); quantize with --bits 2, 3, 4 or 8")
-    per_channel = qw.group_size >= k
-    block = 1 << max(4, (k - 1).bit_length()) if per_channel else qw.group_size
+    per_channel = group_size >= k or group_size == -1
+    block = 1 << max(4, (k - 1).bit_length()) if per_channel else group_size
     if not per_channel and (block < 16 or block & (block - 1)):
-        raise EdgeqError(f"{name}: group size {qw.group_size} is not a power of two >= 16")
+        raise EdgeqError(f"{name}: group size {group_size} is not a power of two >= 16")
     if bits == 2 and block > 128:
         raise EdgeqError(f"{name}: 2-bit with block {block} has no fast MatMulNBits kernel (2-bit is fast only "
                          f"at blocks 32, 64, 128); quantize 2-bit with --group-size 32, 64 or 128")
     return NodeLayout(bits, block, -(-k // block))
+
+
+def initializer_bytes(n: int, layout: NodeLayout) -> int:
+    """Bytes of B, scales (float32) and packed zero points that node_tensors writes for N output rows."""
+    b = n * layout.blocks * layout.block * layout.bits // 8
+    zeros = n * pack.packed_length(layout.blocks, layout.bits)  # packed row by row
+    return b + 4 * n * layout.blocks + zeros
 
 
 def node_tensors(qw: QuantizedWeight, layout: NodeLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
