@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--sensitivity-samples", type=positive_int, default=32,
                    help="calibration windows for the estimates (default: 32)")
     m.add_argument("--sensitivity-from", metavar="CKPT", help="reuse the estimates stored in an earlier mixed "
-                   "checkpoint (same candidates, method and calibration) instead of measuring them again")
+                   "checkpoint (or its quantization.json; made for the same --candidates) instead of measuring them again")
     q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
                    help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
                    "(repeatable; the later wins; the others keep --bits/--group-size)")
