@@ -2,6 +2,7 @@
 sensitivity estimator, with uniform GPTQ widths and a hand-made 2/4 mix as reference points.
 
     python benchmarks/mixed_budget.py [--work runs/mixed] [--budgets 2.25 2.5 ...] [--plot mixed.png] [--onnx]
+                                      [--other-budgets 3.0] [--block-epochs 2]
 
 The estimates are measured once (the first budget's run) and reused by every other run through
 --sensitivity-from. Size is counted two ways: code bits per weight (what --budget 3.0 means; scales and
@@ -42,7 +43,7 @@ def runs(work: Path, args) -> list[tuple[str, str, Path]]:
                        "--sensitivity", args.estimators[0])
     points = []
     for est in args.estimators:
-        for budget in args.budgets:
+        for budget in args.budgets if est == args.estimators[0] else args.other_budgets:
             ckpt = checkpoint(work, f"{est}-{budget}", "--budget", budget, "--sensitivity", est,
                               "--sensitivity-from", first)
             points.append((f"mixed ({est})", f"{est} {budget}", ckpt))
@@ -50,6 +51,13 @@ def runs(work: Path, args) -> list[tuple[str, str, Path]]:
     for name, (bits, group) in UNIFORM.items():
         points.append(("uniform GPTQ", name, checkpoint(work, name, "--bits", bits, "--group-size", group)))
     points.append(("hand mix", "W2 g64 + attention, down_proj W4 g128", checkpoint(work, "hand-2-4", *HAND)))
+    if args.block_epochs:  # both sides with the same block training, after the solver
+        bt = ("--block-epochs", args.block_epochs)
+        name = f"{args.estimators[0]}-{args.budgets[0]}-bt{args.block_epochs}"
+        points.append((f"block-trained ({args.block_epochs} epochs)", name, checkpoint(
+            work, name, "--budget", args.budgets[0], "--sensitivity-from", first, *bt)))
+        points.append((f"block-trained ({args.block_epochs} epochs)", f"gptq-w3-g128-bt{args.block_epochs}", checkpoint(
+            work, f"gptq-w3-g128-bt{args.block_epochs}", "--bits", 3, "--group-size", 128, *bt)))
     return points
 
 
@@ -60,7 +68,7 @@ def plot(rows, fp: float, path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for series in dict.fromkeys(r[0] for r in rows):
         pts = sorted((r[3], r[5]) for r in rows if r[0] == series)
-        style = "-o" if series.startswith("mixed") else "s" if series == "uniform GPTQ" else "*"
+        style = "-o" if series.startswith("mixed") else "s" if series.startswith("uniform") else "*"
         ax.plot(*zip(*pts), style, label=series, markersize=9 if style == "*" else 6)
     ax.axhline(fp, color="gray", linestyle=":", label="fp32")
     ax.set_yscale("log")
@@ -76,7 +84,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/mixed")
     parser.add_argument("--budgets", nargs="*", type=float, default=[3.0, 2.25, 2.5, 2.75, 3.25, 3.5, 4.0])
-    parser.add_argument("--estimators", nargs="*", default=["fisher", "hessian"], choices=["fisher", "hessian"])
+    parser.add_argument("--estimators", nargs="*", default=["fisher", "hessian"], choices=["fisher", "hessian"],
+                        help="the first runs at every --budgets, the others at --other-budgets")
+    parser.add_argument("--other-budgets", nargs="*", type=float, default=[3.0])
+    parser.add_argument("--block-epochs", type=int, default=0,
+                        help="also the first budget and uniform W3 g128, both with this block training")
     parser.add_argument("--text", default=str(SHARED_TEXT))
     parser.add_argument("--max-windows", type=int, default=60)
     parser.add_argument("--plot", help="PNG of perplexity against code bits per weight")

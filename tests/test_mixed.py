@@ -175,6 +175,14 @@ def test_a_size_budget_in_mb_and_reused_estimates(mixed_checkpoint, tiny_model_d
     assert hessian["mixed"]["estimator"] == "hessian" and hessian["mixed"]["bits_per_weight"] <= 3.0
 
 
+def test_block_training_keeps_each_linears_own_width(mixed_checkpoint, tiny_model_dir, tmp_path):
+    out, meta = mixed_checkpoint
+    config = mixed_config(3.0, sensitivity_from=str(out))
+    trained = quantize(tiny_model_dir, tmp_path / "bt", api.QuantConfig(**{**vars(config), "block_epochs": 1}))
+    assert trained["layers"] == meta["layers"]
+    assert all(len(losses) == 2 for losses in trained["block_losses"].values())
+
+
 def test_an_interrupted_run_keeps_its_estimates(tiny_model_dir, tmp_path, monkeypatch):
     def stop(i):
         if i == 1:

@@ -20,10 +20,12 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
                   kwargs_per_batch: list, batch_size: int, epochs: int, lr: float, device,
                   widths: list[tuple[int, float]] | None = None) -> tuple[dict, list]:
     """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch]).
-    `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: the stored width)."""
-    widths = widths or [(next(iter(qweights.values())).bits, 1.0)]
+    `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: each linear's own
+    stored width, which may differ between the linears of a mixed-precision block)."""
+    widths = widths or [(None, 1.0)]
     total_weight = sum(w for _, w in widths)
-    codes = {(name, bits): _centred_codes(qw, bits).to(device) for name, qw in qweights.items() for bits, _ in widths}
+    codes = {(name, bits): _centred_codes(qw, bits or qw.bits).to(device) for name, qw in qweights.items()
+             for bits, _ in widths}
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
     log_ratio = {name: torch.zeros_like(s, requires_grad=True) for name, s in base.items()}
     optimizer = torch.optim.Adam(log_ratio.values(), lr=lr)
