@@ -62,20 +62,27 @@ def runs(work: Path, args) -> list[tuple[str, str, Path]]:
 
 
 def plot(rows, fp: float, path: str) -> None:
+    """Perplexity against code bits (left) and against the bytes onnxruntime stores (right)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for series in dict.fromkeys(r[0] for r in rows):
-        pts = sorted((r[3], r[5]) for r in rows if r[0] == series)
-        style = "-o" if series.startswith("mixed") else "s" if series.startswith("uniform") else "*"
-        ax.plot(*zip(*pts), style, label=series, markersize=9 if style == "*" else 6)
-    ax.axhline(fp, color="gray", linestyle=":", label="fp32")
-    ax.set_yscale("log")
-    ax.set_xlabel("code bits per weight (quantized linears)")
-    ax.set_ylabel("held-out perplexity (Persuasion)")
-    ax.set_title("SmolLM2-135M: mixed 2/4/8-bit GPTQ under a budget")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, column, xlabel in ((axes[0], 3, "code bits per weight (quantized linears)"),
+                               (axes[1], 4, "MB of MatMulNBits weights in onnxruntime (3-bit stored as 4)")):
+        for series in dict.fromkeys(r[0] for r in rows):
+            pts = sorted((r[column], r[5]) for r in rows if r[0] == series)
+            style = "-o" if series.startswith("mixed") else "s" if series.startswith("uniform") else "*"
+            ax.plot(*zip(*pts), style, label=series, markersize=9 if style == "*" else 6)
+        for r in rows:
+            if r[0].startswith("uniform"):
+                ax.annotate(r[2].replace("gptq-", ""), (r[column], r[5]), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
+        ax.axhline(fp, color="gray", linestyle=":", label="fp32")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+    axes[0].set_ylabel("held-out perplexity (Persuasion)")
+    axes[0].legend()
+    fig.suptitle("SmolLM2-135M: mixed 2/4/8-bit GPTQ under a budget")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
