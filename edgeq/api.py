@@ -161,7 +161,7 @@ def _mixed_plan(source, loaded, arch, windows, calib_digest, config: QuantConfig
         if record["candidates"] != wanted["candidates"] or mp.estimator not in record["estimates"]:
             raise EdgeqError(f"{mp.sensitivity_from} has {', '.join(record['estimates'])} estimates for "
                              f"{record['candidates']}; this run needs {mp.estimator} for {wanted['candidates']}")
-    elif cached.is_file() and {k: v for k, v in json.loads(cached.read_text()).items() if k in wanted} == wanted:
+    elif _record_of_this_job(cached, wanted, mp.estimator):
         record = json.loads(cached.read_text())
     else:
         record = {**wanted, "estimates": _measure_sensitivity(source, loaded, arch, windows[:mp.samples], specs,
@@ -170,6 +170,14 @@ def _mixed_plan(source, loaded, arch, windows, calib_digest, config: QuantConfig
         cached.write_text(json.dumps(record))
     chosen, result = mixed.plan(mp, shapes, specs, record["estimates"][mp.estimator])
     return chosen, mixed.summary(mp, shapes, chosen, specs, record["estimates"][mp.estimator], result), record
+
+
+def _record_of_this_job(path: Path, wanted: dict, estimator: str) -> bool:
+    """Whether an interrupted run left estimates made exactly as this run would make them."""
+    if not path.is_file():
+        return False
+    record = json.loads(path.read_text())
+    return estimator in record["estimates"] and all(record.get(k) == v for k, v in wanted.items())
 
 
 def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConfig, progress: bool) -> dict:
