@@ -58,17 +58,17 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta."""
     from . import checkpoint, models
     from .calib import data, pipeline
-    from .solvers import NEEDS_HESSIAN, get_solver
+    from .solvers import LEARNED, check_method, needs_calibration
 
     t0 = time.perf_counter()
     out = Path(out)
     check_output_folder(out)
     spec = config.spec
-    get_solver(config.method)
+    check_method(config.method)
     check_device(config.device)
     source = models.resolve_source(model)
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
-    calibrated = NEEDS_HESSIAN[config.method]
+    calibrated = needs_calibration(config.method)
     tokenizer = models.load_tokenizer(source)
     windows, calib_label, calib_digest = None, None, None
     if calibrated or config.mixed:
@@ -86,6 +86,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
     if config.block_epochs and not calibrated:
         raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    if config.block_epochs and config.method in LEARNED:
+        raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
     mixed_meta, sensitivity_record, layer_specs = None, None, {}
     t_sensitivity = time.perf_counter()
     if config.mixed:
@@ -185,12 +187,16 @@ def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConf
     The Fisher needs gradients through the whole model, so it loads a full float copy for the pass."""
     from . import models
     from .calib import sensitivity
+    from .solvers import LEARNED
     model, fisher = loaded, None
     if config.mixed.estimator == "fisher":
         model, _ = models.load_model(source)
         fisher = sensitivity.fisher_diagonal(model, arch, windows, progress)
-    estimates = sensitivity.layer_estimates(model, arch, windows, specs, config.method, config.solver_opts,
-                                            config.batch_size, fisher, progress)
+    method, opts = config.method, config.solver_opts
+    if method in LEARNED:  # what a width costs is estimated from GPTQ's solution: no block training per candidate
+        method, opts = "gptq", {}
+    estimates = sensitivity.layer_estimates(model, arch, windows, specs, method, opts, config.batch_size, fisher,
+                                            progress)
     del model, fisher
     release_freed_memory()
     return estimates

@@ -9,6 +9,8 @@ from pathlib import Path
 from .errors import EdgeqError
 from .nesting import DEFAULT_WIDTHS, default_weights
 
+LEARNED_METHODS = ("signround", "flexround", "lrq")
+
 EPILOG_QUANTIZE = """examples:
   edgeq quantize --out smollm2-w4                      # GPTQ W4 g128 of the bundled SmolLM2-135M
   edgeq quantize --method rtn --bits 3 --out w3-rtn    # round to nearest, no calibration needed
@@ -16,6 +18,8 @@ EPILOG_QUANTIZE = """examples:
   edgeq quantize --group-size channel --out w4-pc      # one scale per output row
   edgeq quantize --method decoupleq --bits 2 --group-size 64 --out w2-dq
   edgeq quantize --method matquant --widths 8,4,2 --out mq      # one int8 checkpoint, sliceable to 4 and 2
+  edgeq quantize --method signround --bits 3 --out w3-sr  # learned rounding, trained block by block
+  edgeq quantize --method flexround --steps 500 --out w4-fr     # longer training, closer to the paper
   edgeq quantize --mixed --budget 3.0 --out mixed-3bit  # 2/4/8 bits per layer, 3.0 code bits on average
   edgeq quantize --budget 3.5 --sensitivity-from mixed-3bit --out mixed-3.5bit  # reuse the estimates
 
@@ -111,10 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
                    "SmolLM2-135M)")
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
-    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq", "matquant"],
+    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq", "matquant", "signround",
+                                                          "flexround", "lrq"],
                    help="solver: rtn (no calibration), gptq (default), decoupleq (alternates GPTQ rounding "
                    "with the exact least-squares grid per row; best at 2-3 bits, a few times slower), "
-                   "matquant (int8 codes whose top bits are good 4- and 2-bit weights: one file, three widths)")
+                   "matquant (int8 codes whose top bits are good 4- and 2-bit weights: one file, three widths); "
+                   "learned rounding, trained on each block's output (fp targets, quantized inputs): signround "
+                   "(offset + clipping by signed descent, AutoRound), flexround (division by learned scales), "
+                   "lrq (flexround's scales in low rank)")
     q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; matquant: the widest of "
                    "--widths)")
     q.add_argument("--widths", type=widths_arg, help="matquant: the widths the codes serve, widest stored "
@@ -146,6 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gptq, decoupleq, matquant: damping, fraction of mean diag(H)")
     q.add_argument("--iters", type=positive_int, default=None,
                    help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
+    learned = q.add_argument_group("learned rounding (signround, flexround, lrq)")
+    learned.add_argument("--steps", type=positive_int, help="training steps per block, each on --batch-size "
+                         "windows (default: 150, ~15 min for SmolLM2-135M on 2 cores; the papers use 200 (signround) to 5000 "
+                         "(flexround, lrq) on GPUs)")
+    learned.add_argument("--lr", type=float, help="learning rate (default: signround 1/steps, flexround and lrq "
+                         "1e-2, all decayed to 0 over the steps)")
+    learned.add_argument("--rank", type=positive_int, help="lrq: rank of the per-weight scales (default: a quarter "
+                         "of the layer's smaller dimension)")
+    learned.add_argument("--rounding-rule", choices=["division", "addition"], help="flexround: W / scale (the "
+                         "method, default) or W / s1 + offset (the ablation, same engine)")
     q.add_argument("--block-epochs", type=int, default=0,
                    help="gptq, decoupleq, matquant: after each block is solved, train its scales (codes frozen) "
                    "for N epochs to match the float block's outputs (decoupleQ's stage 2; ~9 s per block and "
@@ -251,12 +269,20 @@ pip install edgeq (the [quantize] extra is for quantizing and exporting)."""
 
 def method_flag_conflict(args) -> str | None:
     """A flag that the chosen method would silently ignore is a mistake worth one clear line."""
-    if args.clip is not None and args.method == "decoupleq":
-        return "--clip applies to rtn and gptq; decoupleq searches its grid against the full Hessian"
+    if args.clip is not None and args.method in ("decoupleq", "signround"):
+        return f"--clip does not apply to {args.method}: it finds its own range"
     if not args.act_order and args.method not in ("gptq", "matquant"):
         return "--no-act-order applies to gptq and matquant only"
     if args.iters is not None and args.method != "decoupleq":
         return "--iters applies to decoupleq only"
+    if (args.steps or args.lr is not None) and args.method not in LEARNED_METHODS:
+        return f"--steps and --lr apply to the learned-rounding methods ({', '.join(LEARNED_METHODS)})"
+    if args.rank is not None and args.method != "lrq":
+        return "--rank applies to lrq only"
+    if args.rounding_rule is not None and args.method != "flexround":
+        return "--rounding-rule applies to flexround only"
+    if args.lr is not None and not args.lr > 0:
+        return "--lr must be > 0"
     mixed = args.mixed or args.budget is not None
     if mixed and args.budget is None:
         return "--mixed needs --budget: average bits per weight (3.0) or megabytes (30MB)"
@@ -291,6 +317,9 @@ def cmd_quantize(args) -> None:
         opts.update(act_order=args.act_order, damp=args.damp)
     if args.method == "decoupleq":
         opts.update(damp=args.damp, **({} if args.iters is None else {"iters": args.iters}))
+    if args.method in LEARNED_METHODS:
+        opts.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("rank", args.rank),
+                                       ("rule", args.rounding_rule)) if v is not None})
     bits = 4 if args.bits is None else args.bits
     if args.method == "matquant":
         widths = args.widths or list(DEFAULT_WIDTHS)
@@ -314,7 +343,8 @@ def cmd_quantize(args) -> None:
     sensitivity = f", sensitivity {s['seconds_sensitivity']:.1f}" if meta.get("mixed") else ""
     print(f"time {s['seconds_load'] + s['seconds_sensitivity'] + s['seconds_quantize']:.1f}s (load "
           f"{s['seconds_load']:.1f}{sensitivity}, forward "
-          f"{s['seconds_forward']:.1f}, hessian {s['seconds_hessian']:.1f}, solver {s['seconds_solver']:.1f}); "
+          f"{s['seconds_forward']:.1f}, hessian {s['seconds_hessian']:.1f}, solver {s['seconds_solver']:.1f}"
+          f"{', block training %.1f' % s['seconds_block_training'] if s['seconds_block_training'] else ''}); "
           f"peak RSS {s['peak_rss_mb']:.0f} MB ({s['peak_rss_mb'] / s['fp32_parameter_mb']:.2f}x the fp32 "
           f"parameters)")
 

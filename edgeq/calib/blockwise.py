@@ -9,11 +9,11 @@ master scale times 2^d).
 from __future__ import annotations
 
 import torch
-from torch.func import functional_call
 
 from .. import grid
 from ..qweight import QuantizedWeight
 from .capture import to_device
+from .reconstruct import forward_with, frozen
 
 
 def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Tensor, targets: torch.Tensor,
@@ -29,11 +29,8 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
     log_ratio = {name: torch.zeros_like(s, requires_grad=True) for name, s in base.items()}
     optimizer = torch.optim.Adam(log_ratio.values(), lr=lr)
-    frozen = [p for p in block.parameters() if p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
     losses = []
-    try:
+    with frozen(block):
         for _ in range(epochs):
             total = 0.0
             for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
@@ -43,17 +40,13 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
                 for bits, width_weight in widths:
                     weights = {f"{name}.weight": _weight(codes[name, bits], base[name] * log_ratio[name].exp(),
                                                          qweights[name]) for name in qweights}
-                    out = functional_call(block, weights, (x,), to_device(kwargs_per_batch[b], device))
-                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    out = forward_with(block, weights, x, to_device(kwargs_per_batch[b], device))
                     loss = loss + width_weight / total_weight * torch.nn.functional.mse_loss(out, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * out.shape[0]
             losses.append(total / inputs.shape[0])
-    finally:
-        for p in frozen:
-            p.requires_grad_(True)
     trained = {name: QuantizedWeight(qw.q, (base[name] * log_ratio[name].detach().exp()).cpu(), qw.zero, qw.bits,
                                      qw.group_size) for name, qw in qweights.items()}
     return trained, losses

@@ -24,9 +24,10 @@ from ..checkpoint import load_tensors, qweights_from_tensors, qweights_layout, q
 from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
 from ..qweight import QuantizedWeight
-from ..solvers import NEEDS_HESSIAN, get_solver, weighted_error
+from ..solvers import LEARNED, LEARNED_DEFAULTS, get_solver, needs_calibration, weighted_error
 from .blockwise import refine_scales
 from .capture import block_output, capture_block_inputs, hessian_hooks, to_device
+from .reconstruct import Schedule, reconstruct_block
 
 
 @dataclass(frozen=True)
@@ -72,16 +73,19 @@ class ResumeState:
         state = json.loads((self.folder / "state.json").read_text())
         return state["next_block"] if state.get("run") == self.run_digest else 0
 
-    def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight]) -> None:
+    def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight],
+             fp_hidden: torch.Tensor | None = None) -> None:
+        """fp_hidden: the float model's states, which learned-rounding methods train towards."""
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         block = next_block - 1
         save_tensors(self.folder / f"block_{block:04d}.safetensors", qweights_to_tensors(qweights),
                      {"layout": json.dumps(qweights_layout(qweights))})
-        if hidden is not None:
-            torch.save(hidden, self.folder / "hidden.tmp")
-            os.replace(self.folder / "hidden.tmp", self.folder / "hidden.pt")
+        for name, states in (("hidden", hidden), ("fp_hidden", fp_hidden)):
+            if states is not None:
+                torch.save(states, self.folder / f"{name}.tmp")
+                os.replace(self.folder / f"{name}.tmp", self.folder / f"{name}.pt")
         (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
         os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
 
@@ -95,8 +99,8 @@ class ResumeState:
             qweights.update(qweights_from_tensors(load_tensors(path), layout))
         return qweights
 
-    def load_hidden(self) -> torch.Tensor | None:
-        path = self.folder / "hidden.pt"
+    def load_hidden(self, name: str = "hidden") -> torch.Tensor | None:
+        path = self.folder / f"{name}.pt"
         return torch.load(path) if path.exists() else None
 
     def discard(self) -> None:
@@ -112,8 +116,9 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
     With a resume folder, finished blocks' codes live only there (not in memory) until the end.
     """
-    solver = get_solver(recipe.method)
-    calibrated = NEEDS_HESSIAN[recipe.method]
+    learned = recipe.method in LEARNED
+    solver = None if learned else get_solver(recipe.method)
+    calibrated = needs_calibration(recipe.method)
     blocks = get_module(model, arch.blocks)
     resume = resume or ResumeState(None, "")
     start = resume.next_block()
@@ -129,6 +134,9 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
         hidden = captured if hidden is None else hidden
         timings.forward += time.perf_counter() - t
+    fp_hidden = None  # learned rounding: the float model's own states at the current block's input
+    if learned:
+        fp_hidden = resume.load_hidden("fp_hidden") if start else hidden.clone()
 
     bar = tqdm(range(start, len(blocks)), desc="quantize", unit="block", disable=not progress,
                initial=start, total=len(blocks))
@@ -136,6 +144,17 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         load_block(model, arch, i)
         block = blocks[i].to(device)
         prefix = f"{arch.blocks}.{i}."
+        if learned:
+            block_q, timings.block_losses[str(i)] = _learn_block(block, arch, prefix, hidden, fp_hidden,
+                                                                 kwargs_per_batch, recipe, device, timings, bar)
+            t = time.perf_counter()
+            timings.block_losses[str(i)]["after"] = run_block_in_place(block, hidden, kwargs_per_batch,
+                                                                       recipe.batch_size, device, fp_hidden)
+            timings.forward += time.perf_counter() - t
+            _finish_block(model, blocks, i, block, block_q, hidden, fp_hidden, resume, in_memory)
+            if on_block_done is not None:
+                on_block_done(i)
+            continue
         targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
         if calibrated:
             hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
@@ -164,21 +183,65 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 timings.block_losses[str(i)].append(loss)
             timings.forward += time.perf_counter() - t
         del targets
-        blocks[i] = block.to("cpu")
-        if resume.folder is None:
-            in_memory.update(block_q)
-        resume.save(i + 1, hidden, block_q)
-        if is_streamed(model):
-            release_weights(model, block_q)
-        release_freed_memory()
+        _finish_block(model, blocks, i, block, block_q, hidden, None, resume, in_memory)
         if on_block_done is not None:
             on_block_done(i)
     bar.close()
     if resume.folder is None:
         return in_memory, timings
-    del hidden, captured
+    del hidden, captured, fp_hidden
     release_freed_memory()  # the hidden states go before the codes come back
     return resume.load_qweights(len(blocks)), timings
+
+
+def _finish_block(model, blocks, i, block, block_q, hidden, fp_hidden, resume, in_memory) -> None:
+    """Block i is done: back to the CPU, its codes committed (to the resume folder or kept in memory)."""
+    blocks[i] = block.to("cpu")
+    if resume.folder is None:
+        in_memory.update(block_q)
+    resume.save(i + 1, hidden, block_q, fp_hidden)
+    if is_streamed(model):
+        release_weights(model, block_q)
+    release_freed_memory()
+
+
+def _learn_block(block, arch, prefix, hidden, fp_hidden, kwargs_per_batch, recipe, device, timings, bar):
+    """Learned rounding of one block: fp_hidden becomes the float block's outputs (the targets, and the
+    next block's float inputs); every linear's rounding is trained on the quantized inputs `hidden` to
+    reproduce them; the block gets the trained weights. Returns (its QuantizedWeights, the loss record)."""
+    t = time.perf_counter()
+    run_block_in_place(block, fp_hidden, kwargs_per_batch, recipe.batch_size, device)
+    timings.forward += time.perf_counter() - t
+    t = time.perf_counter()
+    layer_opts, schedule = learned_options(recipe.method, recipe.solver_opts)
+    roundings = {name: LEARNED[recipe.method](get_module(block, name).weight.data, recipe.spec_of(prefix + name),
+                                              **layer_opts)
+                 for group in arch.input_groups for name in group}
+
+    def report(step, loss, best):
+        if step % 10 == 0 or step == schedule.steps - 1:
+            bar.set_postfix_str(f"step {step + 1}/{schedule.steps} loss {loss:.3g} best {best:.3g} "
+                                f"{time.perf_counter() - t:.0f}s")
+
+    record = reconstruct_block(block, roundings, hidden, fp_hidden, kwargs_per_batch, recipe.batch_size,
+                               schedule, device, report)
+    block_q = {}
+    for name, rounding in roundings.items():
+        qw = rounding.result()
+        get_module(block, name).weight.data = qw.dequantize().to(device)
+        block_q[prefix + name] = qw
+    timings.block_training += time.perf_counter() - t
+    return block_q, record
+
+
+def learned_options(method: str, opts: dict) -> tuple[dict, Schedule]:
+    """Split a learned method's options into the per-layer rounding's and the training schedule."""
+    layer_opts = dict(opts)
+    defaults = LEARNED_DEFAULTS[method]
+    steps = layer_opts.pop("steps", None) or defaults["steps"]
+    lr = layer_opts.pop("lr", None) or defaults["lr"] or 1.0 / steps
+    seed = layer_opts.pop("seed", 0)
+    return layer_opts, Schedule(steps, lr, defaults["optimizer"], seed)
 
 
 def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:

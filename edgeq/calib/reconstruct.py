@@ -1,0 +1,105 @@
+"""Block reconstruction: learn how every linear of one block rounds, so that the quantized block on the
+quantized model's inputs reproduces the float block's outputs on the float model's inputs (the target
+FlexRound and AutoRound train for). The methods differ only in their parameterisation (a `Rounding`:
+parameters(), weight() differentiable, project() after a step, result() -> QuantizedWeight) and in their
+optimiser: Adam with a cosine decay (FlexRound, LRQ) or signed gradient descent with a linear decay
+(SignRound). The parameters of the step with the lowest loss are kept (AutoRound's rule; for Adam
+methods the last step usually is the best).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call
+
+from .capture import to_device
+
+OPTIMIZERS = ("adam", "sign")
+
+
+@dataclass
+class Schedule:
+    steps: int
+    lr: float
+    optimizer: str  # "adam" | "sign"
+    seed: int = 0
+
+
+@contextlib.contextmanager
+def frozen(block):
+    """The block's own parameters take no gradient while its quantization parameters train."""
+    trainable = [p for p in block.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def forward_with(block, weights: dict[str, torch.Tensor], x: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """The block's output hidden states with `weights` ({"<linear>.weight": tensor}) in place of its own."""
+    out = functional_call(block, weights, (x,), kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def make_optimizer(params: list[torch.Tensor], schedule: Schedule):
+    if schedule.optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=schedule.lr)
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=schedule.steps, eta_min=0.0)
+    if schedule.optimizer == "sign":  # signSGD: plain SGD on the gradient's sign, lr decaying linearly to 0
+        opt = torch.optim.SGD(params, lr=schedule.lr)
+        return opt, torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.0, total_iters=schedule.steps)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {schedule.optimizer!r}")
+
+
+def reconstruct_block(block, roundings: dict, inputs: torch.Tensor, targets: torch.Tensor, kwargs_per_batch: list,
+                      batch_size: int, schedule: Schedule, device, report=None) -> dict:
+    """Train `roundings` ({local linear name: Rounding}) for `schedule.steps` steps, each on one batch of
+    `batch_size` windows drawn in shuffled epochs; leave each at its best step. Returns the loss record:
+    first step's loss, best loss and its step, seconds. report(step, loss, best) is called every step."""
+    params = [p for r in roundings.values() for p in r.parameters()]
+    optimizer, decay = make_optimizer(params, schedule)
+    batches = -(-inputs.shape[0] // batch_size)
+    order = _shuffled_batches(batches, schedule.steps, schedule.seed)
+    best, best_step, first, best_params = float("inf"), -1, None, None
+    t = time.perf_counter()
+    with frozen(block):
+        for step, b in enumerate(order):
+            rows = slice(b * batch_size, (b + 1) * batch_size)
+            weights = {f"{name}.weight": r.weight() for name, r in roundings.items()}
+            out = forward_with(block, weights, inputs[rows].to(device), to_device(kwargs_per_batch[b], device))
+            loss = torch.nn.functional.mse_loss(out, targets[rows].to(device))
+            value = float(loss.detach())
+            first = value if first is None else first
+            if value < best:  # the loss of the parameters before this step's update
+                best, best_step = value, step
+                best_params = [p.detach().clone() for p in params]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if schedule.optimizer == "sign":
+                for p in params:
+                    p.grad.sign_()
+            optimizer.step()
+            decay.step()
+            for r in roundings.values():
+                r.project()
+            if report is not None:
+                report(step, value, best)
+    with torch.no_grad():
+        for p, kept in zip(params, best_params or []):
+            p.copy_(kept)
+    return {"first": first, "best": best, "best_step": best_step, "steps": schedule.steps,
+            "seconds": round(time.perf_counter() - t, 2)}
+
+
+def _shuffled_batches(batches: int, steps: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    order = []
+    while len(order) < steps:
+        order += torch.randperm(batches, generator=generator).tolist()
+    return order[:steps]

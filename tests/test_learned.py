@@ -1,0 +1,203 @@
+"""Learned rounding (SignRound, FlexRound, LRQ) and the block reconstruction engine they share."""
+import json
+
+import pytest
+import torch
+
+from edgeq import api, checkpoint, cli, grid
+from edgeq.calib.reconstruct import Schedule, make_optimizer, reconstruct_block
+from edgeq.errors import EdgeqError
+from edgeq.export.onnx import export
+from edgeq.solvers import LEARNED, get_solver
+from tests.conftest import calibration_text
+
+SPECS = [grid.QuantSpec(3, 32), grid.QuantSpec(4, -1), grid.QuantSpec(2, 16, sym=True)]
+LEARNED_CONFIG = dict(bits=3, group_size=32, samples=6, seq_len=64, batch_size=2)
+
+
+def weights(n=24, k=80, seed=0):
+    return torch.randn(n, k, generator=torch.Generator().manual_seed(seed))
+
+
+def perturb(rounding, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in rounding.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=generator))
+    rounding.project()
+
+
+@pytest.mark.parametrize("method", sorted(LEARNED))
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_the_trained_weight_is_exactly_what_the_quantized_weight_stores(method, spec):
+    """What the block trains with is bit for bit what the checkpoint and the exporter get."""
+    rounding = LEARNED[method](weights(), spec)
+    for moved in (False, True):
+        if moved:
+            perturb(rounding)
+        qw = rounding.result()
+        assert qw.bits == spec.bits and qw.zero.dtype == torch.uint8
+        assert torch.equal(qw.dequantize(), rounding.weight().detach())
+        if spec.sym:
+            assert torch.all(qw.zero == 2 ** (spec.bits - 1))
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+def test_untrained_roundings_are_round_to_nearest(spec):
+    """Same codes and zero points as RTN; FlexRound's scale comes back as exp(log s1), within an ulp."""
+    W = weights()
+    rtn = {clip: get_solver("rtn")(W, None, spec, clip=clip) for clip in ("minmax", "mse")}
+    for method, clip in (("signround", "minmax"), ("flexround", "minmax"), ("lrq", "mse")):  # LRQ: L = 0
+        qw = LEARNED[method](W, spec).result()
+        assert torch.equal(qw.q, rtn[clip].q) and torch.equal(qw.zero, rtn[clip].zero), method
+        assert torch.allclose(qw.scale, rtn[clip].scale, rtol=1e-6, atol=0), method
+
+
+def test_division_moves_large_weights_more_than_addition_does():
+    """d W_hat / d log S2 = -s1 W / (s1 S2 s3) = -W at the start: proportional to the weight (FlexRound's
+    point); the additive offset's gradient is s1 for every weight of a group."""
+    W = weights()
+    spec = grid.QuantSpec(4, 32)
+    division = LEARNED["flexround"](W, spec)
+    division.weight().sum().backward()
+    inside = (division.result().q > 0) & (division.result().q < spec.maxq)  # not clamped
+    assert torch.allclose(division.log_weights.grad[inside], -W[inside], rtol=1e-6)
+    addition = LEARNED["flexround"](W, spec, rule="addition")
+    addition.weight().sum().backward()
+    s1 = grid.expand_groups(addition.log_grid.exp(), 32, W.shape[1]).detach()
+    inside = (addition.result().q > 0) & (addition.result().q < spec.maxq)
+    assert torch.allclose(addition.offset.grad[inside], s1[inside])
+
+
+def test_lrq_trains_far_fewer_numbers_than_flexround():
+    W = weights(256, 512)
+    count = {m: sum(p.numel() for p in LEARNED[m](W, grid.QuantSpec(3, 128)).parameters())
+             for m in ("flexround", "lrq")}
+    assert count["flexround"] > W.numel() and count["lrq"] < 0.8 * W.numel()  # rank 64: (256 + 512) x 64
+
+
+def test_signround_stays_in_its_box():
+    rounding = LEARNED["signround"](weights(), grid.QuantSpec(3, 32))
+    with torch.no_grad():
+        rounding.offset.fill_(3.0)
+        rounding.min_scale.fill_(-2.0)
+        rounding.max_scale.fill_(7.0)
+    rounding.project()
+    assert rounding.offset.max() == 0.5 and rounding.min_scale.min() == 0.0 and rounding.max_scale.max() == 1.0
+
+
+def test_signed_descent_moves_every_parameter_by_the_learning_rate():
+    p = torch.tensor([0.3, -2.0, 5.0], requires_grad=True)
+    optimizer, decay = make_optimizer([p], Schedule(steps=4, lr=0.1, optimizer="sign"))
+    (p * torch.tensor([1e-6, -3.0, 40.0])).sum().backward()
+    p.grad.sign_()
+    optimizer.step()
+    assert torch.allclose(p.detach(), torch.tensor([0.2, -1.9, 4.9]))
+    decay.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.075)  # linear decay to 0 over 4 steps
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4, bias=False)
+
+    def forward(self, x):
+        return self.lin(x)
+
+
+class Free:
+    """A rounding with no grid at all: the weight itself is the parameter."""
+    optimizer = "adam"
+
+    def __init__(self, W):
+        self.w = W.clone().requires_grad_()
+
+    def parameters(self):
+        return [self.w]
+
+    def weight(self):
+        return self.w
+
+    def project(self):
+        pass
+
+
+def test_the_engine_keeps_the_parameters_of_its_best_step():
+    torch.manual_seed(0)
+    block, x = Toy(), torch.randn(1, 16, 8)
+    target = block(x).detach() + 0.3 * torch.randn(1, 16, 4)
+    rounding = Free(torch.randn(4, 8))
+    record = reconstruct_block(block, {"lin": rounding}, x, target, [{}], 1, Schedule(30, 0.5, "adam"), "cpu")
+    loss = float(torch.nn.functional.mse_loss(x @ rounding.w.detach().T, target))
+    assert loss == pytest.approx(record["best"], rel=1e-6) and record["best"] < record["first"]
+    assert all(p.requires_grad for p in block.parameters())  # the block is unfrozen afterwards
+
+
+@pytest.mark.parametrize("method", sorted(LEARNED))
+def test_each_block_learns_and_the_export_reproduces_the_trained_model(method, tiny_model_dir, tmp_path):
+    config = api.QuantConfig(method=method, solver_opts={"steps": 12}, **LEARNED_CONFIG)
+    meta = api.quantize(str(tiny_model_dir), tmp_path / "ckpt", config, calib=str(calibration_text()),
+                        progress=False)
+    losses = meta["block_losses"]
+    assert sorted(losses) == ["0", "1", "2"]
+    assert all(r["best"] < r["first"] and r["steps"] == 12 for r in losses.values()), losses
+    assert meta["stats"]["seconds_block_training"] > 0 and meta["stats"]["seconds_hessian"] == 0
+    report = export(str(tmp_path / "ckpt"), tmp_path / "onnx", accuracy_level=0)
+    assert report["parity_relative_logit_error"] < 1e-5
+
+
+def test_interrupted_learned_run_resumes_with_the_same_result(tiny_model_dir, tmp_path):
+    """The float model's states travel in the resume folder too: the resumed blocks train on the same targets."""
+    config = api.QuantConfig(method="signround", solver_opts={"steps": 6}, **LEARNED_CONFIG)
+
+    def run(out, **kwargs):
+        return api.quantize(str(tiny_model_dir), out, config, calib=str(calibration_text()), progress=False,
+                            **kwargs)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_block_0(i):
+        if i == 0:
+            raise Interrupt
+    run(tmp_path / "ref")
+    with pytest.raises(Interrupt):
+        run(tmp_path / "run", on_block_done=stop_after_block_0)
+    assert (tmp_path / "run.partial" / "fp_hidden.pt").exists()
+    run(tmp_path / "run")
+    _, reference, _ = checkpoint.load_checkpoint(tmp_path / "ref")
+    _, resumed, _ = checkpoint.load_checkpoint(tmp_path / "run")
+    for name, qw in reference.items():
+        assert torch.equal(qw.q, resumed[name].q) and torch.equal(qw.scale, resumed[name].scale), name
+
+
+def test_block_epochs_are_refused_for_learned_methods(tiny_model_dir, tmp_path):
+    config = api.QuantConfig(method="flexround", block_epochs=1, **LEARNED_CONFIG)
+    with pytest.raises(EdgeqError, match="already trains"):
+        api.quantize(str(tiny_model_dir), tmp_path / "x", config, calib=str(calibration_text()), progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "gptq", "--steps", "10"], "--steps and --lr apply"),
+    (["--method", "flexround", "--rank", "8"], "--rank applies to lrq"),
+    (["--method", "lrq", "--rounding-rule", "addition"], "--rounding-rule applies to flexround"),
+    (["--method", "signround", "--clip", "mse"], "--clip does not apply to signround"),
+    (["--method", "signround", "--lr", "0"], "--lr must be > 0"),
+])
+def test_cli_refuses_flags_the_method_would_ignore(argv, message, tmp_path, capsys):
+    assert cli.main(["quantize", "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_cli_knows_every_learned_method():
+    assert set(cli.LEARNED_METHODS) == set(LEARNED)
+
+
+def test_cli_passes_learned_options_into_the_checkpoint(tiny_model_dir, tmp_path):
+    assert cli.main(["quantize", str(tiny_model_dir), "--out", str(tmp_path / "ck"), "--method", "lrq", "--steps",
+                     "3", "--rank", "4", "--lr", "0.01", "--bits", "3", "--group-size", "32", "--samples", "4",
+                     "--seq-len", "64", "--calib", str(calibration_text()), "--quiet"]) == 0
+    meta = json.loads((tmp_path / "ck" / "quantization.json").read_text())
+    assert meta["method"] == "lrq" and meta["solver_opts"] == {"steps": 3, "lr": 0.01, "rank": 4}
