@@ -19,7 +19,9 @@ ROWS = {  # name: (bits, group size)
     "W4 g128": (4, "128"), "W3 g128": (3, "128"), "W2 g64": (2, "64"), "W4 per-channel": (4, "channel"),
     "W2 per-channel": (2, "channel")}
 METHODS = {"rtn": ["--method", "rtn"], "rtn-mse": ["--method", "rtn", "--clip", "mse"], "gptq": ["--method", "gptq"],
-           "decoupleq": ["--method", "decoupleq"]}
+           "decoupleq": ["--method", "decoupleq"], "signround": ["--method", "signround"],
+           "flexround": ["--method", "flexround"], "lrq": ["--method", "lrq"],
+           "addround": ["--method", "flexround", "--rounding-rule", "addition"]}  # FlexRound's ablation
 
 
 def edgeq(*args):
@@ -82,12 +84,12 @@ def main():
     print(f"\nSmolLM2-135M (bundled; weights stored as GGUF Q4_1, so W4 g32 asym is near-lossless by construction)")
     print(f"held-out: {fp['text']}, {fp['windows']} windows x {fp['seq_len']} tokens; calibration: packaged "
           f"Pride and Prejudice, {args.samples} x {args.seq_len} tokens\n")
-    print(f"| {'config':<15} | {'method':<7} | {'perplexity':>10} | {'x fp':>6} | {'quantize s':>10} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 17}|{'-' * 9}|{'-' * 12}|{'-' * 8}|{'-' * 12}|{'-' * 13}|")
-    print(f"| {'fp32':<15} | {'-':<7} | {fp['perplexity']:>10.2f} | {1:>6.2f} | {'-':>10} | {'-':>11} |")
+    print(f"| {'config':<15} | {'method':<9} | {'perplexity':>10} | {'x fp':>6} | {'quantize s':>10} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 12}|{'-' * 8}|{'-' * 12}|{'-' * 13}|")
+    print(f"| {'fp32':<15} | {'-':<9} | {fp['perplexity']:>10.2f} | {1:>6.2f} | {'-':>10} | {'-':>11} |")
     for row, method, ppl, s in results:
         seconds = s["seconds_load"] + s["seconds_quantize"]
-        print(f"| {row:<15} | {method:<7} | {ppl:>10.2f} | {ppl / fp['perplexity']:>6.2f} | {seconds:>10.1f} | "
+        print(f"| {row:<15} | {method:<9} | {ppl:>10.2f} | {ppl / fp['perplexity']:>6.2f} | {seconds:>10.1f} | "
               f"{s['peak_rss_mb']:>11.0f} |")
     (work / "table.json").write_text(json.dumps({"fp": fp, "rows": results}, indent=2))
 
