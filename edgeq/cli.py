@@ -9,7 +9,8 @@ from pathlib import Path
 from .errors import EdgeqError
 from .nesting import DEFAULT_WIDTHS, default_weights
 
-LEARNED_METHODS = ("signround", "flexround", "lrq")
+LEARNED_METHODS = ("signround", "flexround", "lrq", "matround")
+NESTED_METHODS = ("matquant", "matround")  # one int8 code serving several widths
 
 EPILOG_QUANTIZE = """examples:
   edgeq quantize --out smollm2-w4                      # GPTQ W4 g128 of the bundled SmolLM2-135M
@@ -116,27 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "SmolLM2-135M)")
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
     q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq", "matquant", "signround",
-                                                          "flexround", "lrq"],
+                                                          "flexround", "lrq", "matround"],
                    help="solver: rtn (no calibration), gptq (default), decoupleq (alternates GPTQ rounding "
                    "with the exact least-squares grid per row; best at 2-3 bits, a few times slower), "
                    "matquant (int8 codes whose top bits are good 4- and 2-bit weights: one file, three widths); "
                    "learned rounding, trained on each block's output (fp targets, quantized inputs): signround "
                    "(offset + clipping by signed descent, AutoRound), flexround (division by learned scales), "
-                   "lrq (flexround's scales in low rank)")
-    q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; matquant: the widest of "
-                   "--widths)")
-    q.add_argument("--widths", type=widths_arg, help="matquant: the widths the codes serve, widest stored "
+                   "lrq (flexround's scales in low rank), matround (matquant's int8 codes learned on the block error "
+                   "summed over the widths: better 4- and 2-bit slices, 3x signround's time)")
+    q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; matquant, matround: the widest "
+                   "of --widths)")
+    q.add_argument("--widths", type=widths_arg, help="matquant, matround: the widths the codes serve, widest stored "
                    "(default: 8,4,2)")
-    q.add_argument("--weights", type=weights_arg, help="matquant: weight of each width's error, in --widths "
+    q.add_argument("--weights", type=weights_arg, help="matquant, matround: weight of each width's error, in --widths "
                    f"order (default for 8,4,2: {','.join(map(str, default_weights(DEFAULT_WIDTHS)))}; else all 1)")
     q.add_argument("--group-size", type=group_size_arg, default=128,
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
                    "(default: 128)")
     sym = q.add_mutually_exclusive_group()
     sym.add_argument("--sym", dest="sym", action="store_true", default=None,
-                     help="symmetric grid, zero point 2^(bits-1) (default for matquant)")
+                     help="symmetric grid, zero point 2^(bits-1) (default for matquant, matround)")
     sym.add_argument("--asym", dest="sym", action="store_false", default=None,
-                     help="asymmetric grid (default; matquant keeps zero points on multiples of 2^(8-narrowest))")
+                     help="asymmetric grid (default; matquant, matround keep zero points on multiples of 2^(8-narrowest))")
     q.add_argument("--calib", help="calibration text file (default: packaged Pride and Prejudice)")
     q.add_argument("--samples", type=positive_int, default=128, help="calibration windows (default: 128)")
     q.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
@@ -288,20 +290,20 @@ def method_flag_conflict(args) -> str | None:
         return "--mixed needs --budget: average bits per weight (3.0) or megabytes (30MB)"
     if not mixed and (args.candidates or args.sensitivity_from):
         return "--candidates and --sensitivity-from apply to mixed precision: add --budget"
-    if mixed and args.method == "matquant":
-        return "matquant serves its widths by slicing one int8 code; it does not mix widths per layer"
+    if mixed and args.method in NESTED_METHODS:
+        return f"{args.method} serves its widths by slicing one int8 code; it does not mix widths per layer"
     if mixed and args.layer_grid:
         return "--layer-grid sets widths by hand; --budget chooses them: use one of the two"
-    if args.layer_grid and args.method == "matquant":
-        return "matquant stores one width for every linear; --layer-grid does not apply"
+    if args.layer_grid and args.method in NESTED_METHODS:
+        return f"{args.method} stores one width for every linear; --layer-grid does not apply"
     if mixed and args.bits is not None:
         return "with --budget the widths come from --candidates; drop --bits"
-    if (args.widths or args.weights) and args.method != "matquant":
-        return "--widths and --weights apply to matquant only"
-    if args.method == "matquant":
+    if (args.widths or args.weights) and args.method not in NESTED_METHODS:
+        return "--widths and --weights apply to matquant and matround only"
+    if args.method in NESTED_METHODS:
         widths = args.widths or list(DEFAULT_WIDTHS)
         if args.bits is not None and args.bits != max(widths):
-            return f"matquant stores the widest width: --bits must be {max(widths)} for widths {widths} (or omitted)"
+            return f"{args.method} stores the widest width: --bits must be {max(widths)} for widths {widths} (or omitted)"
         if args.weights is not None and len(args.weights) != len(widths):
             return f"--weights needs one value per width ({len(widths)}), got {len(args.weights)}"
     return None
@@ -321,12 +323,13 @@ def cmd_quantize(args) -> None:
         opts.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("rank", args.rank),
                                        ("rule", args.rounding_rule)) if v is not None})
     bits = 4 if args.bits is None else args.bits
-    if args.method == "matquant":
+    if args.method in NESTED_METHODS:
         widths = args.widths or list(DEFAULT_WIDTHS)
-        opts.update(act_order=args.act_order, damp=args.damp, widths=widths,
-                    weights=args.weights or default_weights(widths))
+        opts.update(widths=widths, weights=args.weights or default_weights(widths))
         bits = max(widths)
-    sym = args.method == "matquant" if args.sym is None else args.sym  # MatGPTQ's reference is symmetric
+    if args.method == "matquant":
+        opts.update(act_order=args.act_order, damp=args.damp)
+    sym = args.method in NESTED_METHODS if args.sym is None else args.sym  # MatGPTQ's reference is symmetric
     config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,

@@ -12,6 +12,7 @@ from edgeq.solvers import LEARNED, get_solver
 from tests.conftest import calibration_text
 
 SPECS = [grid.QuantSpec(3, 32), grid.QuantSpec(4, -1), grid.QuantSpec(2, 16, sym=True)]
+SINGLE_WIDTH = sorted(set(LEARNED) - {"matround"})  # matround (nested int8 codes): tests/test_matround.py
 LEARNED_CONFIG = dict(bits=3, group_size=32, samples=6, seq_len=64, batch_size=2)
 
 
@@ -27,7 +28,7 @@ def perturb(rounding, seed=1):
     rounding.project()
 
 
-@pytest.mark.parametrize("method", sorted(LEARNED))
+@pytest.mark.parametrize("method", SINGLE_WIDTH)
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_the_trained_weight_is_exactly_what_the_quantized_weight_stores(method, spec):
     """What the block trains with is bit for bit what the checkpoint and the exporter get."""
@@ -134,7 +135,7 @@ def test_the_engine_keeps_the_parameters_of_its_best_step():
     assert all(p.requires_grad for p in block.parameters())  # the block is unfrozen afterwards
 
 
-@pytest.mark.parametrize("method", sorted(LEARNED))
+@pytest.mark.parametrize("method", SINGLE_WIDTH)
 def test_each_block_learns_and_the_export_reproduces_the_trained_model(method, tiny_model_dir, tmp_path):
     config = api.QuantConfig(method=method, solver_opts={"steps": 12}, **LEARNED_CONFIG)
     meta = api.quantize(str(tiny_model_dir), tmp_path / "ckpt", config, calib=str(calibration_text()),

@@ -224,7 +224,7 @@ def test_plain_exports_cannot_be_sliced(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--method", "matquant", "--bits", "4"], "--bits must be 8"),
     (["--method", "matquant", "--weights", "1,1"], "one value per width"),
-    (["--method", "gptq", "--widths", "8,4"], "apply to matquant only"),
+    (["--method", "gptq", "--widths", "8,4"], "apply to matquant and matround only"),
 ])
 def test_cli_refuses_inconsistent_matquant_flags(argv, message, tmp_path, capsys):
     assert main(["quantize", "--out", str(tmp_path / "x"), *argv]) == 2

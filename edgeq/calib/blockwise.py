@@ -13,7 +13,7 @@ import torch
 from .. import grid
 from ..qweight import QuantizedWeight
 from .capture import to_device
-from .reconstruct import forward_with, frozen
+from .reconstruct import frozen, width_weighted_loss
 
 
 def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Tensor, targets: torch.Tensor,
@@ -23,12 +23,15 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
     `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: each linear's own
     stored width, which may differ between the linears of a mixed-precision block)."""
     widths = widths or [(None, 1.0)]
-    total_weight = sum(w for _, w in widths)
     codes = {(name, bits): _centred_codes(qw, bits or qw.bits).to(device) for name, qw in qweights.items()
              for bits, _ in widths}
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
     log_ratio = {name: torch.zeros_like(s, requires_grad=True) for name, s in base.items()}
     optimizer = torch.optim.Adam(log_ratio.values(), lr=lr)
+
+    def weights_of(bits):
+        return {f"{name}.weight": _weight(codes[name, bits], base[name] * log_ratio[name].exp(), qweights[name])
+                for name in qweights}
     losses = []
     with frozen(block):
         for _ in range(epochs):
@@ -36,16 +39,12 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
             for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
                 rows = slice(start, start + batch_size)
                 x, target = inputs[rows].to(device), targets[rows].to(device)
-                loss = 0.0
-                for bits, width_weight in widths:
-                    weights = {f"{name}.weight": _weight(codes[name, bits], base[name] * log_ratio[name].exp(),
-                                                         qweights[name]) for name in qweights}
-                    out = forward_with(block, weights, x, to_device(kwargs_per_batch[b], device))
-                    loss = loss + width_weight / total_weight * torch.nn.functional.mse_loss(out, target)
+                loss = width_weighted_loss(block, weights_of, widths, x, target,
+                                           to_device(kwargs_per_batch[b], device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss.detach()) * out.shape[0]
+                total += float(loss.detach()) * x.shape[0]
             losses.append(total / inputs.shape[0])
     trained = {name: QuantizedWeight(qw.q, (base[name] * log_ratio[name].detach().exp()).cpu(), qw.zero, qw.bits,
                                      qw.group_size) for name, qw in qweights.items()}

@@ -3,7 +3,8 @@ quantized model's inputs reproduces the float block's outputs on the float model
 FlexRound and AutoRound train for). The methods differ only in their parameterisation (a `Rounding`:
 parameters(), weight() differentiable, project() after a step, result() -> QuantizedWeight) and in their
 optimiser: Adam with a cosine decay (FlexRound, LRQ) or signed gradient descent with a linear decay
-(SignRound). The parameters of the step with the lowest loss are kept (AutoRound's rule; for Adam
+(SignRound). A rounding with a `widths` attribute (nested codes, matround) is trained on the block error
+summed over those widths' slices, weight(bits) giving each. The parameters of the step with the lowest loss are kept (AutoRound's rule; for Adam
 methods the last step usually is the best).
 """
 from __future__ import annotations
@@ -47,6 +48,18 @@ def forward_with(block, weights: dict[str, torch.Tensor], x: torch.Tensor, kwarg
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def width_weighted_loss(block, weights_of, widths: list[tuple[int | None, float]], x: torch.Tensor,
+                        target: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    """sum_r w_r / sum(w) * MSE(block with weights_of(bits_r) on x, target): MatQuant's loss over the widths
+    its codes serve, one forward each; widths [(None, 1.0)] is the plain block output error."""
+    total = sum(weight for _, weight in widths)
+    loss = 0.0
+    for bits, weight in widths:
+        out = forward_with(block, weights_of(bits), x, kwargs)
+        loss = loss + weight / total * torch.nn.functional.mse_loss(out, target)
+    return loss
+
+
 def make_optimizer(params: list[torch.Tensor], schedule: Schedule):
     if schedule.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=schedule.lr)
@@ -63,6 +76,10 @@ def reconstruct_block(block, roundings: dict, inputs: torch.Tensor, targets: tor
     `batch_size` windows drawn in shuffled epochs; leave each at its best step. Returns the loss record:
     first step's loss, best loss and its step, seconds. report(step, loss, best) is called every step."""
     params = [p for r in roundings.values() for p in r.parameters()]
+    widths = getattr(next(iter(roundings.values())), "widths", None) or [(None, 1.0)]  # nested codes: several
+
+    def weights_of(bits):
+        return {f"{name}.weight": r.weight() if bits is None else r.weight(bits) for name, r in roundings.items()}
     optimizer, decay = make_optimizer(params, schedule)
     batches = -(-inputs.shape[0] // batch_size)
     order = _shuffled_batches(batches, schedule.steps, schedule.seed)
@@ -71,9 +88,8 @@ def reconstruct_block(block, roundings: dict, inputs: torch.Tensor, targets: tor
     with frozen(block):
         for step, b in enumerate(order):
             rows = slice(b * batch_size, (b + 1) * batch_size)
-            weights = {f"{name}.weight": r.weight() for name, r in roundings.items()}
-            out = forward_with(block, weights, inputs[rows].to(device), to_device(kwargs_per_batch[b], device))
-            loss = torch.nn.functional.mse_loss(out, targets[rows].to(device))
+            loss = width_weighted_loss(block, weights_of, widths, inputs[rows].to(device),
+                                       targets[rows].to(device), to_device(kwargs_per_batch[b], device))
             value = float(loss.detach())
             first = value if first is None else first
             if value < best:  # the loss of the parameters before this step's update
