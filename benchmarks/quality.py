@@ -1,97 +1,322 @@
-"""Quality table on the bundled SmolLM2-135M: held-out Austen-Persuasion perplexity, quantize time, peak RSS.
+"""The method table: every solver on one protocol, row by row, each row kept as one JSON line.
 
-    python benchmarks/quality.py [--samples 128] [--max-windows 60] [--work runs/quality] [--rows ...]
+    python benchmarks/quality.py                      # run the standard rows not yet in the results file
+    python benchmarks/quality.py --only gptq "W3 g128" # only rows whose label contains every text given
+    python benchmarks/quality.py --row "gptq 4 128 --damp 0.1"  # an extra row (method bits group flags...)
+    python benchmarks/quality.py --table              # the markdown table from the results file
+    python benchmarks/quality.py --update-readme      # write that table into README.md between its markers
+    python benchmarks/quality.py --list               # the rows and whether each is done
 
-Every row runs `edgeq quantize` and `edgeq eval` as separate processes, exactly as a user would, so the
-peak RSS of each row is that quantize process's own. Calibration: the packaged Pride and Prejudice
-(never Persuasion). CAVEAT: the bundled weights were stored as GGUF Q4_1 (blocks of 32), so asymmetric
-4-bit with group 32 is nearly lossless by construction; rows use group 64/128, per-channel, 3 and 2 bits.
+A row is one (method, bits, group, quantize flags, evaluated slice). Each runs `edgeq quantize` and
+`edgeq eval` as processes of their own, as a user would, and is appended to benchmarks/results/quality.jsonl
+the moment it is done (commit, protocol, perplexities, quantize seconds, peak RSS, machine, load), so an
+interrupted run loses at most the row in flight. A row already in the file for the same protocol is
+skipped unless --again. Quality does not depend on machine load; quantize seconds do (each row records
+the 1-minute load average when it started).
+
+CAVEAT: the bundled weights were stored as GGUF Q4_1 (blocks of 32), so asymmetric 4-bit with group 32 is
+nearly lossless by construction; rows use group 64/128, per-channel, 3 and 2 bits.
 """
+from __future__ import annotations
+
 import argparse
+import hashlib
 import json
-import shutil
+import os
+import platform
+import shlex
 import subprocess
 import sys
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-SHARED_TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "austen_persuasion.txt"
-ROWS = {  # name: (bits, group size)
-    "W4 g128": (4, "128"), "W3 g128": (3, "128"), "W2 g64": (2, "64"), "W4 per-channel": (4, "channel"),
-    "W2 per-channel": (2, "channel")}
-METHODS = {"rtn": ["--method", "rtn"], "rtn-mse": ["--method", "rtn", "--clip", "mse"], "gptq": ["--method", "gptq"],
-           "decoupleq": ["--method", "decoupleq"], "signround": ["--method", "signround"],
-           "flexround": ["--method", "flexround"], "lrq": ["--method", "lrq"],
-           "addround": ["--method", "flexround", "--rounding-rule", "addition"]}  # FlexRound's ablation
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
+README = ROOT / "README.md"
 
 
-def edgeq(*args):
-    result = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"edgeq {' '.join(map(str, args))} failed:\n{result.stderr}")
-    return result
+@dataclass(frozen=True)
+class Protocol:
+    """What every row of one table shares: calibration and the held-out windows. Fixed once named:
+    a change of calibration or of evaluation texts is a new protocol, never mixed with old rows."""
+    name: str
+    calib_flags: tuple[str, ...]           # edgeq quantize flags that choose the calibration data
+    texts: tuple[tuple[str, str | None], ...]  # (label, file; None = edgeq's packaged held-out text)
+    windows: int = 40
+    seq_len: int = 512
 
 
-def perplexity(model, text, max_windows, json_path, *flags):
-    edgeq("eval", *([model] if model else []), "--text", text, "--max-windows", max_windows, "--quiet",
-          "--json", json_path, *flags)
-    return json.loads(Path(json_path).read_text())
+PROTOCOLS = {p.name: p for p in [
+    # 128 x 512 windows of edgeq's default calibration text (the packaged Pride and Prejudice), seed 0;
+    # held out: Persuasion (same author) and news prose (another kind of text).
+    Protocol("standard", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
+             (("persuasion", None), ("news", str(SHARED_DATA / "news_lee.txt")))),
+    # The same windows, for the calibration issue's grid (rows vary the calibration with their flags),
+    # kept apart so that the grid's rows never mix into the method table.
+    Protocol("calib-grid", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
+             (("persuasion", None), ("news", str(SHARED_DATA / "news_lee.txt")))),
+]}
 
 
-def checkpoint(work: Path, name: str, *flags) -> Path:
-    """work/name quantized with these flags, unless a finished checkpoint is already there."""
-    out = work / name
-    if not (out / "quantization.json").is_file():
-        edgeq("quantize", *flags, "--out", out, "--quiet")
+@dataclass(frozen=True)
+class Row:
+    method: str                      # an edgeq method, or "fp32" (the reference row)
+    bits: int = 4
+    group: str = "128"               # a group size or "channel"
+    flags: tuple[str, ...] = ()      # more edgeq quantize flags
+    slice_bits: int | None = None    # evaluate this slice of the codes (matquant: edgeq eval --bits)
+
+    @property
+    def mixed(self) -> bool:
+        return "--budget" in self.flags
+
+    @property
+    def spec(self) -> str:
+        if self.method == "fp32":
+            return "fp32"
+        if self.mixed:
+            return f"mixed {self.flags[self.flags.index('--budget') + 1]} bits"
+        spec = f"W{self.bits} " + ("per-channel" if self.group == "channel" else f"g{self.group}")
+        return spec + (f" @{self.slice_bits}" if self.slice_bits else "")
+
+    @property
+    def label(self) -> str:
+        return "fp32" if self.method == "fp32" else " ".join([self.method, self.spec, *self.flags])
+
+    def key(self, protocol: str) -> dict:
+        return {"protocol": protocol, "method": self.method, "bits": self.bits, "group": self.group,
+                "flags": list(self.flags), "slice_bits": self.slice_bits}
+
+    def quantize_args(self, protocol: Protocol) -> list[str]:
+        grid = [] if self.mixed else ["--bits", str(self.bits), "--group-size", self.group]  # --budget picks
+        return ["--method", self.method, *grid, *protocol.calib_flags, *self.flags]
+
+    @classmethod
+    def parse(cls, text: str) -> "Row":
+        """'METHOD BITS GROUP [flags...] [@SLICE]', e.g. 'gptq 3 128 --damp 0.1' or 'matquant 8 64 @4'."""
+        words = shlex.split(text)
+        if len(words) < 3 and words[:1] != ["fp32"]:
+            raise SystemExit(f"--row needs METHOD BITS GROUP [flags...] [@SLICE], got {text!r}")
+        if words[0] == "fp32":
+            return cls("fp32")
+        slices = [w for w in words[3:] if w.startswith("@")]
+        flags = tuple(w for w in words[3:] if not w.startswith("@"))
+        return cls(words[0], int(words[1]), words[2], flags, int(slices[0][1:]) if slices else None)
+
+
+def standard_rows() -> list[Row]:
+    """The rows of the standard table (method defaults unless named)."""
+    specs = [(4, "128"), (3, "128"), (2, "64"), (4, "channel")]
+    rows = [Row("fp32")]
+    for method, flags in [("rtn", ()), ("gptq", ()), ("decoupleq", ()), ("decoupleq", ("--block-epochs", "2")),
+                          ("signround", ()), ("flexround", ()), ("lrq", ())]:
+        rows += [Row(method, bits, group, flags) for bits, group in specs]
+    rows.append(Row("gptq", 2, "64", ("--block-epochs", "2")))
+    rows.append(Row("flexround", 3, "128", ("--rounding-rule", "addition")))  # division vs addition
+    for method in ("matquant", "matround"):
+        rows += [Row(method, 8, "64", (), b) for b in (8, 4, 2)]
+    rows += [Row("gptq", 8, "64", ("--sym",), b) for b in (4, 2)]  # the naive slice of plain int8 codes
+    rows += [Row("gptq", b, "64", ("--sym",)) for b in (8, 4, 2)]  # each width trained alone
+    rows += [Row("gptq", 4, "128", ("--budget", b)) for b in ("2.5", "3.0", "3.5")]
+    rows.append(Row("gptq", 3, "128", ("--layer-grid", "down_proj=4:128")))  # uniform plus hand-kept layers
+    return rows
+
+
+# ---- the results file ----
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def row_key(record: dict) -> dict:
+    return {k: record[k] for k in ("protocol", "method", "bits", "group", "flags", "slice_bits")}
+
+
+def is_done(records: list[dict], row: Row, protocol: str) -> bool:
+    return any(row_key(r) == row.key(protocol) for r in records)
+
+
+def append_result(path: Path, record: dict) -> None:
+    """One JSON line, flushed and synced: the row survives whatever happens next."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def latest(records: list[dict], protocol: str) -> dict[str, dict]:
+    """The last record of every row of a protocol, by label (a rerun with --again replaces the older)."""
+    out = {}
+    for r in records:
+        if r["protocol"] == protocol:
+            out[r["label"]] = r
     return out
 
 
-def cached_perplexity(work: Path, model, label: str, text, max_windows, *flags) -> float:
-    """Held-out perplexity of model (None = fp32), from work/label.json when an earlier run left it."""
-    path = work / f"{label}.json"
-    if not path.is_file():
-        perplexity(model, text, max_windows, path, *flags)
-    return json.loads(path.read_text())["perplexity"]
+# ---- running a row ----
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system()}
 
 
-def main():
+def git_commit() -> str:
+    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return result.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def edgeq(*args) -> None:
+    result = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"edgeq {shlex.join(map(str, args))} failed:\n{result.stderr[-2000:]}")
+
+
+def checkpoint_dir(work: Path, row: Row, protocol: Protocol) -> Path:
+    """Rows that differ only in the slice they evaluate share one checkpoint."""
+    blob = json.dumps(row.quantize_args(protocol))
+    return work / f"{row.method}-w{row.bits}-g{row.group}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def evaluate(model: Path | None, protocol: Protocol, work: Path, extra: list[str]) -> dict:
+    out = {}
+    for label, text in protocol.texts:
+        path = work / "eval.json"
+        edgeq("eval", *([model] if model else []), *(["--text", text] if text else []), "--seq-len",
+              protocol.seq_len, "--max-windows", protocol.windows, "--json", path, "--quiet", *extra)
+        result = json.loads(path.read_text())
+        out[label] = {"perplexity": result["perplexity"], "windows": result["windows"], "text": result["text"]}
+    return out
+
+
+def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
+    started, load = time.time(), os.getloadavg()[0]
+    record = {**row.key(protocol.name), "label": row.label, "spec": row.spec, "commit": git_commit(),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "load_1min": round(load, 2)}
+    if row.method == "fp32":
+        record["eval"] = evaluate(None, protocol, work, [])
+    else:
+        ckpt = checkpoint_dir(work, row, protocol)
+        if not (ckpt / "quantization.json").is_file():
+            edgeq("quantize", *row.quantize_args(protocol), "--out", ckpt, "--quiet")
+        stats = json.loads((ckpt / "quantization.json").read_text())["stats"]
+        record["quantize_seconds"] = round(sum(v for k, v in stats.items() if k.startswith("seconds_")), 1)
+        record["peak_rss_mb"] = stats.get("peak_rss_mb")
+        record["eval"] = evaluate(ckpt, protocol, work, ["--bits", str(row.slice_bits)] if row.slice_bits else [])
+    for label, result in record["eval"].items():
+        if fp is not None:
+            result["over_fp"] = round(result["perplexity"] / fp["eval"][label]["perplexity"], 4)
+    record["row_seconds"] = round(time.time() - started, 1)
+    return record
+
+
+# ---- the table ----
+
+def render_table(records: list[dict], protocol: Protocol) -> str:
+    """Markdown: per spec, rows in the order first measured; the lowest perplexity per text in bold."""
+    rows = latest(records, protocol.name)
+    fp = next((r for r in rows.values() if r["method"] == "fp32"), None)
+    labels = [label for label, _ in protocol.texts]
+    head = "| spec | method | " + " | ".join(f"{t} ppl (x fp)" for t in labels) + " | quantize min | peak RSS MB |"
+    lines = [head, "|" + "---|" * (4 + len(labels))]
+    if fp:
+        lines.append("| fp32 | - | " + " | ".join(f"{fp['eval'][t]['perplexity']:.2f}" for t in labels) + " | - | - |")
+    by_spec: dict[str, list[dict]] = {}
+    for r in rows.values():
+        if r["method"] != "fp32":
+            by_spec.setdefault(r["spec"], []).append(r)
+    for spec, group in by_spec.items():
+        best = {t: min(r["eval"][t]["perplexity"] for r in group) for t in labels}
+        for r in group:
+            cells = []
+            for t in labels:
+                ppl = r["eval"][t]["perplexity"]
+                ratio = f" ({ppl / fp['eval'][t]['perplexity']:.3f})" if fp else ""
+                cell = f"{ppl:.2f}{ratio}"
+                cells.append(f"**{cell}**" if ppl == best[t] and len(group) > 1 else cell)
+            method = " ".join([r["method"], *r["flags"]])
+            minutes = f"{r['quantize_seconds'] / 60:.1f}" if r.get("quantize_seconds") is not None else "-"
+            rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
+            lines.append(f"| {spec} | {method} | " + " | ".join(cells) + f" | {minutes} | {rss} |")
+    texts = ", ".join(f"{label} ({next(iter(rows.values()))['eval'][label]['text'] if rows else '?'})"
+                      for label in labels)
+    windows = f"the first {protocol.windows} x {protocol.seq_len} tokens of each"
+    note = (f"Protocol `{protocol.name}`: calibration `{' '.join(protocol.calib_flags)}` on edgeq's default "
+            f"text; held out: {texts}, {windows}. Generated by `python benchmarks/quality.py --update-readme` "
+            f"from benchmarks/results/quality.jsonl ({len(rows)} rows).")
+    return note + "\n\n" + "\n".join(lines)
+
+
+def markers(protocol: str) -> tuple[str, str]:
+    return f"<!-- quality-table:{protocol}:begin -->", f"<!-- quality-table:{protocol}:end -->"
+
+
+def replace_between_markers(document: str, table: str, protocol: str) -> str:
+    begin, end = markers(protocol)
+    if begin not in document or end not in document:
+        raise SystemExit(f"README.md has no {begin} ... {end} markers to write the table between")
+    head, rest = document.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
+
+
+# ---- main ----
+
+def selected(rows: list[Row], only: list[str]) -> list[Row]:
+    return [r for r in rows if all(text in r.label for text in only)]
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=128)
-    parser.add_argument("--seq-len", type=int, default=512)
-    parser.add_argument("--max-windows", type=int, default=60, help="held-out windows of seq-len tokens")
-    parser.add_argument("--text", default=str(SHARED_TEXT), help="held-out text (default: Persuasion)")
-    parser.add_argument("--work", default="runs/quality", help="folder for checkpoints and results")
-    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more edgeq quantize flags")
-    args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-
-    fp = perplexity(None, args.text, args.max_windows, work / "fp.json")
-    results = []
-    for row in args.rows:
-        bits, group = ROWS[row]
-        for method in args.methods:
-            out = work / f"{method}-w{bits}-g{group}"
-            shutil.rmtree(out, ignore_errors=True)
-            edgeq("quantize", *METHODS[method], "--bits", bits, "--group-size", group, "--samples", args.samples,
-                  "--seq-len", args.seq_len, "--out", out, "--quiet", *args.extra)
-            stats = json.loads((out / "quantization.json").read_text())["stats"]
-            ppl = perplexity(out, args.text, args.max_windows, work / f"{out.name}.json")["perplexity"]
-            results.append((row, method, ppl, stats))
-            print(f"done {row} {method}: {ppl:.2f}", file=sys.stderr, flush=True)
-
-    print(f"\nSmolLM2-135M (bundled; weights stored as GGUF Q4_1, so W4 g32 asym is near-lossless by construction)")
-    print(f"held-out: {fp['text']}, {fp['windows']} windows x {fp['seq_len']} tokens; calibration: packaged "
-          f"Pride and Prejudice, {args.samples} x {args.seq_len} tokens\n")
-    print(f"| {'config':<15} | {'method':<9} | {'perplexity':>10} | {'x fp':>6} | {'quantize s':>10} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 17}|{'-' * 11}|{'-' * 12}|{'-' * 8}|{'-' * 12}|{'-' * 13}|")
-    print(f"| {'fp32':<15} | {'-':<9} | {fp['perplexity']:>10.2f} | {1:>6.2f} | {'-':>10} | {'-':>11} |")
-    for row, method, ppl, s in results:
-        seconds = s["seconds_load"] + s["seconds_quantize"]
-        print(f"| {row:<15} | {method:<9} | {ppl:>10.2f} | {ppl / fp['perplexity']:>6.2f} | {seconds:>10.1f} | "
-              f"{s['peak_rss_mb']:>11.0f} |")
-    (work / "table.json").write_text(json.dumps({"fp": fp, "rows": results}, indent=2))
+    parser.add_argument("--protocol", default="standard", choices=list(PROTOCOLS))
+    parser.add_argument("--only", nargs="*", default=[], help="rows whose label contains every one of these")
+    parser.add_argument("--row", action="append", default=[], help="an extra row: METHOD BITS GROUP [flags] [@SLICE]")
+    parser.add_argument("--again", action="store_true", help="rerun rows already in the results file")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="checkpoints live here")
+    parser.add_argument("--table", action="store_true", help="print the table and stop")
+    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md and stop")
+    parser.add_argument("--list", action="store_true", help="list the rows and whether each is done")
+    args = parser.parse_args(argv)
+    protocol = PROTOCOLS[args.protocol]
+    records = read_results(args.results)
+    if args.table:
+        return print(render_table(records, protocol))
+    if args.update_readme:
+        README.write_text(replace_between_markers(README.read_text(), render_table(records, protocol), protocol.name))
+        return print(f"README.md: table of protocol {protocol.name} updated")
+    rows = [Row.parse(text) for text in args.row] if args.row else selected(standard_rows(), args.only)
+    if args.list:
+        for row in rows:
+            print(("done  " if is_done(records, row, protocol.name) else "todo  ") + row.label)
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    for row in [Row("fp32")] + [r for r in rows if r.method != "fp32"]:
+        if is_done(records, row, protocol.name) and not (args.again and row in rows):
+            continue
+        fp = latest(read_results(args.results), protocol.name).get("fp32")
+        print(f"row: {row.label} ...", file=sys.stderr, flush=True)
+        try:
+            record = run_row(row, protocol, args.work, fp)
+        except RuntimeError as e:  # one failed row is reported and the rest still run
+            print(f"row failed: {row.label}: {e}", file=sys.stderr, flush=True)
+            continue
+        append_result(args.results, record)
+        summary = ", ".join(f"{t} {v['perplexity']:.2f}" for t, v in record["eval"].items())
+        print(f"done: {row.label}: {summary} ({record['row_seconds']:.0f} s)", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

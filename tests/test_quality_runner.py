@@ -1,0 +1,120 @@
+"""benchmarks/quality.py, the method-table runner: skip/append logic and table rendering on a fake results
+file. No model runs here: run_row is replaced by a recorder."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quality():
+    spec = importlib.util.spec_from_file_location("quality_runner", ROOT / "benchmarks" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def fake_record(quality, row, protocol, ppl: dict[str, float], seconds=60.0):
+    return {**row.key(protocol), "label": row.label, "spec": row.spec, "quantize_seconds": seconds,
+            "peak_rss_mb": 1000.0, "eval": {t: {"perplexity": p, "windows": 40, "text": t} for t, p in ppl.items()}}
+
+
+def test_row_parse_and_label(quality):
+    row = quality.Row.parse("gptq 3 128 --damp 0.1")
+    assert (row.method, row.bits, row.group, row.flags, row.slice_bits) == ("gptq", 3, "128", ("--damp", "0.1"), None)
+    assert row.label == "gptq W3 g128 --damp 0.1"
+    sliced = quality.Row.parse("matquant 8 64 @4")
+    assert sliced.slice_bits == 4 and sliced.spec == "W8 g64 @4" and sliced.flags == ()
+    assert quality.Row.parse("fp32").label == "fp32"
+    assert quality.Row("rtn", 4, "channel").spec == "W4 per-channel"
+    with pytest.raises(SystemExit):
+        quality.Row.parse("gptq 4")
+
+
+def test_quantize_args_put_row_flags_after_the_protocol(quality):
+    protocol = quality.PROTOCOLS["standard"]
+    args = quality.Row("gptq", 4, "128", ("--samples", "32")).quantize_args(protocol)
+    assert args[:6] == ["--method", "gptq", "--bits", "4", "--group-size", "128"]
+    assert args.index("32") > args.index("128", 6)  # argparse: the later --samples wins
+    mixed = quality.Row("gptq", 4, "128", ("--budget", "3.0")).quantize_args(protocol)
+    assert "--bits" not in mixed and mixed[-2:] == ["--budget", "3.0"]  # --budget picks the widths
+
+
+def test_standard_rows_are_distinct_and_fp32_first(quality):
+    rows = quality.standard_rows()
+    keys = [json.dumps(r.key("standard"), sort_keys=True) for r in rows]
+    assert len(set(keys)) == len(keys)
+    assert rows[0].method == "fp32"
+
+
+def test_append_then_skip_unless_again(quality, tmp_path, monkeypatch):
+    results = tmp_path / "quality.jsonl"
+    ran = []
+
+    def fake_run(row, protocol, work, fp):
+        ran.append(row.label)
+        base = 20.0 if row.method == "fp32" else 25.0
+        return {**fake_record(quality, row, protocol.name, {"persuasion": base, "news": base + 10}), "row_seconds": 1}
+
+    monkeypatch.setattr(quality, "run_row", fake_run)
+    argv = ["--results", str(results), "--work", str(tmp_path / "work"), "--row", "gptq 4 128"]
+    quality.main(argv)
+    assert ran == ["fp32", "gptq W4 g128"]
+    lines = results.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["label"] == "gptq W4 g128"
+    quality.main(argv)  # both rows are in the file: nothing runs
+    assert ran == ["fp32", "gptq W4 g128"]
+    quality.main(argv + ["--again"])  # the asked row again; the reference stays
+    assert ran == ["fp32", "gptq W4 g128", "gptq W4 g128"]
+    assert len(results.read_text().splitlines()) == 3
+    quality.main(argv + ["--protocol", "calib-grid"])  # another protocol has rows of its own
+    assert ran[-2:] == ["fp32", "gptq W4 g128"]
+
+
+def test_a_failed_row_is_reported_and_not_written(quality, tmp_path, monkeypatch, capsys):
+    results = tmp_path / "quality.jsonl"
+
+    def fake_run(row, protocol, work, fp):
+        if row.method != "fp32":
+            raise RuntimeError("edgeq quantize failed")
+        return fake_record(quality, row, protocol.name, {"persuasion": 20.0, "news": 30.0}) | {"row_seconds": 1}
+
+    monkeypatch.setattr(quality, "run_row", fake_run)
+    quality.main(["--results", str(results), "--work", str(tmp_path), "--row", "rtn 4 128", "--row", "gptq 4 128"])
+    assert [json.loads(x)["label"] for x in results.read_text().splitlines()] == ["fp32"]
+    assert capsys.readouterr().err.count("row failed") == 2
+
+
+def test_table_bolds_the_best_of_each_spec_and_uses_the_latest_rerun(quality):
+    protocol = quality.PROTOCOLS["standard"]
+    Row = quality.Row
+    records = [fake_record(quality, Row("fp32"), "standard", {"persuasion": 20.0, "news": 30.0}),
+               fake_record(quality, Row("rtn", 4, "128"), "standard", {"persuasion": 24.0, "news": 40.0}),
+               fake_record(quality, Row("gptq", 4, "128"), "standard", {"persuasion": 22.0, "news": 99.0}),
+               fake_record(quality, Row("gptq", 4, "128"), "standard", {"persuasion": 22.0, "news": 36.0}),
+               fake_record(quality, Row("gptq", 3, "128"), "standard", {"persuasion": 30.0, "news": 60.0}),
+               fake_record(quality, Row("rtn", 4, "128"), "calib-grid", {"persuasion": 1.0, "news": 1.0})]
+    table = quality.render_table(records, protocol)
+    lines = table.splitlines()
+    assert "| fp32 | - | 20.00 | 30.00 | - | - |" in lines
+    assert "| W4 g128 | rtn | 24.00 (1.200) | 40.00 (1.333) | 1.0 | 1000 |" in lines
+    assert "| W4 g128 | gptq | **22.00 (1.100)** | **36.00 (1.200)** | 1.0 | 1000 |" in lines
+    assert "| W3 g128 | gptq | 30.00 (1.500) | 60.00 (2.000) | 1.0 | 1000 |" in lines  # alone: no bold
+    assert "99.00" not in table and "(4 rows)" in table  # the older gptq run and the other protocol are not shown
+
+
+def test_readme_markers_are_replaced_and_required(quality):
+    doc = "intro\n<!-- quality-table:standard:begin -->\nold\n<!-- quality-table:standard:end -->\nrest\n"
+    out = quality.replace_between_markers(doc, "NEW", "standard")
+    assert out == "intro\n<!-- quality-table:standard:begin -->\nNEW\n<!-- quality-table:standard:end -->\nrest\n"
+    assert quality.replace_between_markers(out, "NEWER", "standard").count("NEWER") == 1
+    with pytest.raises(SystemExit):
+        quality.replace_between_markers("no markers", "NEW", "standard")
