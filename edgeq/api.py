@@ -30,6 +30,7 @@ class QuantConfig:
     block_lr: float = 5e-3     # Adam on log(scale / solver's scale); best of those tried on SmolLM2 W2
     mixed: "MixedPrecision | None" = None  # a width per linear under a size budget (then bits/group unused)
     layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
+    propagate: str = "quantized"  # next block's calibration inputs: the quantized (GPTQ's) or the float model's
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -53,9 +54,11 @@ def check_device(device: str) -> None:
         raise EdgeqError(f"device must be cpu or cuda, got {device!r}")
 
 
-def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib: str | None = None,
-             progress: bool = True, on_block_done=None) -> dict:
-    """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta."""
+def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib: str | list[str] | None = None,
+             progress: bool = True, on_block_done=None, calib_mix: list[float] | None = None) -> dict:
+    """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta.
+    calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see calib/sources.py), None =
+    the default mix; calib_mix: one weight per part."""
     from . import checkpoint, models
     from .calib import data, pipeline
     from .solvers import LEARNED, check_method, needs_calibration
@@ -70,13 +73,13 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
     calibrated = needs_calibration(config.method)
     tokenizer = models.load_tokenizer(source)
-    windows, calib_label, calib_digest = None, None, None
+    windows, calib_record, calib_digest = None, None, None
     if calibrated or config.mixed:
-        text, calib_label = data.read_text(calib, data.DEFAULT_CALIB)
-        windows = data.calibration_windows(data.tokenize(tokenizer, text), config.samples, config.seq_len,
-                                           config.seed)
-        calib_digest = data.digest(windows)
-        del text
+        from .calib.selfgen import self_windows
+        windows, calib_record = data.calibration_set(
+            tokenizer, [calib] if isinstance(calib, str) else calib, calib_mix, config.samples, config.seq_len,
+            config.seed, lambda n: self_windows(source, n, config.seq_len, config.seed, progress))
+        calib_digest = calib_record["digest"]
     release_freed_memory()  # tokenizer scratch would otherwise stay in the heap for the whole run
     loaded, _ = models.load_model(source, stream_blocks=True)
     arch = models.arch_of(loaded.config)
@@ -86,6 +89,11 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
     if config.block_epochs and not calibrated:
         raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    if config.propagate not in ("quantized", "float"):
+        raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
+    if config.propagate == "float" and (config.block_epochs or config.method in LEARNED):
+        raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
+                         "training already has the float targets)")
     if config.block_epochs and config.method in LEARNED:
         raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
     mixed_meta, sensitivity_record, layer_specs = None, None, {}
@@ -96,7 +104,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     t_sensitivity = time.perf_counter() - t_sensitivity
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
-                             config.block_epochs, config.block_lr, layer_specs)
+                             config.block_epochs, config.block_lr, layer_specs, config.propagate)
     resume = pipeline.ResumeState(resume_folder(out), recipe.digest(source.label, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -106,9 +114,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "edgeq_version": __version__, "method": config.method, "bits": spec.bits,
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
         "block_epochs": config.block_epochs, "block_lr": config.block_lr, "base_model": source.label,
-        "calibration": None if not calibrated else {
-            "text": calib_label, "samples": config.samples, "seq_len": config.seq_len, "seed": config.seed,
-            "digest": calib_digest},
+        "calibration": calib_record if calibrated else None,
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
@@ -207,17 +213,26 @@ def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max
     """Perplexity of a model source, an edgeq checkpoint or an exported ONNX folder (run by onnxruntime)
     on held-out text (default: packaged Persuasion); the same windows whichever runs it. `bits` evaluates
     that slice of a checkpoint's (or an exported 8-bit folder's) codes."""
+    return evaluate_texts(model, [text], seq_len, max_windows, progress, bits)[0]
+
+
+def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 512, max_windows: int | None = None,
+                   progress: bool = True, bits: int | None = None) -> list[dict]:
+    """evaluate() on several held-out texts (None = the packaged one), the model loaded once."""
     from .calib import data
     from .eval import perplexity_of
 
+    bodies = [data.read_text(text, data.DEFAULT_EVAL) for text in texts]  # a missing file fails before loading
     label, tokenizer, score, runtime = _scorer(model, bits)
-    body, text_label = data.read_text(text, data.DEFAULT_EVAL)
-    windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
-    t = time.perf_counter()
-    ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
-    return {"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
-            "tokens": int(windows.numel()), "perplexity": ppl, "seconds": round(time.perf_counter() - t, 2),
-            "runtime": runtime, "bits": bits}
+    results = []
+    for body, text_label in bodies:
+        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
+        t = time.perf_counter()
+        ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
+        results.append({"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
+                        "tokens": int(windows.numel()), "perplexity": ppl,
+                        "seconds": round(time.perf_counter() - t, 2), "runtime": runtime, "bits": bits})
+    return results
 
 
 def _scorer(model: str | None, bits: int | None = None):

@@ -31,6 +31,7 @@ An interrupted run keeps OUT.partial and resumes from the last finished block wh
 EPILOG_EVAL = """examples:
   edgeq eval                          # fp32 bundled model on the packaged held-out text (Persuasion)
   edgeq eval smollm2-w4 --text held_out.txt --seq-len 512
+  edgeq eval smollm2-w4 --text news.txt novel.txt     # two kinds of text, the model loaded once
 Never evaluate on the text you calibrated on."""
 
 
@@ -139,11 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="symmetric grid, zero point 2^(bits-1) (default for matquant, matround)")
     sym.add_argument("--asym", dest="sym", action="store_false", default=None,
                      help="asymmetric grid (default; matquant, matround keep zero points on multiples of 2^(8-narrowest))")
-    q.add_argument("--calib", help="calibration text file (default: packaged Pride and Prejudice)")
+    q.add_argument("--calib", nargs="+", metavar="PART", help="calibration text, one or more parts: a text or "
+                   ".jsonl file ('text' per line, or chat 'messages' rendered with the model's template), a "
+                   "folder, a glob, builtin:novel|pydoc|code|chat, or self (sampled from the model itself, "
+                   "cached) (default: builtin:novel, the packaged Pride and Prejudice)")
+    q.add_argument("--calib-mix", type=weights_arg, metavar="W1,W2,...", help="the share of the calibration "
+                   "windows each --calib part gets, e.g. 2,1,1 (default: equal)")
     q.add_argument("--samples", type=positive_int, default=128, help="calibration windows (default: 128)")
     q.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
     q.add_argument("--batch-size", type=positive_int, default=2,
                    help="windows per forward; 2 is as fast as 8 here and keeps activations small (default: 2)")
+    q.add_argument("--propagate", choices=["quantized", "float"], default="quantized",
+                   help="what the next block calibrates on: the outputs of this block with its quantized weights "
+                   "(GPTQ's sequential scheme, default) or with its float weights (one forward pass less)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling")
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--clip", choices=["minmax", "mse"],
@@ -195,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("model", nargs="?", help="checkpoint folder, exported ONNX folder (run by onnxruntime), "
                    "Hugging Face folder or .gguf (default: bundled SmolLM2-135M at fp32)")
-    e.add_argument("--text", help="held-out text file (default: packaged Persuasion)")
+    e.add_argument("--text", nargs="+", help="held-out text file(s), each reported on its own line (default: "
+                   "packaged Persuasion); with several, --json writes a list of results, one per text")
     e.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
     e.add_argument("--max-windows", type=positive_int, help="evaluate only the first N windows")
     e.add_argument("--bits", type=bits_arg, help="evaluate this slice of the codes (a matquant checkpoint, or an "
@@ -333,8 +343,9 @@ def cmd_quantize(args) -> None:
     config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
-                         block_lr=args.block_lr, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid))
-    meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet)
+                         block_lr=args.block_lr, propagate=args.propagate, mixed=mixed_config(args),
+                         layer_grids=tuple(args.layer_grid))
+    meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]
     if meta.get("mixed"):
         from .mixed import table
@@ -362,14 +373,15 @@ def mixed_config(args):
 
 
 def cmd_eval(args) -> None:
-    from .api import evaluate
-    result = evaluate(args.model, args.text, args.seq_len, args.max_windows, progress=not args.quiet,
-                      bits=args.bits)
-    print(f"perplexity {result['perplexity']:.3f}  ({result['model']}; {result['text']}; "
-          f"{result['windows']} windows x {result['seq_len']} tokens)")
+    from .api import evaluate_texts
+    results = evaluate_texts(args.model, args.text or [None], args.seq_len, args.max_windows,
+                             progress=not args.quiet, bits=args.bits)
+    for result in results:
+        print(f"perplexity {result['perplexity']:.3f}  ({result['model']}; {result['text']}; "
+              f"{result['windows']} windows x {result['seq_len']} tokens)")
     if args.json_out:
         with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(results[0] if len(results) == 1 else results, f, indent=2)
 
 
 def cmd_export(args) -> None:

@@ -158,6 +158,21 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
     return None
 
 
+def weights_fingerprint(source: ModelSource) -> str:
+    """What identifies the weights' contents: per weight file its name, size, mtime and a digest of its
+    safetensors header (every tensor's name, dtype, shape and offsets), so that weights replaced at the
+    same path never pass for the old ones. A GGUF's float cache is keyed by the GGUF file the same way."""
+    from .safetensors_scan import header
+    folder = float_folder(source)
+    files = sorted(set((weight_files(folder) or {}).values())) or sorted(folder.glob("*.safetensors"))
+    parts = []
+    for f in files:
+        stat = f.stat()
+        meta, _ = header(f)
+        parts.append(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}:{json.dumps(meta, sort_keys=True)}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def load_model(source: ModelSource, stream_blocks: bool = False):
     """(model, config): float32 on the CPU, eval mode, supported architecture, finite weights.
 

@@ -17,10 +17,17 @@ DEFAULT_EVAL = "persuasion.txt.gz"
 
 
 def read_text(path: str | None, default: str) -> tuple[str, str]:
-    """(text, label). path None -> the packaged default text."""
+    """(text, label) of a held-out text: a file, or builtin:NAME (see calib/sources.py; chat excluded).
+    path None -> the packaged default text."""
+    from .sources import BUILTIN, builtin_part
     if path is None:
         blob = resources.files("edgeq.data").joinpath(default).read_bytes()
         return gzip.decompress(blob).decode("utf-8"), f"edgeq default ({default.removesuffix('.txt.gz')})"
+    if path.startswith(BUILTIN):
+        part = builtin_part(path[len(BUILTIN):], tokenizer=None)
+        if part is None:
+            raise EdgeqError(f"{path} needs a model's chat template; evaluate on a file instead")
+        return part.text, part.label
     p = Path(path).expanduser()
     if not p.is_file():
         raise EdgeqError(f"text file not found: {path}")
@@ -55,6 +62,32 @@ def calibration_windows(tokens: torch.Tensor, samples: int, seq_len: int, seed: 
     return torch.stack([tokens[s:s + seq_len] for s in starts.tolist()])
 
 
+def window_counts(weights: list[float], samples: int) -> list[int]:
+    """samples split in proportion to weights, by largest remainder (the counts sum to samples)."""
+    if not weights or min(weights) < 0 or sum(weights) <= 0:
+        raise EdgeqError(f"calibration mix weights must be >= 0 and not all 0, got {weights}")
+    exact = [samples * w / sum(weights) for w in weights]
+    counts = [int(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (counts[i] - exact[i], i))
+    for i in by_remainder[:samples - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mixed_windows(parts: list, weights: list[float], samples: int, seq_len: int,
+                  seed: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """(windows [samples, seq_len], windows per part). A part is a token stream (random windows of it,
+    seeded per part) or a function n -> n windows (self-generated text). With several parts the windows
+    are shuffled so that every batch sees the mix; one stream gives exactly calibration_windows(stream)."""
+    counts = window_counts(weights, samples)
+    chosen = [part(n) if callable(part) else calibration_windows(part, n, seq_len, seed + i)
+              for i, (part, n) in enumerate(zip(parts, counts)) if n]
+    windows = torch.cat(chosen)
+    if len(chosen) > 1:
+        windows = windows[torch.randperm(windows.shape[0], generator=torch.Generator().manual_seed(seed))]
+    return windows, counts
+
+
 def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None) -> torch.Tensor:
     """Consecutive non-overlapping windows [W, seq_len] from the start of the text (the tail dropped)."""
     count = tokens.numel() // seq_len
@@ -63,6 +96,48 @@ def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = N
     if max_windows:
         count = min(count, max_windows)
     return tokens[:count * seq_len].reshape(count, seq_len)
+
+
+# The default calibration mix, (--calib argument, weight) pairs.
+DEFAULT_MIX = (("builtin:novel", 1.0),)
+
+
+def calibration_set(tokenizer, calib: list[str] | None = None, mix: list[float] | None = None, samples: int = 128,
+                    seq_len: int = 512, seed: int = 0, self_windows=None) -> tuple[torch.Tensor, dict]:
+    """(windows [samples, seq_len], the record quantization.json keeps: parts, weights, windows per part,
+    tokens per part, the windows' digest). calib None = DEFAULT_MIX; mix: one weight per calib part;
+    self_windows(n) -> n windows sampled from the model, for the part `self`."""
+    from .selfgen import SELF
+    from .sources import read_part
+    specs = list(calib) if calib else [spec for spec, _ in DEFAULT_MIX]
+    weights = list(mix) if mix else [1.0] * len(specs) if calib else [w for _, w in DEFAULT_MIX]
+    if len(weights) != len(specs):
+        raise EdgeqError(f"--calib-mix needs one weight per --calib part ({len(specs)}), got {len(weights)}")
+    parts, skipped = [], []  # (label, weight, token stream or window function)
+    for spec, weight in zip(specs, weights):
+        if spec == SELF:
+            parts.append((SELF, weight, self_windows))
+            continue
+        part = read_part(spec, tokenizer)
+        if part is None:  # a built-in text that does not apply to this model (chat without a template)
+            skipped.append(spec)
+            continue
+        tokens = tokenize(tokenizer, part.text)
+        if tokens.numel() < seq_len:
+            raise EdgeqError(f"calibration text too short: {part.label} has {tokens.numel()} tokens, need at "
+                             f"least --seq-len {seq_len}")
+        parts.append((part.label, weight, tokens))
+    if not parts:
+        raise EdgeqError(f"no calibration text left: {', '.join(skipped)} do not apply to this model")
+    windows, counts = mixed_windows([p for _, _, p in parts], [w for _, w, _ in parts], samples, seq_len, seed)
+    record = {"text": " + ".join(label for label, _, _ in parts), "samples": samples, "seq_len": seq_len,
+              "seed": seed, "digest": digest(windows),
+              "parts": [{"label": label, "weight": w, "windows": n,
+                         "tokens": n * seq_len if callable(p) else int(p.numel())}
+                        for (label, w, p), n in zip(parts, counts)]}
+    if skipped:
+        record["skipped"] = skipped
+    return windows, record
 
 
 def digest(windows: torch.Tensor) -> str:

@@ -40,6 +40,7 @@ class Recipe:
     block_epochs: int = 0
     block_lr: float = 5e-3
     layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
+    propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
 
     def spec_of(self, linear: str) -> grid.QuantSpec:
         return self.layer_specs.get(linear, self.spec)
@@ -47,7 +48,8 @@ class Recipe:
     def digest(self, model_label: str, calib_digest: str) -> str:
         layers = {name: asdict(spec) for name, spec in self.layer_specs.items()}
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
-                           self.batch_size, self.block_epochs, self.block_lr, layers], sort_keys=True, default=str)
+                           self.batch_size, self.block_epochs, self.block_lr, layers]
+                          + ([self.propagate] if self.propagate != "quantized" else []), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -156,9 +158,10 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 on_block_done(i)
             continue
         targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
+        float_inputs = recipe.propagate == "float"  # the float block's outputs, written over its inputs
         if calibrated:
             hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
-                                         targets)
+                                         hidden if float_inputs else targets)
         block_q = {}
         for group in arch.input_groups:
             H = hessians[group[0]].hessian() if calibrated else None
@@ -176,7 +179,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         if targets is not None:
             block_q, timings.block_losses[str(i)] = _train_block_scales(
                 block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings)
-        if calibrated and (i < len(blocks) - 1 or targets is not None):  # the last outputs feed nothing
+        if calibrated and not float_inputs and (i < len(blocks) - 1 or targets is not None):  # last: feeds nothing
             t = time.perf_counter()
             loss = run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
             if targets is not None:
@@ -259,7 +262,8 @@ def _batches(hidden: torch.Tensor, batch_size: int):
 
 @torch.no_grad()
 def collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings, targets=None):
-    """Hessians of the block's linears on `hidden`; the float block's outputs go to `targets` if given."""
+    """Hessians of the block's linears on `hidden`; the float block's outputs go to `targets` if given
+    (targets may be `hidden` itself: each batch is read before its rows are overwritten)."""
     accumulators, remove = hessian_hooks(block, arch, device)
     t = time.perf_counter()
     try:
