@@ -43,7 +43,7 @@ class Protocol:
     a change of calibration or of evaluation texts is a new protocol, never mixed with old rows."""
     name: str
     calib_flags: tuple[str, ...]           # edgeq quantize flags that choose the calibration data
-    texts: tuple[tuple[str, str | None], ...]  # (label, file; None = edgeq's packaged held-out text)
+    texts: tuple[tuple[str, str | None], ...]  # (label, file; None = edgeq's packaged Persuasion)
     windows: int = 40
     seq_len: int = 512
 
@@ -192,14 +192,15 @@ def checkpoint_dir(work: Path, row: Row, protocol: Protocol) -> Path:
 
 
 def evaluate(model: Path | None, protocol: Protocol, work: Path, extra: list[str]) -> dict:
-    out = {}
-    for label, text in protocol.texts:
-        path = work / "eval.json"
-        edgeq("eval", *([model] if model else []), *(["--text", text] if text else []), "--seq-len",
-              protocol.seq_len, "--max-windows", protocol.windows, "--json", path, "--quiet", *extra)
-        result = json.loads(path.read_text())
-        out[label] = {"perplexity": result["perplexity"], "windows": result["windows"], "text": result["text"]}
-    return out
+    """Perplexity on every held-out text of the protocol, one edgeq eval process (the model loaded once)."""
+    path = work / "eval.json"
+    texts = [text or "builtin:persuasion" for _, text in protocol.texts]
+    edgeq("eval", *([model] if model else []), "--text", *texts, "--seq-len", protocol.seq_len, "--max-windows",
+          protocol.windows, "--json", path, "--quiet", *extra)
+    results = json.loads(path.read_text())
+    results = results if isinstance(results, list) else [results]
+    return {label: {"perplexity": r["perplexity"], "windows": r["windows"], "text": r["text"]}
+            for (label, _), r in zip(protocol.texts, results)}
 
 
 def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
