@@ -105,7 +105,9 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
                              config.block_epochs, config.block_lr, layer_specs, config.propagate)
-    resume = pipeline.ResumeState(resume_folder(out), recipe.digest(source.label, str(calib_digest)))
+    # the weights' fingerprint, not only the path: weights replaced at the same path start afresh
+    model_key = f"{source.label}:{models.weights_fingerprint(source)}"
+    resume = pipeline.ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
                                                 resume=resume, progress=progress, on_block_done=on_block_done)

@@ -1,21 +1,35 @@
 """Shared fixtures: a tiny random-init Llama saved as a real Hugging Face folder (with the bundled model's
-real tokenizer), the real bundled model, and the held-out text of ../shared/data."""
+real tokenizer), the real bundled model, and real text files. The texts are the package's own (a user's
+clone has no ../shared): Pride and Prejudice to calibrate on, Persuasion held out."""
 from __future__ import annotations
 
+import functools
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+@functools.cache
+def _text_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="edgeq-test-texts-"))
+
+
+@functools.cache
+def _packaged_text_file(name: str) -> Path:
+    from edgeq.calib.sources import packaged_text
+    path = _text_folder() / f"{name}.txt"
+    path.write_text(packaged_text(name), encoding="utf-8")
+    return path
 
 
 def held_out_text() -> Path:
-    return SHARED / "austen_persuasion.txt"
+    return _packaged_text_file("persuasion")
 
 
 def calibration_text() -> Path:
-    return SHARED / "austen_emma.txt"
+    return _packaged_text_file("novel")
 
 
 @pytest.fixture(scope="session")

@@ -245,3 +245,16 @@ def test_block_training_lowers_the_multi_width_block_loss(tiny_model_dir, tmp_pa
         assert losses[2] < losses[0], (block, losses)  # epochs' weighted losses (the last entry is int8 only)
     _, q2, _ = checkpoint.load_checkpoint(tmp_path / "mq", bits=2)
     assert all(qw.bits == 2 for qw in q2.values())
+
+
+def test_bench_runs_a_slice_of_the_int8_export(tiny_matquant, tmp_path):
+    """`edgeq bench DIR@4`: the width is split off before the folder is checked (it was refused as
+    'no model.onnx')."""
+    from edgeq.runtime import bench
+    export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
+    # no process-wide pool: it would bind every later test's sessions to one thread
+    settings = bench.Settings(prompt=4, gen=2, runs=1, warmup=0, threads=1, shared_pool=False)
+    full, sliced = bench.bench([tmp_path / "int8", f"{tmp_path / 'int8'}@4"], settings)
+    assert len(full.decode) == len(sliced.decode) == 2
+    with pytest.raises(EdgeqError):
+        bench.bench([f"{tmp_path / 'missing'}@4"], settings)

@@ -7,7 +7,7 @@ import torch
 from edgeq import api, checkpoint, grid, models
 from edgeq.calib import data, pipeline
 from edgeq.eval import perplexity
-from tests.conftest import calibration_text, held_out_text
+from tests.conftest import calibration_text, held_out_text, save_tiny_model
 
 CONFIG = api.QuantConfig(method="gptq", bits=3, group_size=32, samples=6, seq_len=64, batch_size=4)
 
@@ -102,6 +102,25 @@ def test_resume_folder_of_another_recipe_is_not_used(tiny_model_dir, tmp_path):
     quantize_tiny(tiny_model_dir, tmp_path / "run", other, on_block_done=seen.append)
     assert seen == [0, 1, 2]
     assert checkpoint.read_meta(tmp_path / "run")["bits"] == 4
+
+
+def test_resume_folder_of_other_weights_at_the_same_path_is_not_used(bundled_tokenizer, tmp_path):
+    """Replacing the model's weights at the same path must not resume the old model's blocks."""
+    folder = save_tiny_model(tmp_path / "model", bundled_tokenizer)
+
+    def stop(i):
+        raise Interrupt
+    with pytest.raises(Interrupt):
+        quantize_tiny(folder, tmp_path / "run", on_block_done=stop)
+    save_tiny_model(tmp_path / "other", bundled_tokenizer, initializer_range=0.05)
+    (folder / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
+    seen = []
+    quantize_tiny(folder, tmp_path / "run", on_block_done=seen.append)
+    assert seen == [0, 1, 2]
+    quantize_tiny(folder, tmp_path / "fresh")
+    _, resumed, _ = checkpoint.load_checkpoint(tmp_path / "run")
+    _, fresh, _ = checkpoint.load_checkpoint(tmp_path / "fresh")
+    assert all(torch.equal(fresh[name].q, qw.q) for name, qw in resumed.items())
 
 
 def test_rtn_needs_no_calibration_text(tiny_model_dir, tmp_path):

@@ -127,8 +127,8 @@ def vocab_size(decoder: OrtDecoder) -> int:
 
 def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
     """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
-    for folder in folders:
-        model_file(folder, settings)  # refuse a bad folder before touching the process's thread pool
+    for spec in folders:
+        model_file(split_width(spec)[0], settings)  # refuse a bad folder before touching the thread pool
     if settings.shared_pool:
         use_shared_thread_pool(settings.threads)
     models = [load(folder, settings, clock) for folder in folders]
