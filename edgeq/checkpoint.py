@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,6 +63,23 @@ def qweights_from_tensors(tensors: dict[str, torch.Tensor], layout: dict[str, di
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
     from safetensors.torch import save_file
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
+    if metadata:
+        canonical_metadata_order(path)
+
+
+def canonical_metadata_order(path: Path) -> None:
+    """safetensors writes its __metadata__ map in hash order, so two identical runs gave files with different
+    bytes. Rewrite the header with the metadata keys sorted: the same JSON, so the same length, in place."""
+    with open(path, "r+b") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(length)
+        header = json.loads(raw)
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        canonical = json.dumps(header, separators=(",", ":")).encode()
+        if len(canonical) > length:  # never grow the header: that would move every tensor
+            return
+        f.seek(8)
+        f.write(canonical + b" " * (length - len(canonical)))  # safetensors pads its header with spaces
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

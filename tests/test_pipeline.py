@@ -133,3 +133,21 @@ def test_chunked_tokenization_equals_whole_text(bundled_tokenizer):
     text = held_out_text().read_text()[:120_000]
     whole = bundled_tokenizer(text, add_special_tokens=False)["input_ids"]
     assert data.tokenize(bundled_tokenizer, text, chunk_chars=5_000).tolist() == whole
+
+
+def test_identical_runs_write_byte_identical_weights(tiny_model_dir, tmp_path):
+    """safetensors wrote its metadata in hash order; the same run twice must give the same bytes."""
+    import hashlib
+    config = api.QuantConfig(method="rtn", bits=4, group_size=32)
+    digests = set()
+    for run in ("a", "b"):
+        api.quantize(str(tiny_model_dir), tmp_path / run, config, progress=False)
+        digests.add(hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest())
+    assert len(digests) == 1
+    metadata = {f"key{i}": str(i) for i in range(20)}
+    checkpoint.save_tensors(tmp_path / "t.safetensors", {"w": torch.arange(6.0)}, metadata)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "t.safetensors"), "pt") as f:
+        assert f.metadata() == metadata and torch.equal(f.get_tensor("w"), torch.arange(6.0))
+    raw = (tmp_path / "t.safetensors").read_bytes()
+    assert raw.index(b'"key0"') < raw.index(b'"key1"') < raw.index(b'"key9"')
