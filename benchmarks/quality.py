@@ -203,6 +203,11 @@ def evaluate(model: Path | None, protocol: Protocol, work: Path, extra: list[str
             for (label, _), r in zip(protocol.texts, results)}
 
 
+def quantize_seconds(stats: dict) -> float:
+    """The job's time as `edgeq quantize` reports it (forward, Hessian and solver seconds are parts of it)."""
+    return round(stats["seconds_load"] + stats.get("seconds_sensitivity", 0) + stats["seconds_quantize"], 1)
+
+
 def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
     started, load = time.time(), os.getloadavg()[0]
     record = {**row.key(protocol.name), "label": row.label, "spec": row.spec, "commit": git_commit(),
@@ -214,7 +219,8 @@ def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
         if not (ckpt / "quantization.json").is_file():
             edgeq("quantize", *row.quantize_args(protocol), "--out", ckpt, "--quiet")
         stats = json.loads((ckpt / "quantization.json").read_text())["stats"]
-        record["quantize_seconds"] = round(sum(v for k, v in stats.items() if k.startswith("seconds_")), 1)
+        record["quantize_seconds"] = quantize_seconds(stats)
+        record["stats"] = stats
         record["peak_rss_mb"] = stats.get("peak_rss_mb")
         record["eval"] = evaluate(ckpt, protocol, work, ["--bits", str(row.slice_bits)] if row.slice_bits else [])
     for label, result in record["eval"].items():
@@ -252,7 +258,7 @@ def render_table(records: list[dict], protocol: Protocol) -> str:
             minutes = f"{r['quantize_seconds'] / 60:.1f}" if r.get("quantize_seconds") is not None else "-"
             rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
             lines.append(f"| {spec} | {method} | " + " | ".join(cells) + f" | {minutes} | {rss} |")
-    texts = ", ".join(f"{label} ({next(iter(rows.values()))['eval'][label]['text'] if rows else '?'})"
+    texts = ", ".join(f"{label} ({Path(next(iter(rows.values()))['eval'][label]['text']).name if rows else '?'})"
                       for label in labels)
     windows = f"the first {protocol.windows} x {protocol.seq_len} tokens of each"
     note = (f"Protocol `{protocol.name}`: calibration `{' '.join(protocol.calib_flags)}` on edgeq's default "

@@ -118,3 +118,9 @@ def test_readme_markers_are_replaced_and_required(quality):
     assert quality.replace_between_markers(out, "NEWER", "standard").count("NEWER") == 1
     with pytest.raises(SystemExit):
         quality.replace_between_markers("no markers", "NEW", "standard")
+
+
+def test_quantize_seconds_do_not_count_the_parts_twice(quality):
+    stats = {"seconds_load": 10.0, "seconds_sensitivity": 0.0, "seconds_quantize": 100.0, "seconds_forward": 40.0,
+             "seconds_hessian": 20.0, "seconds_solver": 30.0, "seconds_block_training": 0.0}
+    assert quality.quantize_seconds(stats) == 110.0
