@@ -42,7 +42,9 @@ def resume_folder(out: Path) -> Path:
 
 
 def check_output_folder(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise EdgeqError(f"output path {out} is a file, not a folder; choose another --out")
+    if out.exists() and any(out.iterdir()):
         raise EdgeqError(f"output folder {out} exists and is not empty; choose another --out or remove it")
 
 
@@ -72,6 +74,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     source = models.resolve_source(model)
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
     calibrated = needs_calibration(config.method)
+    if calib is not None and not calibrated and not config.mixed:
+        raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
     tokenizer = models.load_tokenizer(source)
     windows, calib_record, calib_digest = None, None, None
     if calibrated or config.mixed:

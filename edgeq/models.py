@@ -154,7 +154,12 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
             return {name: folder / WEIGHTS for name in f.keys()}
     index = folder / "model.safetensors.index.json"
     if index.exists():
-        return {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        files = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        inside = folder.resolve()
+        for name, path in files.items():  # an absolute or ../ entry would read a file the folder does not hold
+            if inside not in path.resolve().parents:
+                raise EdgeqError(f"{index}: {name} points outside the model folder ({path}); refusing to read it")
+        return files
     return None
 
 

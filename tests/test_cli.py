@@ -1,4 +1,5 @@
 """The command line: --help teaches, and every bad input is one clear line, exit code 2, no files left."""
+import json
 import os
 import subprocess
 import sys
@@ -33,7 +34,15 @@ def bad_models(tmp_path_factory, bundled_tokenizer):
     empty.write_text("   \n")
     short = root / "short.txt"
     short.write_text("Only a few words here.")
-    return {"gpt2": gpt2, "nan": nan, "empty": empty, "short": short}
+    escaping = root / "escaping"  # a sharded index whose entry points outside the model folder
+    escaping.mkdir()
+    tiny = save_tiny_model(root / "tiny", bundled_tokenizer)
+    for f in tiny.iterdir():
+        if f.name != "model.safetensors":
+            (escaping / f.name).write_bytes(f.read_bytes())
+    (escaping / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"model.embed_tokens.weight": "../tiny/model.safetensors"}}))
+    return {"gpt2": gpt2, "nan": nan, "empty": empty, "short": short, "escaping": escaping}
 
 
 def _cases(tiny, bad, tmp):
@@ -50,12 +59,18 @@ def _cases(tiny, bad, tmp):
         "short calibration": ([tiny, "--calib", bad["short"], "--seq-len", "512"], "calibration text too short"),
         "missing calibration": ([tiny, "--calib", tmp / "nope.txt", *quick], "text file not found"),
         "flag of another method": ([tiny, "--method", "rtn", "--iters", "3"], "--iters applies to decoupleq only"),
+        "unused calibration": ([tiny, "--method", "rtn", "--calib", bad["short"]], "rtn uses no calibration text"),
+        "unknown built-in text": ([tiny, "--calib", "builtin:nope", *quick], "unknown calibration text"),
+        "mix of another length": ([tiny, "--calib", "builtin:novel", "--calib-mix", "1,2", *quick],
+                                  "one weight per --calib part"),
+        "index outside the folder": ([bad["escaping"], *quick], "points outside the model folder"),
     }
 
 
 CASES = ["missing model", "unsupported architecture", "bits too high", "bits too low", "group not power of two",
          "group too small", "NaN weights", "empty calibration", "short calibration", "missing calibration",
-         "flag of another method"]
+         "flag of another method", "unused calibration", "unknown built-in text", "mix of another length",
+         "index outside the folder"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -78,6 +93,13 @@ def test_existing_non_empty_output_folder_is_refused_and_kept(tiny_model_dir, tm
     result = run_cli("quantize", tiny_model_dir, "--out", occupied)
     assert result.returncode == 2 and "exists and is not empty" in result.stderr
     assert [p.name for p in occupied.iterdir()] == ["keep.txt"]
+
+
+def test_output_path_that_is_a_file_is_refused_as_such(tiny_model_dir, tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("mine")
+    result = run_cli("quantize", tiny_model_dir, "--method", "rtn", "--out", target)
+    assert result.returncode == 2 and "is a file, not a folder" in result.stderr and target.read_text() == "mine"
 
 
 def test_eval_of_a_missing_checkpoint_or_text_is_a_clear_error(tmp_path):
