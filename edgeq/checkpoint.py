@@ -6,6 +6,7 @@ or failed write never leaves a half checkpoint under the requested name.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -97,7 +98,13 @@ def atomic_folder(destination: Path):
     """Yield a temporary folder next to destination; rename it into place only if the body succeeds."""
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.tmp-", dir=destination.parent))
+    prefix = f".{destination.name}.tmp-"
+    for stale in destination.parent.glob(glob.escape(prefix) + "*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
     try:
         yield tmp
         if destination.exists():

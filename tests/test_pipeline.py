@@ -151,3 +151,19 @@ def test_identical_runs_write_byte_identical_weights(tiny_model_dir, tmp_path):
         assert f.metadata() == metadata and torch.equal(f.get_tensor("w"), torch.arange(6.0))
     raw = (tmp_path / "t.safetensors").read_bytes()
     assert raw.index(b'"key0"') < raw.index(b'"key1"') < raw.index(b'"key9"')
+
+
+def test_saving_clears_stale_temporary_folders_and_uses_the_umask(tmp_path):
+    """A run killed while saving leaves .OUT.tmp-*; the next save of OUT removes it."""
+    import os
+    stale = tmp_path / ".out.tmp-abc123"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    other = tmp_path / ".other.tmp-xyz"
+    other.mkdir()
+    with checkpoint.atomic_folder(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("done")
+    assert not stale.exists() and other.exists() and (tmp_path / "out" / "f").read_text() == "done"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
