@@ -43,7 +43,7 @@ class Protocol:
     a change of calibration or of evaluation texts is a new protocol, never mixed with old rows."""
     name: str
     calib_flags: tuple[str, ...]           # edgeq quantize flags that choose the calibration data
-    texts: tuple[tuple[str, str | None], ...]  # (label, file; None = edgeq's packaged Persuasion)
+    texts: tuple[tuple[str, str], ...]     # (label, file or builtin:NAME), as edgeq eval --text takes them
     windows: int = 40
     seq_len: int = 512
 
@@ -52,11 +52,11 @@ PROTOCOLS = {p.name: p for p in [
     # 128 x 512 windows of edgeq's default calibration text (the packaged Pride and Prejudice), seed 0;
     # held out: Persuasion (same author) and news prose (another kind of text).
     Protocol("standard", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
-             (("persuasion", None), ("news", str(SHARED_DATA / "news_lee.txt")))),
+             (("persuasion", "builtin:persuasion"), ("news", str(SHARED_DATA / "news_lee.txt")))),
     # The same windows, for the calibration issue's grid (rows vary the calibration with their flags),
     # kept apart so that the grid's rows never mix into the method table.
     Protocol("calib-grid", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
-             (("persuasion", None), ("news", str(SHARED_DATA / "news_lee.txt")))),
+             (("persuasion", "builtin:persuasion"), ("news", str(SHARED_DATA / "news_lee.txt")))),
 ]}
 
 
@@ -161,15 +161,8 @@ def latest(records: list[dict], protocol: str) -> dict[str, dict]:
 # ---- running a row ----
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "system": platform.system()}
+    from edgeq.runtime.report import cpu_info
+    return {"cpu": cpu_info()[0], "cores": os.cpu_count(), "system": platform.system()}
 
 
 def git_commit() -> str:
@@ -194,7 +187,7 @@ def checkpoint_dir(work: Path, row: Row, protocol: Protocol) -> Path:
 def evaluate(model: Path | None, protocol: Protocol, work: Path, extra: list[str]) -> dict:
     """Perplexity on every held-out text of the protocol, one edgeq eval process (the model loaded once)."""
     path = work / "eval.json"
-    texts = [text or "builtin:persuasion" for _, text in protocol.texts]
+    texts = [text for _, text in protocol.texts]
     edgeq("eval", *([model] if model else []), "--text", *texts, "--seq-len", protocol.seq_len, "--max-windows",
           protocol.windows, "--json", path, "--quiet", *extra)
     results = json.loads(path.read_text())

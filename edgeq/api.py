@@ -56,6 +56,21 @@ def check_device(device: str) -> None:
         raise EdgeqError(f"device must be cpu or cuda, got {device!r}")
 
 
+def check_training_options(config: QuantConfig, calibrated: bool, learned: bool) -> None:
+    """Refusals of --block-epochs, --block-lr and --propagate that need no model."""
+    if config.block_epochs < 0 or not config.block_lr > 0:
+        raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
+    if config.block_epochs and not calibrated:
+        raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    if config.propagate not in ("quantized", "float"):
+        raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
+    if config.propagate == "float" and (config.block_epochs or learned):
+        raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
+                         "training already has the float targets)")
+    if config.block_epochs and learned:
+        raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
+
+
 def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib: str | list[str] | None = None,
              progress: bool = True, on_block_done=None, calib_mix: list[float] | None = None) -> dict:
     """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta.
@@ -76,30 +91,23 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     calibrated = needs_calibration(config.method)
     if calib is not None and not calibrated and not config.mixed:
         raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
+    check_training_options(config, calibrated, config.method in LEARNED)  # before any loading
     tokenizer = models.load_tokenizer(source)
+    # the weights' fingerprint, not only the path: weights replaced at the same path start afresh
+    model_key = f"{source.label}:{models.weights_fingerprint(source)}"
     windows, calib_record, calib_digest = None, None, None
     if calibrated or config.mixed:
         from .calib.selfgen import self_windows
         windows, calib_record = data.calibration_set(
             tokenizer, [calib] if isinstance(calib, str) else calib, calib_mix, config.samples, config.seq_len,
-            config.seed, lambda n: self_windows(source, n, config.seq_len, config.seed, progress))
+            config.seed, lambda n: self_windows(source, model_key, tokenizer, n, config.seq_len, config.seed,
+                                                progress))
         calib_digest = calib_record["digest"]
     release_freed_memory()  # tokenizer scratch would otherwise stay in the heap for the whole run
     loaded, _ = models.load_model(source, stream_blocks=True)
     arch = models.arch_of(loaded.config)
     t_load = time.perf_counter() - t0
 
-    if config.block_epochs < 0 or not config.block_lr > 0:
-        raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
-    if config.block_epochs and not calibrated:
-        raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
-    if config.propagate not in ("quantized", "float"):
-        raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
-    if config.propagate == "float" and (config.block_epochs or config.method in LEARNED):
-        raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
-                         "training already has the float targets)")
-    if config.block_epochs and config.method in LEARNED:
-        raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
     mixed_meta, sensitivity_record, layer_specs = None, None, {}
     t_sensitivity = time.perf_counter()
     if config.mixed:
@@ -109,8 +117,6 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
                              config.block_epochs, config.block_lr, layer_specs, config.propagate)
-    # the weights' fingerprint, not only the path: weights replaced at the same path start afresh
-    model_key = f"{source.label}:{models.weights_fingerprint(source)}"
     resume = pipeline.ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,

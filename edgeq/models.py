@@ -169,7 +169,7 @@ def weights_fingerprint(source: ModelSource) -> str:
     same path never pass for the old ones. A GGUF's float cache is keyed by the GGUF file the same way."""
     from .safetensors_scan import header
     folder = float_folder(source)
-    files = sorted(set((weight_files(folder) or {}).values())) or sorted(folder.glob("*.safetensors"))
+    files = sorted(set((weight_files(folder) or {}).values()))
     parts = []
     for f in files:
         stat = f.stat()

@@ -111,11 +111,12 @@ def test_self_generated_windows_are_deterministic_and_cached(tiny_model_dir, bun
     from edgeq import models
     monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path / "cache"))
     source = models.resolve_source(str(tiny_model_dir))
-    a = selfgen.self_windows(source, 3, 24, seed=0, progress=False)
+    key = f"{source.label}:{models.weights_fingerprint(source)}"
+    a = selfgen.self_windows(source, key, bundled_tokenizer, 3, 24, seed=0, progress=False)
     assert a.shape == (3, 24) and a.dtype == torch.long
     assert not set(a[:, 0].tolist()) & set(bundled_tokenizer.all_special_ids)
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("the cached windows were not used"))
-    assert torch.equal(selfgen.self_windows(source, 3, 24, seed=0, progress=False), a)
+    assert torch.equal(selfgen.self_windows(source, key, bundled_tokenizer, 3, 24, seed=0, progress=False), a)
 
 
 def test_self_generation_follows_the_model(tiny_model_dir):

@@ -1,28 +1,25 @@
 """Text -> token windows: calibration samples (random windows, seeded) and evaluation windows (consecutive)."""
 from __future__ import annotations
 
-import gzip
 import hashlib
-from importlib import resources
 from pathlib import Path
 
 import torch
 
 from ..errors import EdgeqError
+from .sources import BUILTIN, PACKAGED, builtin_part, packaged_file_text, read_part
 
 # Public-domain novels shipped in the package (Project Gutenberg texts): one for calibration, a different
 # one for held-out evaluation, so that the defaults never evaluate on calibration text.
-DEFAULT_CALIB = "pride_and_prejudice.txt.gz"
-DEFAULT_EVAL = "persuasion.txt.gz"
+DEFAULT_CALIB = PACKAGED["novel"]
+DEFAULT_EVAL = PACKAGED["persuasion"]
 
 
 def read_text(path: str | None, default: str) -> tuple[str, str]:
     """(text, label) of a held-out text: a file, or builtin:NAME (see calib/sources.py; chat excluded).
     path None -> the packaged default text."""
-    from .sources import BUILTIN, builtin_part
     if path is None:
-        blob = resources.files("edgeq.data").joinpath(default).read_bytes()
-        return gzip.decompress(blob).decode("utf-8"), f"edgeq default ({default.removesuffix('.txt.gz')})"
+        return packaged_file_text(default), f"edgeq default ({default.removesuffix('.txt.gz')})"
     if path.startswith(BUILTIN):
         part = builtin_part(path[len(BUILTIN):], tokenizer=None)
         if part is None:
@@ -108,9 +105,10 @@ def calibration_set(tokenizer, calib: list[str] | None = None, mix: list[float] 
     tokens per part, the windows' digest). calib None = DEFAULT_MIX; mix: one weight per calib part;
     self_windows(n) -> n windows sampled from the model, for the part `self`."""
     from .selfgen import SELF
-    from .sources import read_part
-    specs = list(calib) if calib else [spec for spec, _ in DEFAULT_MIX]
-    weights = list(mix) if mix else [1.0] * len(specs) if calib else [w for _, w in DEFAULT_MIX]
+    if calib:
+        specs, weights = list(calib), list(mix) if mix else [1.0] * len(calib)
+    else:
+        specs, weights = [spec for spec, _ in DEFAULT_MIX], list(mix) if mix else [w for _, w in DEFAULT_MIX]
     if len(weights) != len(specs):
         raise EdgeqError(f"--calib-mix needs one weight per --calib part ({len(specs)}), got {len(weights)}")
     parts, skipped = [], []  # (label, weight, token stream or window function)

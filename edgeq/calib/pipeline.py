@@ -131,6 +131,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
     timings = Timings()
     captured = None
+    float_inputs = recipe.propagate == "float"  # each block's float outputs are written over its inputs
     if calibrated:
         t = time.perf_counter()
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
@@ -158,7 +159,6 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 on_block_done(i)
             continue
         targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
-        float_inputs = recipe.propagate == "float"  # the float block's outputs, written over its inputs
         if calibrated:
             hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
                                          hidden if float_inputs else targets)

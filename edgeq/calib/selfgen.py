@@ -59,14 +59,15 @@ def _sample(model, ids: torch.Tensor, seq_len: int, gen: torch.Generator, bar) -
     return torch.cat(seq, dim=1)
 
 
-def self_windows(source, count: int, seq_len: int, seed: int, progress: bool = True) -> torch.Tensor:
-    """The cached windows of this job, or generated now with the float model (loaded whole, then freed)."""
-    from ..models import load_model, load_tokenizer, weights_fingerprint
-    path = cache_path(f"{source.label}:{weights_fingerprint(source)}", count, seq_len, seed)
+def self_windows(source, model_key: str, tokenizer, count: int, seq_len: int, seed: int,
+                 progress: bool = True) -> torch.Tensor:
+    """The cached windows of this job, or generated now with the float model (loaded whole, then freed).
+    model_key: what identifies the weights (models.weights_fingerprint), so that new weights regenerate."""
+    from ..models import load_model
+    path = cache_path(model_key, count, seq_len, seed)
     if path.is_file():
         return torch.load(path)
     model, config = load_model(source)
-    tokenizer = load_tokenizer(source)
     windows = generate_windows(model, config.vocab_size, count, seq_len, seed,
                                special_ids=set(tokenizer.all_special_ids), progress=progress)
     del model

@@ -44,9 +44,13 @@ class Part:
     text: str
 
 
+def packaged_file_text(filename: str) -> str:
+    """A text shipped in edgeq/data (gzipped)."""
+    return gzip.decompress(resources.files("edgeq.data").joinpath(filename).read_bytes()).decode("utf-8")
+
+
 def packaged_text(name: str) -> str:
-    blob = resources.files("edgeq.data").joinpath(PACKAGED[name]).read_bytes()
-    return gzip.decompress(blob).decode("utf-8")
+    return packaged_file_text(PACKAGED[name])
 
 
 def pydoc_topics() -> list[tuple[str, str]]:
