@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import EdgeqError
 from .nesting import DEFAULT_WIDTHS, default_weights
+from .runtime.bench import ENGINES
 
 LEARNED_METHODS = ("signround", "flexround", "lrq", "matround")
 NESTED_METHODS = ("matquant", "matround")  # one int8 code serving several widths
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--per-session-pools", action="store_true",
                    help="give each model its own thread pool (default: one shared pool; separate pools keep "
                         "spinning after a run and slow the next model's first tokens)")
+    b.add_argument("--engine", default="ort", choices=ENGINES,
+                   help="ort: edgeq's loop on an onnxruntime session (default); genai: onnxruntime-genai's own "
+                        "generator on the folder's genai_config.json, what an app embedding genai sees")
     b.add_argument("--json", dest="json_out", help="write the report (with machine info and samples) here")
     b.add_argument("--plot", help="PNG of the decode latency distributions (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
@@ -418,7 +422,7 @@ def cmd_bench(args) -> None:
                               runs=args.runs, warmup=args.warmup, optimization=args.optimization,
                               ort_format=args.ort_format, save_optimized=args.save_optimized,
                               provider_options=provider_options(args.provider_option),
-                              shared_pool=not args.per_session_pools)
+                              shared_pool=not args.per_session_pools, engine=args.engine)
     if args.warmup < 0:
         raise EdgeqError("--warmup must be >= 0")
     progress = None if args.quiet else \

@@ -4,6 +4,8 @@ clone has no ../shared): Pride and Prejudice to calibrate on, Persuasion held ou
 from __future__ import annotations
 
 import functools
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,6 +34,13 @@ def calibration_text() -> Path:
     return _packaged_text_file("novel")
 
 
+def edgeq_cli(*args) -> str:
+    """The command in a process of its own: a bench sets up the process-wide shared thread pool."""
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 @pytest.fixture(scope="session")
 def bundled_tokenizer():
     from edgeq import models
@@ -45,6 +54,19 @@ def tiny_llama_config(vocab_size: int, **overrides):
                   tie_word_embeddings=True)
     fields.update(overrides)
     return LlamaConfig(**fields)
+
+
+def tiny_family_model(family: str, vocab_size: int = 300):
+    """A tiny random-init model of one supported family, with the feature that family adds to Llama."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    fields = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    extra = {"llama": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+             "qwen2": {}, "qwen3": dict(head_dim=32), "mistral": dict(sliding_window=5)}[family]
+    torch.manual_seed(1)
+    config = AutoConfig.for_model(family, **fields, **extra)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 def save_tiny_model(folder: Path, tokenizer, poison_nan: bool = False, **overrides) -> Path:

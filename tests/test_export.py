@@ -9,6 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from conftest import tiny_family_model
 from edgeq import api, checkpoint
 from edgeq.errors import EdgeqError
 from edgeq.export.matmulnbits import MS_DOMAIN, node_layout, node_tensors
@@ -155,18 +156,6 @@ def test_bad_exports_are_refused_and_leave_nothing(tiny_model_dir, tiny_checkpoi
     with pytest.raises(EdgeqError, match="no fast MatMulNBits kernel"):
         export(str(per_channel_2bit), tmp_path / "c")
     assert {p.name for p in tmp_path.iterdir()} == {"broken", "pc2"}  # no output, no temporary folder
-
-
-def tiny_family_model(family: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
-    fields = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
-    extra = {"llama": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
-             "qwen2": {}, "qwen3": dict(head_dim=32), "mistral": dict(sliding_window=5)}[family]
-    torch.manual_seed(1)
-    config = AutoConfig.for_model(family, **fields, **extra)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])

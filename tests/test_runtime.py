@@ -9,6 +9,7 @@ import pytest
 
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
+from conftest import edgeq_cli
 from edgeq.runtime import bench, providers, report
 from edgeq.export.onnx import export
 
@@ -70,13 +71,6 @@ def tiny_export(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "w4"
     export(str(tiny_checkpoint), out, ort_format=True)
     return out
-
-
-def edgeq_cli(*args) -> str:
-    """The command in a process of its own: a bench sets up the process-wide shared thread pool."""
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def test_real_bench_of_a_tiny_export_writes_a_complete_report(tiny_export, tmp_path):

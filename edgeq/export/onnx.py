@@ -18,6 +18,7 @@ from ..errors import EdgeqError
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
 from .decoder import build_decoder, shares_codes_with_lookup
+from .genai import write_genai_config
 from .matmulnbits import node_layout
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
@@ -141,6 +142,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     if lm_head == "8":
         qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded)}
     with atomic_folder(out) as tmp:
+        write_genai_config(loaded.config, tokenizer, tmp)  # first: it refuses what genai cannot load
         path = tmp / MODEL_FILE
         proto, layouts = build_decoder(loaded, qweights, accuracy_level)
         head = arch_of(loaded.config).lm_head.replace(".", "_")

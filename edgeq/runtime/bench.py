@@ -18,6 +18,7 @@ from .slicing import model_to_open
 ORT_FILE = "model.ort"
 
 PERCENTILES = (50, 90, 99)
+ENGINES = ("ort", "genai")
 
 
 def summary(values: list[float], scale: float = 1e3) -> dict:
@@ -56,6 +57,20 @@ class Settings:
     save_optimized: str | None = None  # folder for each model's optimised graph, as onnxruntime rewrote it
     provider_options: dict = field(default_factory=dict)
     shared_pool: bool = True           # one intra-op pool for all models (see use_shared_thread_pool)
+    engine: str = "ort"                # ort: our loop on an onnxruntime session; genai: onnxruntime-genai's generator
+
+    def check(self) -> None:
+        """Refuse what the genai engine cannot honour: it runs model.onnx on the CPU with its own sessions."""
+        if self.engine not in ENGINES:
+            raise EdgeqError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "genai":
+            asked = [flag for flag, on in (("--provider", self.provider != "cpu"), ("--ort-format", self.ort_format),
+                                           ("--save-optimized", self.save_optimized),
+                                           ("--provider-option", self.provider_options),
+                                           ("--optimization", self.optimization != "all")) if on]
+            if asked:
+                raise EdgeqError(f"--engine genai takes the provider and options from genai_config.json, "
+                                 f"not {', '.join(asked)}")
 
 
 @dataclass
@@ -90,6 +105,8 @@ def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
     """Open one model; 'FOLDER@BITS' slices it on load, and load_s then includes the slicing."""
     folder, bits = split_width(spec)
     path = model_file(folder, settings)
+    if settings.engine == "genai":
+        return load_genai(spec, folder, bits, path, settings, clock)
     if bits is not None and settings.ort_format:
         raise EdgeqError(f"{spec}: slicing needs model.onnx, not the ORT format")
     saved = None
@@ -100,7 +117,19 @@ def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
     start = clock()
     session = open_session(model_to_open(path, bits), settings.provider, settings.threads, settings.optimization, saved,
                            "ORT" if settings.ort_format else "ONNX", settings.provider_options)
-    decoder = OrtDecoder(session)
+    decoder = OrtDecoder(session, folder)
+    load_s = clock() - start
+    after = rss_mb()
+    return Model(Path(spec), path, decoder, load_s, after - before if None not in (before, after) else None)
+
+
+def load_genai(spec, folder, bits, path: Path, settings: Settings, clock) -> Model:
+    from .genai import GenaiDecoder
+    if bits is not None:
+        raise EdgeqError(f"{spec}: genai runs the folder as exported; export that width with edgeq export --bits")
+    before = rss_mb()
+    start = clock()
+    decoder = GenaiDecoder(folder, settings.threads)
     load_s = clock() - start
     after = rss_mb()
     return Model(Path(spec), path, decoder, load_s, after - before if None not in (before, after) else None)
@@ -108,6 +137,8 @@ def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
 
 def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter) -> tuple[float, list[float]]:
     """(prefill seconds, [seconds per decoded token]): greedy decoding, the cache growing by one each step."""
+    if hasattr(model.decoder, "timed_run"):  # genai's generator, which owns its loop
+        return model.decoder.timed_run(prompt, gen, clock)
     start = clock()
     logits, past = model.decoder.forward(prompt, model.decoder.empty_past())
     prefill = clock() - start
@@ -120,16 +151,19 @@ def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter)
     return prefill, steps
 
 
-def vocab_size(decoder: OrtDecoder) -> int:
+def vocab_size(decoder) -> int:
+    if not hasattr(decoder, "session"):
+        return decoder.vocab_size
     size = decoder.session.get_outputs()[0].shape[-1]
     return size if isinstance(size, int) else 1000
 
 
 def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
     """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
+    settings.check()
     for spec in folders:
         model_file(split_width(spec)[0], settings)  # refuse a bad folder before touching the thread pool
-    if settings.shared_pool:
+    if settings.shared_pool and settings.engine == "ort":
         use_shared_thread_pool(settings.threads)
     models = [load(folder, settings, clock) for folder in folders]
     prompt = np.random.default_rng(0).integers(0, min(vocab_size(m.decoder) for m in models), (1, settings.prompt))

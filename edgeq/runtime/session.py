@@ -58,20 +58,60 @@ def cpu_session(path, threads: int | None = None, optimized_path=None, save_form
     return open_session(path, "cpu", threads, "extended" if optimized_path else "all", optimized_path, save_format)
 
 
+def folder_kv_dims(folder) -> tuple[int, int] | None:
+    """(KV heads, head size) from a decoder folder's genai_config.json or config.json, for graphs whose KV
+    inputs leave them symbolic (genai's model builder: 'kv_cache_dim')."""
+    import json
+    folder = Path(folder)
+    genai = folder / "genai_config.json"
+    if genai.is_file():
+        decoder = json.loads(genai.read_text())["model"]["decoder"]
+        return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
+    config = folder / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        heads = c.get("num_attention_heads")
+        head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
+        kv_heads = c.get("num_key_value_heads", heads)
+        if kv_heads and head_dim:
+            return int(kv_heads), int(head_dim)
+    return None
+
+
+def present_name(past_name: str) -> str:
+    return "present." + past_name.removeprefix("past_key_values.")
+
+
 class OrtDecoder:
-    def __init__(self, session):
+    """Any decoder graph with optimum's and genai's names: ours, genai's model builder's (symbolic head size,
+    no position_ids), optimum's. What the graph lacks is refused by name."""
+
+    def __init__(self, session, folder=None):
+        from ..errors import EdgeqError
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
+        outputs = [o.name for o in session.get_outputs()]
         self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        missing = [n for n in ("input_ids", "attention_mask") if n not in inputs] + \
+                  [n for n in ["logits", *map(present_name, self.past_names)] if n not in outputs]
+        if missing or not self.past_names:
+            raise EdgeqError(f"not a decoder graph with a KV cache: missing {', '.join(missing) or 'past_key_values.*'}")
+        self.feeds_positions = "position_ids" in inputs
         _, kv_heads, _, head_dim = inputs[self.past_names[0]].shape
+        if not (isinstance(kv_heads, int) and isinstance(head_dim, int)):
+            dims = folder_kv_dims(folder) if folder is not None else None
+            if dims is None:
+                raise EdgeqError(f"the graph's KV shape {inputs[self.past_names[0]].shape} is symbolic and no "
+                                 "genai_config.json or config.json beside it gives the KV heads and head size")
+            kv_heads, head_dim = dims
         self.kv_heads, self.head_dim = int(kv_heads), int(head_dim)
-        self.output_names = [o.name for o in session.get_outputs()]
+        self.output_names = ["logits", *map(present_name, self.past_names)]
 
     @classmethod
     def from_folder(cls, folder, threads: int | None = None, bits: int | None = None) -> "OrtDecoder":
         """The exported decoder in `folder`; with `bits`, its 8-bit codes sliced to that width in memory."""
         from .slicing import model_to_open
-        return cls(cpu_session(model_to_open(Path(folder) / MODEL_FILE, bits), threads))
+        return cls(cpu_session(model_to_open(Path(folder) / MODEL_FILE, bits), threads), folder)
 
     def empty_past(self, batch: int = 1) -> dict[str, np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)
@@ -82,9 +122,9 @@ class OrtDecoder:
         batch, new = ids.shape
         past_len = next(iter(past.values())).shape[2]
         feeds = {"input_ids": ids.astype(np.int64),
-                 "attention_mask": np.ones((batch, past_len + new), dtype=np.int64),
-                 "position_ids": np.arange(past_len, past_len + new, dtype=np.int64)[None].repeat(batch, 0),
-                 **past}
+                 "attention_mask": np.ones((batch, past_len + new), dtype=np.int64), **past}
+        if self.feeds_positions:  # graphs without it derive positions from the mask (genai's builder)
+            feeds["position_ids"] = np.arange(past_len, past_len + new, dtype=np.int64)[None].repeat(batch, 0)
         logits, *presents = self.session.run(self.output_names, feeds)
         return logits, dict(zip(self.past_names, presents))
 

@@ -17,6 +17,17 @@ def load_tokenizer(folder):
     path = Path(folder) / "tokenizer.json"
     if not path.is_file():
         raise EdgeqError(f"{folder}: no tokenizer.json (an edgeq export folder has one)")
-    config = Path(folder) / "config.json"
-    eos = json.loads(config.read_text()).get("eos_token_id") if config.is_file() else None
-    return Tokenizer.from_file(str(path)), eos[0] if isinstance(eos, list) else eos
+    return Tokenizer.from_file(str(path)), end_of_sequence(Path(folder))
+
+
+def end_of_sequence(folder: Path) -> int | None:
+    """genai_config.json's id (edgeq export resolves it from the model config, else the tokenizer, so that
+    `edgeq generate` and onnxruntime-genai stop alike), else config.json's, else None."""
+    for name, keys in (("genai_config.json", ("model", "eos_token_id")), ("config.json", ("eos_token_id",))):
+        if (folder / name).is_file():
+            value = json.loads((folder / name).read_text())
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is not None:
+                return value[0] if isinstance(value, list) else value
+    return None
