@@ -29,11 +29,13 @@ FORCED = [5, 1200, 33, 70, 9]  # prompt + forced = 12 tokens, past mistral's win
 
 
 def family_checkpoint(family, folder, tokenizer):
-    """RTN W4 g32 of the tiny model of `family` (no calibration needed), with the bundled tokenizer."""
+    """RTN W4 g32 of the tiny model of `family` (no calibration needed), with the bundled tokenizer; llama's
+    down_proj at 8 bits, so a mixed-width export is among them."""
     model = tiny_family_model(family, vocab_size=len(tokenizer))
     model.save_pretrained(folder / "hf")
     tokenizer.save_pretrained(folder / "hf")
-    api.quantize(str(folder / "hf"), folder / "w4", api.QuantConfig(method="rtn", bits=4, group_size=32),
+    api.quantize(str(folder / "hf"), folder / "w4", api.QuantConfig(method="rtn", bits=4, group_size=32,
+                                                          layer_grids=(("down_proj", 8, 32),) if family == "llama" else ()),
                  progress=False)
     return folder / "w4"
 
@@ -62,6 +64,8 @@ def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenize
     folder = tmp_path / "onnx"
     export(str(family_checkpoint(family, tmp_path, bundled_tokenizer)), folder, accuracy_level=0)
     config = json.loads((folder / CONFIG_FILE).read_text())
+    widths = {layer["bits"] for layer in json.loads((folder / "export.json").read_text())["layers"].values()}
+    assert widths == ({4, 8} if family == "llama" else {4})
     assert config["model"]["type"] == family and config["search"]["past_present_share_buffer"] is True
     ours = OrtDecoder.from_folder(folder)
     assert config["model"]["decoder"]["head_size"] == ours.head_dim
