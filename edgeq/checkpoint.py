@@ -45,12 +45,30 @@ def qweights_layout(qweights: dict[str, QuantizedWeight]) -> dict[str, dict]:
             for name, qw in qweights.items()}
 
 
+def packed_shapes(info: dict) -> dict[str, tuple[int, ...]]:
+    """The exact shapes of one linear's stored tensors under its layout entry (bits, group size, shape)."""
+    (n, k), bits, gs = info["shape"], info["bits"], info["group_size"]
+    groups = -(-k // gs)
+    return {"qweight": (n, groups, pack.packed_length(gs, bits)), "scales": (n, groups),
+            "qzeros": (n, pack.packed_length(groups, bits))}
+
+
+def check_packed_shapes(tensors: dict[str, torch.Tensor], name: str, info: dict) -> None:
+    """Codes read under the wrong width unpack without error into wrong weights, so sizes must match exactly."""
+    for part, shape in packed_shapes(info).items():
+        got = tuple(tensors[f"{name}.{part}"].shape)
+        if got != shape:
+            raise ValueError(f"{part} is {list(got)}, but {info['bits']}-bit codes in groups of "
+                             f"{info['group_size']} of a {info['shape']} weight are {list(shape)}")
+
+
 def qweights_from_tensors(tensors: dict[str, torch.Tensor], layout: dict[str, dict]) -> dict[str, QuantizedWeight]:
     qweights = {}
     for name, info in layout.items():
         n, k = info["shape"]
         bits, gs = info["bits"], info["group_size"]
         try:
+            check_packed_shapes(tensors, name, info)
             q = pack.unpack_blocks(tensors[f"{name}.qweight"].numpy(), bits, gs, k)
             zero = pack.unpack_codes(tensors[f"{name}.qzeros"].numpy(), bits, -(-k // gs))
             qweights[name] = QuantizedWeight(torch.from_numpy(np.ascontiguousarray(q)),
@@ -127,12 +145,32 @@ def unquantized_state(model, quantized_linears) -> dict[str, torch.Tensor]:
     return state
 
 
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous()
+        digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def layout_json(layout: dict) -> str:
+    return json.dumps(layout, sort_keys=True, separators=(",", ":"))
+
+
 def save_checkpoint(destination: Path, model, tokenizer, qweights: dict[str, QuantizedWeight], meta: dict):
+    """The tensors carry their own layout (in the safetensors header) and quantization.json their digest,
+    so that load_checkpoint notices either file edited, swapped or corrupted."""
     tensors = qweights_to_tensors(qweights)
     tensors.update(unquantized_state(model, qweights))
-    full_meta = {"format_version": FORMAT_VERSION, **meta, "layers": qweights_layout(qweights)}
+    layout = qweights_layout(qweights)
+    full_meta = {"format_version": FORMAT_VERSION, **meta, "layers": layout,
+                 "tensors_sha256": tensors_digest(tensors)}
     with atomic_folder(destination) as tmp:
-        save_tensors(tmp / WEIGHTS_FILE, tensors, {"format": "edgeq", "format_version": str(FORMAT_VERSION)})
+        save_tensors(tmp / WEIGHTS_FILE, tensors, {"format": "edgeq", "format_version": str(FORMAT_VERSION),
+                                                   "edgeq_layout": layout_json(layout)})
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2) + "\n")
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
@@ -148,9 +186,29 @@ def read_meta(path: Path) -> dict:
         meta = json.loads((Path(path) / META_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise EdgeqError(f"cannot read {Path(path) / META_FILE}: {err}") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise EdgeqError(f"{path}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        version = meta.get("format_version") if isinstance(meta, dict) else None
+        raise EdgeqError(f"{path}: checkpoint format {version} is not {FORMAT_VERSION}")
+    if not isinstance(meta.get("layers"), dict):
+        raise EdgeqError(f"{Path(path) / META_FILE} has no 'layers' table: not a complete edgeq checkpoint")
     return meta
+
+
+def verify_integrity(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """quantization.json's layers against the layout saved with the tensors, then the tensors against the
+    digest saved in quantization.json. Checkpoints written before these existed are read unchecked."""
+    from safetensors import safe_open
+    with safe_open(str(path / WEIGHTS_FILE), "pt") as f:
+        saved = (f.metadata() or {}).get("edgeq_layout")
+    if saved is not None and json.loads(saved) != meta["layers"]:
+        theirs = json.loads(saved)
+        name = next((n for n in sorted(set(theirs) | set(meta["layers"])) if theirs.get(n) != meta["layers"].get(n)))
+        raise EdgeqError(f"{path}: {META_FILE} says {name} is {meta['layers'].get(name)}, but its tensors were "
+                         f"saved as {theirs.get(name)}: the file was edited or belongs to another checkpoint")
+    expected = meta.get("tensors_sha256")
+    if expected is not None and tensors_digest(tensors) != expected:
+        raise EdgeqError(f"{path}: {WEIGHTS_FILE} does not match the digest in {META_FILE}: the tensors are "
+                         "corrupted or from another checkpoint")
 
 
 def load_checkpoint(path, bits: int | None = None):
@@ -163,6 +221,7 @@ def load_checkpoint(path, bits: int | None = None):
         raise EdgeqError(f"not an edgeq checkpoint (no {META_FILE}): {path}")
     meta = read_meta(path)
     tensors = load_tensors(path / WEIGHTS_FILE)
+    verify_integrity(path, tensors, meta)
     qweights = qweights_from_tensors(tensors, meta["layers"])
     if bits is not None:
         qweights = {name: qw.slice(bits) for name, qw in qweights.items()}
