@@ -235,6 +235,9 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 51
     from .eval import perplexity_of
 
     bodies = [data.read_text(text, data.DEFAULT_EVAL) for text in texts]  # a missing file fails before loading
+    if model is not None and Path(model).is_dir():
+        from .runtime.session import check_length
+        check_length(model, seq_len, f"--seq-len {seq_len}")
     label, tokenizer, score, runtime = _scorer(model, bits)
     results = []
     for body, text_label in bodies:

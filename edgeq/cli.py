@@ -376,8 +376,21 @@ def mixed_config(args):
                           args.sensitivity_samples, args.sensitivity_from)
 
 
+def check_writable_file(path: str, flag: str) -> None:
+    """Refuse an output file that cannot be written before the work that fills it, not after."""
+    import os
+    target = Path(path)
+    if target.is_dir():
+        raise EdgeqError(f"{flag} {path} is a folder, not a file")
+    parent = target.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise EdgeqError(f"{flag} {path}: cannot write there ({parent} is missing or not writable)")
+
+
 def cmd_eval(args) -> None:
     from .api import evaluate_texts
+    if args.json_out:
+        check_writable_file(args.json_out, "--json")
     results = evaluate_texts(args.model, args.text or [None], args.seq_len, args.max_windows,
                              progress=not args.quiet, bits=args.bits)
     for result in results:
@@ -425,6 +438,9 @@ def cmd_bench(args) -> None:
                               shared_pool=not args.per_session_pools, engine=args.engine)
     if args.warmup < 0:
         raise EdgeqError("--warmup must be >= 0")
+    for path, flag in ((args.json_out, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable_file(path, flag)
     progress = None if args.quiet else \
         (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
     models = bench.bench(args.models, settings, progress=progress)
@@ -454,9 +470,15 @@ def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
 def cmd_generate(args) -> None:
     from .runtime.session import OrtDecoder
     from .runtime.tokenizer import load_tokenizer
+    from .runtime.session import check_length
     tokenizer, eos = load_tokenizer(args.model)
+    prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    if not prompt:
+        raise EdgeqError("the prompt is empty: generation continues a prompt of at least one token")
+    check_length(args.model, len(prompt) + args.max_new_tokens,
+                 f"a {len(prompt)}-token prompt and {args.max_new_tokens} new tokens")
     decoder = OrtDecoder.from_folder(args.model, args.threads, args.bits)
-    ids = decoder.greedy(tokenizer.encode(args.prompt, add_special_tokens=False).ids, args.max_new_tokens, eos)
+    ids = decoder.greedy(prompt, args.max_new_tokens, eos)
     print(args.prompt + tokenizer.decode(ids))
 
 

@@ -146,12 +146,22 @@ def _convert_gguf(source: ModelSource, folder: Path) -> None:
         save_tensors(tmp / WEIGHTS, unquantized_state(model, ()), {"format": "pt"})
 
 
+def tensor_names(path: Path) -> list[str]:
+    """The tensors a safetensors file holds; safetensors checks that the header covers the file exactly,
+    so a truncated or garbled file is refused here, in one line, before anything reads it."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception as err:  # safetensors' own error types (SafetensorError, OSError)
+        raise EdgeqError(f"{path} is corrupted or not a safetensors file: {err}") from None
+
+
 def weight_files(folder: Path) -> dict[str, Path] | None:
-    """Tensor name -> safetensors file, for a single or sharded safetensors folder; None otherwise."""
+    """Tensor name -> safetensors file, for a single or sharded safetensors folder (each file's header
+    checked); None otherwise."""
     if (folder / WEIGHTS).exists():
-        from safetensors import safe_open
-        with safe_open(str(folder / WEIGHTS), "pt") as f:
-            return {name: folder / WEIGHTS for name in f.keys()}
+        return {name: folder / WEIGHTS for name in tensor_names(folder / WEIGHTS)}
     index = folder / "model.safetensors.index.json"
     if index.exists():
         files = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
@@ -159,6 +169,8 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
         for name, path in files.items():  # an absolute or ../ entry would read a file the folder does not hold
             if inside not in path.resolve().parents:
                 raise EdgeqError(f"{index}: {name} points outside the model folder ({path}); refusing to read it")
+        for path in sorted(set(files.values())):
+            tensor_names(path)
         return files
     return None
 
@@ -188,7 +200,8 @@ def load_model(source: ModelSource, stream_blocks: bool = False):
 
     folder = float_folder(source)
     config = load_config(ModelSource(folder, None, source.label))
-    files = weight_files(folder) if stream_blocks else None
+    checked = weight_files(folder)  # corrupt files refused in one line, before transformers reads them
+    files = checked if stream_blocks else None
     if files is None:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         check_finite(model)

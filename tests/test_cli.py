@@ -1,6 +1,7 @@
 """The command line: --help teaches, and every bad input is one clear line, exit code 2, no files left."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,11 @@ def bad_models(tmp_path_factory, bundled_tokenizer):
             (escaping / f.name).write_bytes(f.read_bytes())
     (escaping / "model.safetensors.index.json").write_text(json.dumps(
         {"weight_map": {"model.embed_tokens.weight": "../tiny/model.safetensors"}}))
-    return {"gpt2": gpt2, "nan": nan, "empty": empty, "short": short, "escaping": escaping}
+    truncated = root / "truncated"  # model.safetensors cut in half
+    shutil.copytree(tiny, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    return {"gpt2": gpt2, "nan": nan, "empty": empty, "short": short, "escaping": escaping, "truncated": truncated}
 
 
 def _cases(tiny, bad, tmp):
@@ -64,13 +69,14 @@ def _cases(tiny, bad, tmp):
         "mix of another length": ([tiny, "--calib", "builtin:novel", "--calib-mix", "1,2", *quick],
                                   "one weight per --calib part"),
         "index outside the folder": ([bad["escaping"], *quick], "points outside the model folder"),
+        "truncated weights": ([bad["truncated"], *quick], "model.safetensors is corrupted or not a safetensors file"),
     }
 
 
 CASES = ["missing model", "unsupported architecture", "bits too high", "bits too low", "group not power of two",
          "group too small", "NaN weights", "empty calibration", "short calibration", "missing calibration",
          "flag of another method", "unused calibration", "unknown built-in text", "mix of another length",
-         "index outside the folder"]
+         "index outside the folder", "truncated weights"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -114,6 +114,38 @@ def test_bad_bench_inputs_are_one_clear_line(tmp_path, capsys):
     assert "not an edgeq bench report" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_a_damaged_model_onnx_is_one_line_in_every_command(damage, tiny_export, tmp_path, capsys):
+    import shutil
+    folder = tmp_path / damage
+    shutil.copytree(tiny_export, folder)
+    data = (folder / "model.onnx").read_bytes()
+    (folder / "model.onnx").write_bytes({"truncated": data[: len(data) // 2], "empty": b"",
+                                         "garbage": bytes(range(256)) * 20}[damage])
+    for command in (["bench", str(folder), "--runs", "1", "--warmup", "0", "--quiet"],
+                    ["eval", str(folder), "--max-windows", "1", "--seq-len", "32", "--quiet"],
+                    ["generate", str(folder), "--prompt", "Hello"]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        assert f"onnxruntime cannot load {folder / 'model.onnx'}" in err and len(err.strip().splitlines()) == 1
+
+
+def test_lengths_past_the_models_positions_and_empty_prompts_are_refused_before_running(tiny_export, tmp_path,
+                                                                                       capsys):
+    limit = json.loads((tiny_export / "config.json").read_text())["max_position_embeddings"]
+    cases = [(["generate", str(tiny_export), "--prompt", "Hello", "--max-new-tokens", str(limit)],
+              f"needs {limit + 1} positions, but the model has {limit}"),
+             (["generate", str(tiny_export), "--prompt", ""], "the prompt is empty"),
+             (["eval", str(tiny_export), "--seq-len", str(limit + 1)], "but the model has"),
+             (["bench", str(tiny_export), "--prompt", str(limit), "--gen", "1"], "but the model has"),
+             (["eval", str(tiny_export), "--json", str(tmp_path / "no" / "r.json")], "--json"),
+             (["bench", str(tiny_export), "--json", str(tmp_path)], "is a folder, not a file")]
+    for command, message in cases:
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_the_runtime_imports_no_torch():
     code = ("import sys, edgeq.runtime.bench, edgeq.runtime.report, edgeq.runtime.providers, edgeq.cli; "
             "heavy = [m for m in ('torch', 'transformers', 'numba', 'onnx') if m in sys.modules]; "

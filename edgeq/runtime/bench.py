@@ -161,8 +161,11 @@ def vocab_size(decoder) -> int:
 def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
     """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
     settings.check()
-    for spec in folders:
-        model_file(split_width(spec)[0], settings)  # refuse a bad folder before touching the thread pool
+    from .session import check_length
+    for spec in folders:  # refuse a bad folder before touching the thread pool
+        model_file(split_width(spec)[0], settings)
+        check_length(split_width(spec)[0], settings.prompt + settings.gen + 1,
+                     f"--prompt {settings.prompt} and --gen {settings.gen}")
     if settings.shared_pool and settings.engine == "ort":
         use_shared_thread_pool(settings.threads)
     models = [load(folder, settings, clock) for folder in folders]

@@ -47,9 +47,14 @@ def open_session(path, provider: str = "cpu", threads: int | None = None, optimi
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.save_model_format", save_format)
+    from ..errors import EdgeqError
     model = path if isinstance(path, bytes) else str(path)  # bytes: a model built in memory (slicing.py)
-    return ort.InferenceSession(model, options, providers=[resolve(provider)],
-                                provider_options=[provider_options or {}])
+    providers = [resolve(provider)]
+    try:
+        return ort.InferenceSession(model, options, providers=providers, provider_options=[provider_options or {}])
+    except Exception as err:  # onnxruntime's InvalidProtobuf, InvalidArgument, Fail: a bad or truncated file
+        where = "the sliced model" if isinstance(path, bytes) else path
+        raise EdgeqError(f"onnxruntime cannot load {where}: {str(err).splitlines()[0]}") from None
 
 
 def cpu_session(path, threads: int | None = None, optimized_path=None, save_format: str = "ONNX"):
@@ -61,21 +66,44 @@ def cpu_session(path, threads: int | None = None, optimized_path=None, save_form
 def folder_kv_dims(folder) -> tuple[int, int] | None:
     """(KV heads, head size) from a decoder folder's genai_config.json or config.json, for graphs whose KV
     inputs leave them symbolic (genai's model builder: 'kv_cache_dim')."""
+    decoder = ("genai_config.json", "model", "decoder")
+    heads = folder_setting(folder, ("config.json", "num_attention_heads"))
+    kv_heads = folder_setting(folder, (*decoder, "num_key_value_heads"), ("config.json", "num_key_value_heads")) or heads
+    head_dim = folder_setting(folder, (*decoder, "head_size"), ("config.json", "head_dim"))
+    hidden = folder_setting(folder, ("config.json", "hidden_size"))
+    head_dim = head_dim or (hidden // heads if hidden and heads else None)
+    return (int(kv_heads), int(head_dim)) if kv_heads and head_dim else None
+
+
+def folder_setting(folder, *candidates: tuple[str, ...]):
+    """The first value found at a path of keys, such as ("genai_config.json", "model", "context_length"),
+    among the folder's JSON files; None if none has one."""
     import json
-    folder = Path(folder)
-    genai = folder / "genai_config.json"
-    if genai.is_file():
-        decoder = json.loads(genai.read_text())["model"]["decoder"]
-        return int(decoder["num_key_value_heads"]), int(decoder["head_size"])
-    config = folder / "config.json"
-    if config.is_file():
-        c = json.loads(config.read_text())
-        heads = c.get("num_attention_heads")
-        head_dim = c.get("head_dim") or (c["hidden_size"] // heads if heads and "hidden_size" in c else None)
-        kv_heads = c.get("num_key_value_heads", heads)
-        if kv_heads and head_dim:
-            return int(kv_heads), int(head_dim)
+    for file, *keys in candidates:
+        path = Path(folder) / file
+        if not path.is_file():
+            continue
+        value = json.loads(path.read_text())
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            return value
     return None
+
+
+def folder_context_length(folder) -> int | None:
+    """The most positions the folder's decoder was built for (its rotary table's length)."""
+    return folder_setting(folder, ("genai_config.json", "model", "context_length"),
+                          ("config.json", "max_position_embeddings"))
+
+
+def check_length(folder, tokens: int, what: str) -> None:
+    """Refuse `tokens` positions past what the folder's model was built for (onnxruntime would fail deep in
+    GroupQueryAttention with 'cos_cache dimension 0 shall not be less than total_sequence_length')."""
+    from ..errors import EdgeqError
+    limit = folder_context_length(folder)
+    if limit is not None and tokens > limit:
+        raise EdgeqError(f"{what} needs {tokens} positions, but the model has {limit}")
 
 
 def present_name(past_name: str) -> str:

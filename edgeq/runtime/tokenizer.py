@@ -2,7 +2,6 @@
 on a device needs no transformers."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import EdgeqError
@@ -23,11 +22,6 @@ def load_tokenizer(folder):
 def end_of_sequence(folder: Path) -> int | None:
     """genai_config.json's id (edgeq export resolves it from the model config, else the tokenizer, so that
     `edgeq generate` and onnxruntime-genai stop alike), else config.json's, else None."""
-    for name, keys in (("genai_config.json", ("model", "eos_token_id")), ("config.json", ("eos_token_id",))):
-        if (folder / name).is_file():
-            value = json.loads((folder / name).read_text())
-            for key in keys:
-                value = value.get(key) if isinstance(value, dict) else None
-            if value is not None:
-                return value[0] if isinstance(value, list) else value
-    return None
+    from .session import folder_setting
+    value = folder_setting(folder, ("genai_config.json", "model", "eos_token_id"), ("config.json", "eos_token_id"))
+    return value[0] if isinstance(value, list) else value
