@@ -3,6 +3,7 @@ calibrate block by block, write the checkpoint atomically, report where time and
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,21 @@ def check_output_folder(out: Path) -> None:
         raise EdgeqError(f"output path {out} is a file, not a folder; choose another --out")
     if out.exists() and any(out.iterdir()):
         raise EdgeqError(f"output folder {out} exists and is not empty; choose another --out or remove it")
+    check_writable_place(out.parent)
+
+
+def check_writable_place(folder: Path) -> None:
+    """Create and remove a folder where the output's temporary folder will go, before any loading: a
+    read-only place is otherwise found only when the first block is saved. A probe rather than os.access,
+    which says yes to root on read-only mounts."""
+    import tempfile
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edgeq-probe-", dir=existing))
+    except OSError as err:
+        raise EdgeqError(f"cannot write under {existing}: {err.strerror}") from None
 
 
 def check_device(device: str) -> None:

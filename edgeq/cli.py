@@ -501,6 +501,10 @@ def main(argv=None) -> int:
         print(f"edgeq {args.command}: error: needs {err.name}, part of the {extra} extra: "
               f"pip install 'edgeq[{extra}]'", file=sys.stderr)
         return 2
+    except OSError as err:  # disk full, permission denied, ... while reading or writing: what and where
+        where = f": {err.filename}" if err.filename else ""
+        print(f"edgeq {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("edgeq: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

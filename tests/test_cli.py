@@ -133,3 +133,27 @@ def test_cuda_without_gpu_is_refused(tiny_model_dir, tmp_path):
         pytest.skip("a GPU is present")
     result = run_cli("quantize", tiny_model_dir, "--device", "cuda", "--out", tmp_path / "x")
     assert result.returncode == 2 and "no CUDA GPU" in result.stderr
+
+
+def test_an_unwritable_output_place_is_refused_before_loading(tiny_model_dir, capsys):
+    from edgeq.cli import main
+    assert main(["quantize", str(tiny_model_dir), "--method", "rtn", "--out", "/sys/edgeq-test/out"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write under /sys" in err and len(err.strip().splitlines()) == 1
+
+
+def test_disk_full_while_saving_is_one_line_and_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from edgeq import checkpoint
+    from edgeq.cli import main
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(checkpoint, "save_tensors", full)
+    out = tmp_path / "out"
+    assert main(["quantize", str(tiny_model_dir), "--method", "rtn", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and len(err.strip().splitlines()) == 1
+    # no output and no temporary folder; the finished blocks stay in out.partial, so a rerun resumes
+    assert [p.name for p in tmp_path.iterdir()] == ["out.partial"]
