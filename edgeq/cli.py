@@ -106,12 +106,20 @@ def positive_int(value: str) -> int:
     return n
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A usage error is one line and a pointer to --help, as every other refusal is; argparse's default
+    prints the whole usage block (18 lines for quantize) before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    parser = argparse.ArgumentParser(prog="edgeq", description="Quantize LLM weights on a CPU for edge "
+    parser = OneLineParser(prog="edgeq", description="Quantize LLM weights on a CPU for edge "
                                      "deployment (ONNX MatMulNBits), and measure what it costs.")
     parser.add_argument("--version", action="version", version=f"edgeq {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
 
     q = sub.add_parser("quantize", help="quantize a model into a checkpoint folder",
                        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -39,6 +39,14 @@ class QuantSpec:
         return k if self.group_size == PER_CHANNEL else self.group_size
 
 
+def fit_to_columns(spec: QuantSpec, k: int) -> QuantSpec:
+    """A group at least as wide as the row is one group per row: per-channel, stored as such. Kept as asked,
+    the group would be padded past K (a 1024 group on K = 576 stored 512 bytes of codes a row at 4 bits)."""
+    if spec.group_size != PER_CHANNEL and spec.group_size >= k:
+        return QuantSpec(spec.bits, PER_CHANNEL, spec.sym)
+    return spec
+
+
 def n_groups(k: int, group_size: int) -> int:
     return -(-k // group_size)
 

@@ -157,3 +157,12 @@ def test_disk_full_while_saving_is_one_line_and_leaves_nothing(tiny_model_dir, t
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1
     # no output and no temporary folder; the finished blocks stay in out.partial, so a rerun resumes
     assert [p.name for p in tmp_path.iterdir()] == ["out.partial"]
+
+
+@pytest.mark.parametrize("argv", [["quantize", "--bits"], ["eval", "--max-windows", "x"], [], ["frob"]])
+def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
+    from edgeq.cli import main
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--help)" in err

@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import tiny_family_model
+from tests.conftest import tiny_family_model
 from edgeq import api, checkpoint
 from edgeq.errors import EdgeqError
 from edgeq.export.matmulnbits import MS_DOMAIN, node_layout, node_tensors

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import tiny_family_model
+from tests.conftest import tiny_family_model
 from edgeq import api
 from edgeq.export.genai import CONFIG_FILE
 from edgeq.export.onnx import export
@@ -78,7 +78,7 @@ def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenize
 
 
 def test_matquant_export_sliced_to_4_bits_runs_in_genai(tmp_path, tiny_model_dir):
-    from conftest import calibration_text
+    from tests.conftest import calibration_text
     checkpoint = tmp_path / "mq"
     api.quantize(str(tiny_model_dir), checkpoint,
                  api.QuantConfig(method="matquant", bits=8, group_size=32, samples=4, seq_len=64),
@@ -116,7 +116,7 @@ def test_our_loop_reads_a_folder_made_by_genais_builder(builder_folder):
 
 
 def test_eval_and_both_bench_engines_run_on_the_builders_folder(builder_folder, tmp_path):
-    from conftest import edgeq_cli, held_out_text
+    from tests.conftest import edgeq_cli, held_out_text
     edgeq_cli("eval", builder_folder, "--text", held_out_text(), "--max-windows", 2, "--seq-len", 64,
               "--json", tmp_path / "eval.json", "--quiet")
     assert json.loads((tmp_path / "eval.json").read_text())["perplexity"] > 1

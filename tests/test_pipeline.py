@@ -167,3 +167,14 @@ def test_saving_clears_stale_temporary_folders_and_uses_the_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+def test_a_group_wider_than_the_row_is_stored_per_channel(tiny_model_dir, tmp_path):
+    """--group-size 256 on rows of K = 64 and 160: one group per row, stored as per-channel (no padding)."""
+    api.quantize(str(tiny_model_dir), tmp_path / "wide", api.QuantConfig(method="rtn", bits=4, group_size=256),
+                 progress=False)
+    _, qweights, meta = checkpoint.load_checkpoint(tmp_path / "wide")
+    for name, qw in qweights.items():
+        k = qw.shape[1]
+        assert qw.group_size == k and qw.scale.shape == (qw.shape[0], 1), name
+        assert meta["layers"][name]["group_size"] == k

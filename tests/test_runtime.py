@@ -9,7 +9,7 @@ import pytest
 
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
-from conftest import edgeq_cli
+from tests.conftest import edgeq_cli
 from edgeq.runtime import bench, providers, report
 from edgeq.export.onnx import export
 

@@ -42,8 +42,9 @@ class Recipe:
     layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
     propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
 
-    def spec_of(self, linear: str) -> grid.QuantSpec:
-        return self.layer_specs.get(linear, self.spec)
+    def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
+        """The linear's grid for its K input columns (see grid.fit_to_columns)."""
+        return grid.fit_to_columns(self.layer_specs.get(linear, self.spec), k)
 
     def digest(self, model_label: str, calib_digest: str) -> str:
         layers = {name: asdict(spec) for name, spec in self.layer_specs.items()}
@@ -169,7 +170,8 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                 bar.set_postfix_str(f"{name}")
                 linear = get_module(block, name)
                 t = time.perf_counter()
-                qw = solver(linear.weight.data, H, recipe.spec_of(prefix + name), **recipe.solver_opts)
+                qw = solver(linear.weight.data, H, recipe.spec_of(prefix + name, linear.weight.shape[1]),
+                            **recipe.solver_opts)
                 W_hat = qw.dequantize().to(device)
                 timings.solver += time.perf_counter() - t
                 if calibrated:
@@ -217,9 +219,9 @@ def _learn_block(block, arch, prefix, hidden, fp_hidden, kwargs_per_batch, recip
     timings.forward += time.perf_counter() - t
     t = time.perf_counter()
     layer_opts, schedule = learned_options(recipe.method, recipe.solver_opts)
-    roundings = {name: LEARNED[recipe.method](get_module(block, name).weight.data, recipe.spec_of(prefix + name),
-                                              **layer_opts)
-                 for group in arch.input_groups for name in group}
+    weights = {name: get_module(block, name).weight.data for group in arch.input_groups for name in group}
+    roundings = {name: LEARNED[recipe.method](w, recipe.spec_of(prefix + name, w.shape[1]), **layer_opts)
+                 for name, w in weights.items()}
 
     def report(step, loss, best):
         if step % 10 == 0 or step == schedule.steps - 1:
