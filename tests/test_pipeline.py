@@ -135,15 +135,25 @@ def test_chunked_tokenization_equals_whole_text(bundled_tokenizer):
     assert data.tokenize(bundled_tokenizer, text, chunk_chars=5_000).tolist() == whole
 
 
-def test_identical_runs_write_byte_identical_weights(tiny_model_dir, tmp_path):
-    """safetensors wrote its metadata in hash order; the same run twice must give the same bytes."""
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_identical_runs_write_byte_identical_weights_and_exports(method, tiny_model_dir, tmp_path):
+    """safetensors wrote its metadata in hash order; the same run twice must give the same bytes, for the
+    checkpoint's tensors and for the exported graph."""
     import hashlib
-    config = api.QuantConfig(method="rtn", bits=4, group_size=32)
+
+    from edgeq.export.onnx import export
+    config = api.QuantConfig(method=method, bits=4, group_size=32, samples=4, seq_len=64)
     digests = set()
     for run in ("a", "b"):
-        api.quantize(str(tiny_model_dir), tmp_path / run, config, progress=False)
-        digests.add(hashlib.sha256((tmp_path / run / "model.safetensors").read_bytes()).hexdigest())
+        api.quantize(str(tiny_model_dir), tmp_path / run, config, progress=False,
+                     calib=str(calibration_text()) if method == "gptq" else None)
+        export(str(tmp_path / run), tmp_path / f"{run}-onnx")
+        digests.add(tuple(hashlib.sha256(path.read_bytes()).hexdigest()
+                          for path in (tmp_path / run / "model.safetensors", tmp_path / f"{run}-onnx" / "model.onnx")))
     assert len(digests) == 1
+
+
+def test_metadata_is_written_in_sorted_order(tmp_path):
     metadata = {f"key{i}": str(i) for i in range(20)}
     checkpoint.save_tensors(tmp_path / "t.safetensors", {"w": torch.arange(6.0)}, metadata)
     from safetensors import safe_open
