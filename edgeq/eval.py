@@ -7,9 +7,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from .models import Arch, get_module
+from .progress import progress_bar
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def perplexity_of(score, windows: torch.Tensor, batch_size: int = 1, progress: b
                   desc: str = "perplexity") -> float:
     """exp(total NLL / predictions) with score(ids [B, L]) -> (NLL sum, count): torch or onnxruntime."""
     nll, count = 0.0, 0
-    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", disable=not progress):
+    for start in progress_bar(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", enabled=progress):
         s, c = score(windows[start:start + batch_size])
         nll, count = nll + s, count + c
     return math.exp(nll / count)

@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import grid
 from ..checkpoint import load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors, save_tensors
 from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
+from ..progress import progress_bar
 from ..qweight import QuantizedWeight
 from ..solvers import LEARNED, LEARNED_DEFAULTS, get_solver, needs_calibration, weighted_error
 from .blockwise import refine_scales
@@ -142,7 +142,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     if learned:
         fp_hidden = resume.load_hidden("fp_hidden") if start else hidden.clone()
 
-    bar = tqdm(range(start, len(blocks)), desc="quantize", unit="block", disable=not progress,
+    bar = progress_bar(range(start, len(blocks)), desc="quantize", unit="block", enabled=progress,
                initial=start, total=len(blocks))
     for i in bar:
         load_block(model, arch, i)

@@ -13,7 +13,8 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+
+from ..progress import progress_bar
 
 SELF = "self"
 GREEDY_TOKENS = 4  # LLM-QAT: "the first 3~5 tokens" are top-1
@@ -32,7 +33,7 @@ def generate_windows(model, vocab_size: int, count: int, seq_len: int, seed: int
     gen = torch.Generator().manual_seed(seed)
     allowed = torch.tensor([t for t in range(vocab_size) if t not in special_ids])
     out = torch.empty(count, seq_len, dtype=torch.long)
-    bar = tqdm(total=count * seq_len, desc="generate calibration", unit="tok", disable=not progress)
+    bar = progress_bar(total=count * seq_len, desc="generate calibration", unit="tok", enabled=progress)
     for start in range(0, count, batch_size):
         n = min(batch_size, count - start)
         ids = allowed[torch.randint(0, allowed.numel(), (n,), generator=gen)][:, None]

@@ -13,10 +13,10 @@ changes the model's weights.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import grid
 from ..models import Arch, get_module, is_streamed, load_block, release_weights
+from ..progress import progress_bar
 from ..solvers import get_solver, weighted_error
 from .capture import capture_block_inputs
 from .pipeline import Timings, collect_hessians, run_block_in_place
@@ -36,7 +36,7 @@ def fisher_diagonal(model, arch: Arch, windows: torch.Tensor, progress: bool = T
             weight.requires_grad_(True)
             handles.append(weight.register_post_accumulate_grad_hook(lambda p, acc=acc: _fold(p, acc)))
     try:
-        for w in tqdm(range(windows.shape[0]), desc="fisher", unit="window", disable=not progress):
+        for w in progress_bar(range(windows.shape[0]), desc="fisher", unit="window", enabled=progress):
             ids = windows[w:w + 1]
             model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     finally:
@@ -65,7 +65,7 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
     hidden, kwargs_per_batch = capture_block_inputs(model, arch, windows, batch_size)
     estimates = {"hessian": {}, **({"fisher": {}} if fisher is not None else {})}
     timings = Timings()
-    for i in tqdm(range(len(blocks)), desc="sensitivity", unit="block", disable=not progress):
+    for i in progress_bar(range(len(blocks)), desc="sensitivity", unit="block", enabled=progress):
         load_block(model, arch, i)
         block, prefix = blocks[i], f"{arch.blocks}.{i}."
         hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, "cpu", timings)
