@@ -54,6 +54,9 @@ ENTRIES = [
     Entry("edgeq rtn W4 g128 --lm-head 8", row=quality.Row("rtn", 4, "128"), export_flags=("--lm-head", "8")),
     Entry("edgeq gptq W4 g128 --lm-head 8", row=quality.Row("gptq", 4, "128"), export_flags=("--lm-head", "8")),
     Entry("edgeq gptq W4 g32 --lm-head 8", row=quality.Row("gptq", 4, "32"), export_flags=("--lm-head", "8")),
+    # the 4-bit tied head and embedding, as the builder stores them: the same size class as its folder
+    Entry("edgeq rtn W4 g128 --lm-head 4", row=quality.Row("rtn", 4, "128"), export_flags=("--lm-head", "4")),
+    Entry("edgeq gptq W4 g128 --lm-head 4", row=quality.Row("gptq", 4, "128"), export_flags=("--lm-head", "4")),
 ]
 
 

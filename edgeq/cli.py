@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import EdgeqError
 from .nesting import DEFAULT_WIDTHS, default_weights
+from .export import HEAD_WIDTHS
 from .runtime.bench import ENGINES
 
 LEARNED_METHODS = ("signround", "flexround", "lrq", "matround")
@@ -228,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fp32", action="store_true", help="export the float model: the size/latency baseline")
     x.add_argument("--accuracy-level", type=int, default=4, choices=range(5),
                    help="MatMulNBits compute: 4 = int8 activations, the fast CPU path (default); 0 = fp32")
-    x.add_argument("--lm-head", default="fp", choices=["fp", "8"],
-                   help="output head: float (default; a tied head shares the embedding) or 8-bit "
-                        "(a tied embedding then shares the 8-bit codes: 4x smaller)")
+    x.add_argument("--lm-head", default="fp", choices=list(HEAD_WIDTHS),
+                   help="output head: float (default; a tied head shares the embedding), 8-bit or 4-bit "
+                        "round-to-nearest (a tied embedding then shares the codes: 4x or 8x smaller)")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
     x.add_argument("--bits", type=bits_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
                    "or 2; default: the stored width, which a device can still slice, see examples/)")

@@ -142,6 +142,19 @@ def test_fp32_export_8bit_head_and_ort_format(tiny_model_dir, tiny_checkpoint, t
     assert sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node) == 12  # float linears
 
 
+def test_a_4bit_head_shares_its_packed_codes_with_the_embedding_lookup(tiny_checkpoint, tmp_path):
+    """Two 4-bit codes a byte: GatherBlockQuantized reads MatMulNBits' B as it is; parity at level 0 holds."""
+    q4 = export(str(tiny_checkpoint), tmp_path / "q4", lm_head="4", accuracy_level=0)
+    assert q4["layers"]["lm_head"]["bits"] == 4 and q4["embedding"].startswith("4-bit")
+    graph = onnx.load(str(tmp_path / "q4" / "model.onnx")).graph
+    lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.name == "lm_head_MatMulNBits")
+    assert lookup.input[0] == head.input[1] and next(a.i for a in lookup.attribute if a.name == "bits") == 4
+    codes = next(init for init in graph.initializer if init.name == head.input[1])
+    assert np.prod(codes.dims) == 49152 * 64 // 2  # half a byte per weight, stored once
+    assert q4["parity_relative_logit_error"] < 1e-5
+
+
 def test_bad_exports_are_refused_and_leave_nothing(tiny_model_dir, tiny_checkpoint, tmp_path):
     with pytest.raises(EdgeqError, match="not an edgeq checkpoint"):
         export(str(tmp_path / "missing"), tmp_path / "a")

@@ -203,9 +203,9 @@ def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> t
 
 
 def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
-    """(hidden states of input_ids, name of the float table or ""). A tied 8-bit head whose codes need no
-    padding lends them to the lookup (GatherBlockQuantized over a [V, K/block, block] view of its B);
-    otherwise the float table is gathered."""
+    """(hidden states of input_ids, name of the float table or ""). A tied 8- or 4-bit head whose codes need
+    no padding lends them to the lookup (GatherBlockQuantized reads MatMulNBits' B [V, K/block, block * bits
+    / 8] as it is, two 4-bit codes a byte, low nibble first); otherwise the float table is gathered."""
     arch = arch_of(model.config)
     if head is not None and head_is_tied(model) and shares_codes_with_lookup(head, head_layout):
         v, k = head.shape
@@ -215,7 +215,7 @@ def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLa
                   g.constant("embedding_scales", head.scale.numpy().astype(np.float32).reshape(v, blocks, 1)),
                   g.constant("embedding_zero_points", head.zero.numpy().astype(np.uint8).reshape(v, blocks, 1))]
         blocked = g.op("GatherBlockQuantized", inputs, "embedding_blocked", domain=MS_DOMAIN, gather_axis=0,
-                       quantize_axis=2, block_size=head_layout.block, bits=8)[0]
+                       quantize_axis=2, block_size=head_layout.block, bits=head_layout.bits)[0]
         shape = g.constant("embedding_shape", np.array([0, 0, k], dtype=np.int64))
         return g.op("Reshape", [blocked, shape], "embedding")[0], ""
     name = g.constant("embedding_table", tensor(get_module(model, arch.embed).weight))
@@ -223,9 +223,9 @@ def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLa
 
 
 def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
-    """MatMulNBits' B [V, K/block, block] holds exactly the bytes of a [V, K] 8-bit table when no block is
-    padded; only then can one initializer serve both nodes."""
-    return layout.bits == 8 and qw.shape[1] % layout.block == 0
+    """MatMulNBits' B holds exactly the bytes of a [V, K] 8- or 4-bit table when no block is padded; only
+    then can one initializer serve both nodes (GatherBlockQuantized takes 4 and 8 bits)."""
+    return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0
 
 
 def lm_head(g: Graph, x: str, model, table: str, lin) -> str:

@@ -17,6 +17,7 @@ from .. import grid
 from ..errors import EdgeqError
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
+from . import HEAD_WIDTHS
 from .decoder import build_decoder, shares_codes_with_lookup
 from .genai import write_genai_config
 from .matmulnbits import node_layout
@@ -33,11 +34,11 @@ PARITY_PROMPT = ("It is a truth universally acknowledged, that a single man in p
                  "must be in want of a wife.")
 
 
-def head_spec(k: int) -> grid.QuantSpec:
-    """8-bit RTN; the largest block up to 128 that divides K, so a tied table's codes need no padding and
+def head_spec(k: int, bits: int) -> grid.QuantSpec:
+    """RTN at `bits`; the largest block up to 128 that divides K, so a tied table's codes need no padding and
     the embedding lookup can share them (SmolLM2: K = 576 -> block 64)."""
     block = next((b for b in (128, 64, 32, 16) if k % b == 0), 128)
-    return grid.QuantSpec(8, block)
+    return grid.QuantSpec(bits, block)
 
 
 def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
@@ -60,15 +61,15 @@ def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
     return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model), meta
 
 
-def quantize_lm_head(model) -> "QuantizedWeight":
-    """8-bit RTN of the output head, written into the torch model (the parity reference). A tied table
-    whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is untied
-    and the embedding stays float."""
+def quantize_lm_head(model, bits: int) -> "QuantizedWeight":
+    """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference). A tied
+    table whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is
+    untied and the embedding stays float."""
     from ..models import arch_of, get_module, head_is_tied
     from ..solvers import get_solver
     arch = arch_of(model.config)
     head = get_module(model, arch.lm_head)
-    qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1]))
+    qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1], bits))
     if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
         head.weight.data.copy_(qw.dequantize())  # the same tensor as the embedding
     else:
@@ -134,13 +135,13 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     check_output_folder(out)
     if accuracy_level not in ACCURACY_LEVELS:
         raise EdgeqError(f"accuracy level must be 0..4, got {accuracy_level}")
-    if lm_head not in ("fp", "8"):
-        raise EdgeqError(f"--lm-head must be fp or 8, got {lm_head!r}")
+    if lm_head not in HEAD_WIDTHS:
+        raise EdgeqError(f"--lm-head must be one of {', '.join(HEAD_WIDTHS)}, got {lm_head!r}")
     loaded, tokenizer, qweights, label, meta = load_for_export(model, fp32, bits)
     for name, qw in qweights.items():
         node_layout(name, qw)  # refuse what onnxruntime cannot run fast before any work
-    if lm_head == "8":
-        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded)}
+    if HEAD_WIDTHS[lm_head]:
+        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded, HEAD_WIDTHS[lm_head])}
     with atomic_folder(out) as tmp:
         write_genai_config(loaded.config, tokenizer, tmp)  # first: it refuses what genai cannot load
         path = tmp / MODEL_FILE
@@ -159,7 +160,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
             "source": label, "fp32": fp32, "sliced_to_bits": bits, "accuracy_level": accuracy_level, "lm_head": lm_head,
             "graph_nodes": len(ops), "matmulnbits_nodes": ops.count("MatMulNBits"),
             "tied_head_shares_embedding": "FusedMatMul" in ops,
-            "embedding": "8-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
+            "embedding": f"{lm_head}-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
             "parity_relative_logit_error": errors[accuracy_level],
             "parity_relative_logit_error_level_0": errors[0],
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,
