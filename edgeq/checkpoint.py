@@ -101,6 +101,18 @@ def canonical_metadata_order(path: Path) -> None:
         f.write(canonical + b" " * (length - len(canonical)))  # safetensors pads its header with spaces
 
 
+def save_tensor_file(path: Path, tensor: torch.Tensor) -> None:
+    """One tensor to a file, written beside it and renamed: never half a file. safetensors, not torch.save:
+    a pickle found on disk would be code run on load (or, with torch's weights_only default, a traceback)."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_tensors(tmp, {"tensor": tensor})
+    os.replace(tmp, path)
+
+
+def load_tensor_file(path: Path) -> torch.Tensor:
+    return load_tensors(path)["tensor"]
+
+
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
     try:

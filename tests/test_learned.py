@@ -165,7 +165,7 @@ def test_interrupted_learned_run_resumes_with_the_same_result(tiny_model_dir, tm
     run(tmp_path / "ref")
     with pytest.raises(Interrupt):
         run(tmp_path / "run", on_block_done=stop_after_block_0)
-    assert (tmp_path / "run.partial" / "fp_hidden.pt").exists()
+    assert (tmp_path / "run.partial" / "fp_hidden.safetensors").exists()
     run(tmp_path / "run")
     _, reference, _ = checkpoint.load_checkpoint(tmp_path / "ref")
     _, resumed, _ = checkpoint.load_checkpoint(tmp_path / "run")

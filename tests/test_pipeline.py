@@ -6,6 +6,7 @@ import torch
 
 from edgeq import api, checkpoint, grid, models
 from edgeq.calib import data, pipeline
+from edgeq.errors import EdgeqError
 from edgeq.eval import perplexity
 from tests.conftest import calibration_text, held_out_text, save_tiny_model
 
@@ -90,6 +91,23 @@ def test_interrupted_run_resumes_from_last_block_with_the_same_result(tiny_model
     for name, qw in reference.items():
         assert torch.equal(qw.q, resumed[name].q), name
         assert torch.equal(qw.scale, resumed[name].scale), name
+
+
+def test_a_hostile_or_damaged_resume_file_is_refused_not_run(tiny_model_dir, tmp_path):
+    """The next block's inputs are safetensors: a pickle planted there (code on load) or a damaged file is
+    a one-line refusal, never unpickled."""
+    import pickle
+
+    def stop_after_block_0(i):
+        if i == 0:
+            raise Interrupt
+    with pytest.raises(Interrupt):
+        quantize_tiny(tiny_model_dir, tmp_path / "run", on_block_done=stop_after_block_0)
+    hidden = tmp_path / "run.partial" / "hidden.safetensors"
+    assert hidden.exists() and not list((tmp_path / "run.partial").glob("*.pt"))
+    hidden.write_bytes(pickle.dumps({"payload": "os.system"}))
+    with pytest.raises(EdgeqError, match="hidden.safetensors is corrupted or not a safetensors file"):
+        quantize_tiny(tiny_model_dir, tmp_path / "run")
 
 
 def test_resume_folder_of_another_recipe_is_not_used(tiny_model_dir, tmp_path):

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from .. import grid
-from ..checkpoint import load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors, save_tensors
+from ..checkpoint import (load_tensor_file, load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors,
+                          save_tensor_file, save_tensors)
 from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
 from ..progress import progress_bar
@@ -71,10 +72,14 @@ class ResumeState:
         self.folder, self.run_digest = folder, run_digest
 
     def next_block(self) -> int:
+        """Where to resume: 0 unless the folder is this run's and holds the next block's inputs (a folder
+        from before they were stored as safetensors has hidden.pt, which is not read)."""
         if self.folder is None or not (self.folder / "state.json").exists():
             return 0
         state = json.loads((self.folder / "state.json").read_text())
-        return state["next_block"] if state.get("run") == self.run_digest else 0
+        if state.get("run") != self.run_digest or not (self.folder / "hidden.safetensors").exists():
+            return 0
+        return state["next_block"]
 
     def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight],
              fp_hidden: torch.Tensor | None = None) -> None:
@@ -87,8 +92,7 @@ class ResumeState:
                      {"layout": json.dumps(qweights_layout(qweights))})
         for name, states in (("hidden", hidden), ("fp_hidden", fp_hidden)):
             if states is not None:
-                torch.save(states, self.folder / f"{name}.tmp")
-                os.replace(self.folder / f"{name}.tmp", self.folder / f"{name}.pt")
+                save_tensor_file(self.folder / f"{name}.safetensors", states)
         (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
         os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
 
@@ -103,8 +107,8 @@ class ResumeState:
         return qweights
 
     def load_hidden(self, name: str = "hidden") -> torch.Tensor | None:
-        path = self.folder / f"{name}.pt"
-        return torch.load(path) if path.exists() else None
+        path = self.folder / f"{name}.safetensors"
+        return load_tensor_file(path) if path.exists() else None
 
     def discard(self) -> None:
         if self.folder is not None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
-import os
 from pathlib import Path
 
 import torch
 
+from ..checkpoint import load_tensor_file, save_tensor_file
 from ..progress import progress_bar
 
 SELF = "self"
@@ -23,7 +23,7 @@ GREEDY_TOKENS = 4  # LLM-QAT: "the first 3~5 tokens" are top-1
 def cache_path(model_key: str, count: int, seq_len: int, seed: int) -> Path:
     from ..models import cache_root
     key = hashlib.sha256(f"{model_key}:{count}:{seq_len}:{seed}:{GREEDY_TOKENS}".encode()).hexdigest()[:16]
-    return cache_root() / "calib" / f"self-{key}.pt"
+    return cache_root() / "calib" / f"self-{key}.safetensors"
 
 
 @torch.no_grad()
@@ -67,12 +67,11 @@ def self_windows(source, model_key: str, tokenizer, count: int, seq_len: int, se
     from ..models import load_model
     path = cache_path(model_key, count, seq_len, seed)
     if path.is_file():
-        return torch.load(path)
+        return load_tensor_file(path)
     model, config = load_model(source)
     windows = generate_windows(model, config.vocab_size, count, seq_len, seed,
                                special_ids=set(tokenizer.all_special_ids), progress=progress)
     del model
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(windows, path.with_suffix(".tmp"))
-    os.replace(path.with_suffix(".tmp"), path)  # never a half-written cache file
+    save_tensor_file(path, windows)
     return windows
