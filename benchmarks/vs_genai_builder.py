@@ -76,18 +76,20 @@ def float_hf_folder(work: Path) -> Path:
     return folder
 
 
-def build(entry: Entry, work: Path) -> tuple[Path, float]:
-    """(folder, seconds to make it from the float model: builder run, or quantize + export)."""
+def build(entry: Entry, work: Path) -> tuple[Path, float | None]:
+    """(folder, seconds to make it from the float model: builder run, or quantize + export; None for a
+    builder folder made by an earlier run)."""
     out = work / entry.slug
     started = time.time()
     if entry.builder_options is not None:
-        if not (out / "genai_config.json").is_file():
-            extra = ["--extra_options", *entry.builder_options] if entry.builder_options else []
-            done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
-                                   str(float_hf_folder(work)), "-o", str(out), "-p", "int4", "-e", "cpu", *extra],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                raise RuntimeError(f"genai builder failed:\n{done.stderr[-2000:]}")
+        if (out / "genai_config.json").is_file():
+            return out, None
+        extra = ["--extra_options", *entry.builder_options] if entry.builder_options else []
+        done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i",
+                               str(float_hf_folder(work)), "-o", str(out), "-p", "int4", "-e", "cpu", *extra],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"genai builder failed:\n{done.stderr[-2000:]}")
         return out, time.time() - started
     ckpt = quality.checkpoint_dir(quality.ROOT / "runs" / "quality", entry.row, PROTOCOL)
     if not (ckpt / "quantization.json").is_file():
@@ -113,7 +115,8 @@ def base_record(phase: str) -> dict:
 
 def measure_quality(entry: Entry, work: Path, fp: dict) -> dict:
     folder, make_s = build(entry, work)
-    record = {**base_record("quality"), "entry": entry.name, "folder": str(folder), "make_seconds": round(make_s, 1),
+    record = {**base_record("quality"), "entry": entry.name, "folder": str(folder),
+              "make_seconds": round(make_s, 1) if make_s is not None else None,
               **folder_mb(folder), "eval": quality.evaluate(folder, PROTOCOL, work, [])}
     for label, result in record["eval"].items():
         result["over_fp"] = round(result["perplexity"] / fp["eval"][label]["perplexity"], 4)
@@ -144,7 +147,8 @@ def render(records: list[dict]) -> str:
             continue
         cells = [f"{r['eval'][t]['perplexity']:.2f} ({r['eval'][t]['over_fp']:.3f})" for t in labels]
         ms = [speed.get(engine, {}).get(r["folder"], {}).get("decode_p50_ms") for engine in ("genai", "ort")]
-        cells += [f"{r['model_mb']:.1f}", *(f"{m:.2f}" if m else "-" for m in ms), f"{r['make_seconds']:.0f}"]
+        made = f"{r['make_seconds']:.0f}" if r["make_seconds"] else "-"  # - : folder reused, not timed
+        cells += [f"{r['model_mb']:.1f}", *(f"{m:.2f}" if m else "-" for m in ms), made]
         lines.append(f"| {entry.name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -124,3 +124,23 @@ def test_quantize_seconds_do_not_count_the_parts_twice(quality):
     stats = {"seconds_load": 10.0, "seconds_sensitivity": 0.0, "seconds_quantize": 100.0, "seconds_forward": 40.0,
              "seconds_hessian": 20.0, "seconds_solver": 30.0, "seconds_block_training": 0.0}
     assert quality.quantize_seconds(stats) == 110.0
+
+
+def test_vs_genai_builder_table_joins_quality_rows_with_each_engines_bench():
+    spec = importlib.util.spec_from_file_location("vs_genai_builder", ROOT / "benchmarks" / "vs_genai_builder.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # it imports quality.py from its own folder
+    spec.loader.exec_module(module)
+    first, second = module.ENTRIES[:2]
+    evals = {"persuasion": {"perplexity": 40.0, "over_fp": 1.08}, "news": {"perplexity": 33.0, "over_fp": 1.07}}
+    records = [{"phase": "quality", "entry": first.name, "folder": "/f/a", "make_seconds": None, "model_mb": 82.5,
+                "eval": evals},
+               {"phase": "quality", "entry": second.name, "folder": "/f/b", "make_seconds": 21.0, "model_mb": 76.6,
+                "eval": evals},
+               {"phase": "bench", "engine": "genai", "models": {"/f/a": {"decode_p50_ms": 3.5}}},
+               {"phase": "bench", "engine": "genai", "models": {"/f/a": {"decode_p50_ms": 3.25}}}]
+    lines = module.render(records).splitlines()
+    assert len(lines) == 4  # header, rule, one line per measured entry
+    assert lines[2] == f"| {first.name} | 40.00 (1.080) | 33.00 (1.070) | 82.5 | 3.25 | - | - |"  # the latest bench
+    assert lines[3].endswith("| 76.6 | - | - | 21 |")
+    del sys.modules[spec.name]
