@@ -236,3 +236,8 @@ def test_weights_beyond_the_inline_limit_go_to_one_data_file(tiny_checkpoint, tm
     external, inline = (OrtDecoder.from_folder(tmp_path / name) for name in ("ext", "inline"))
     np.testing.assert_array_equal(external.forward(ids, external.empty_past())[0],
                                   inline.forward(ids, inline.empty_past())[0])
+
+
+def test_fp32_with_bits_is_refused_before_the_model_is_looked_at(tmp_path):
+    with pytest.raises(EdgeqError, match="--bits slices a quantized checkpoint"):
+        export(str(tmp_path / "no-such-model"), tmp_path / "out", fp32=True, bits=4)  # not "model not found"

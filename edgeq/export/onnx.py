@@ -50,10 +50,10 @@ def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
     if fp32:
         if model is not None and checkpoint.is_checkpoint(model):
             raise EdgeqError(f"{model} is a quantized checkpoint; --fp32 exports a float model")
-        source = models.resolve_source(model)
-        loaded, _ = models.load_model(source)
         if bits is not None:
             raise EdgeqError("--bits slices a quantized checkpoint; --fp32 exports a float model")
+        source = models.resolve_source(model)
+        loaded, _ = models.load_model(source)
         return loaded, models.load_tokenizer(source), {}, source.label, {}
     if model is None or not checkpoint.is_checkpoint(model):
         raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
