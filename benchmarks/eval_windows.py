@@ -53,12 +53,12 @@ def main(argv=None):
     parser.add_argument("--seq-len", type=int, default=512)
     args = parser.parse_args(argv)
     started = time.time()
-    nll = {"fp32": per_window_nll(None, args.seq_len)}
-    for ckpt in args.checkpoints:
-        nll[Path(ckpt).name] = per_window_nll(ckpt, args.seq_len)
-    result = {"seq_len": args.seq_len, "text": "packaged Persuasion", "seconds": round(time.time() - started),
-              "summary": summary(nll), "per_window_nll": nll}
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    nll = {}
+    for model in [None, *args.checkpoints]:  # the file is rewritten after each model: a killed run keeps them
+        nll["fp32" if model is None else Path(model).name] = per_window_nll(model, args.seq_len)
+        result = {"seq_len": args.seq_len, "text": "packaged Persuasion", "seconds": round(time.time() - started),
+                  "summary": summary(nll), "per_window_nll": nll}
+        RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     for row in result["summary"]:
         print(row["windows"], {m: (v["ppl_vs_all"], v["x_fp32_vs_all"]) for m, v in row.items() if m != "windows"})
 
