@@ -13,9 +13,8 @@ import pytest
 
 from tests.conftest import tiny_family_model
 from edgeq import api
-from edgeq.export.genai import CONFIG_FILE
 from edgeq.export.onnx import export
-from edgeq.runtime.session import OrtDecoder
+from edgeq.runtime.session import GENAI_CONFIG, OrtDecoder
 from edgeq.runtime.tokenizer import load_tokenizer
 
 from edgeq.runtime.genai import GenaiDecoder
@@ -53,9 +52,9 @@ def without_buffer_sharing(folder, tmp_path):
     import shutil
     copy = tmp_path / "unshared"
     shutil.copytree(folder, copy)
-    config = json.loads((copy / CONFIG_FILE).read_text())
+    config = json.loads((copy / GENAI_CONFIG).read_text())
     config["search"]["past_present_share_buffer"] = False
-    (copy / CONFIG_FILE).write_text(json.dumps(config))
+    (copy / GENAI_CONFIG).write_text(json.dumps(config))
     return copy
 
 
@@ -63,7 +62,7 @@ def without_buffer_sharing(folder, tmp_path):
 def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenizer):
     folder = tmp_path / "onnx"
     export(str(family_checkpoint(family, tmp_path, bundled_tokenizer)), folder, accuracy_level=0)
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = json.loads((folder / GENAI_CONFIG).read_text())
     widths = {layer["bits"] for layer in json.loads((folder / "export.json").read_text())["layers"].values()}
     assert widths == ({4, 8} if family == "llama" else {4})
     assert config["model"]["type"] == family and config["search"]["past_present_share_buffer"] is True
@@ -147,3 +146,11 @@ def test_genai_engine_refuses_options_it_cannot_honour():
     from edgeq.runtime import bench
     with pytest.raises(EdgeqError, match="not --provider, --ort-format"):
         bench.Settings(engine="genai", provider="cuda", ort_format=True).check()
+
+
+def test_the_genai_engine_needs_no_torch(tmp_path):
+    """On the device: opening a folder through genai imports no torch (it once did, through export/)."""
+    code = ("import sys\nfrom edgeq.errors import EdgeqError\nfrom edgeq.runtime.genai import GenaiDecoder\n"
+            f"try:\n    GenaiDecoder({str(tmp_path)!r})\nexcept EdgeqError:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

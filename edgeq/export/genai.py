@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from ..errors import EdgeqError
-from ..runtime.session import MODEL_FILE
+from ..runtime.session import GENAI_CONFIG, MODEL_FILE
 from .decoder import Dims
 
-CONFIG_FILE = "genai_config.json"
 GENAI_TYPES = ("llama", "mistral", "qwen2", "qwen3")  # genai's model types our decoder graph implements
 
 
@@ -73,7 +72,7 @@ def genai_config(config, tokenizer_eos: int | None = None, filename: str = MODEL
 
 
 def write_genai_config(config, tokenizer, folder: Path, filename: str = MODEL_FILE) -> Path:
-    path = Path(folder) / CONFIG_FILE
+    path = Path(folder) / GENAI_CONFIG
     config = genai_config(config, getattr(tokenizer, "eos_token_id", None), filename)
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from .session import GENAI_CONFIG
 
 
 def import_genai():
@@ -22,17 +23,16 @@ def import_genai():
 
 class GenaiDecoder:
     def __init__(self, folder, threads: int | None = None):
-        from ..export.genai import CONFIG_FILE
         og = import_genai()
         folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file():
-            raise EdgeqError(f"{folder}: no {CONFIG_FILE} (edgeq export writes one)")
+        if not (folder / GENAI_CONFIG).is_file():
+            raise EdgeqError(f"{folder}: no {GENAI_CONFIG} (edgeq export writes one)")
         config = og.Config(str(folder))
         if threads:
             options = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
             config.overlay(json.dumps(options))
         self.og, self.model = og, og.Model(config)
-        self.vocab_size = json.loads((folder / CONFIG_FILE).read_text())["model"]["vocab_size"]
+        self.vocab_size = json.loads((folder / GENAI_CONFIG).read_text())["model"]["vocab_size"]
 
     def generator(self, max_length: int, min_length: int = 0):
         params = self.og.GeneratorParams(self.model)

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import EdgeqError
+
 MODEL_FILE = "model.onnx"
+GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config beside it (edgeq export writes one)
 
 
 _SHARED_POOL: list[int] = []  # intra-op threads of the process-wide pool, once one is set up
@@ -19,7 +22,6 @@ def use_shared_thread_pool(threads: int | None) -> None:
     (fp32 26 -> 14.5 ms). onnxruntime allows one such pool per process, and then only sessions that use it."""
     from onnxruntime.capi import _pybind_state
 
-    from ..errors import EdgeqError
     size = threads or 0  # 0: onnxruntime's default, one thread per core
     if _SHARED_POOL and _SHARED_POOL[0] != size:
         raise EdgeqError(f"this process already shares a pool of {_SHARED_POOL[0] or 'default'} threads")
@@ -47,7 +49,6 @@ def open_session(path, provider: str = "cpu", threads: int | None = None, optimi
     if optimized_path:
         options.optimized_model_filepath = str(optimized_path)
         options.add_session_config_entry("session.save_model_format", save_format)
-    from ..errors import EdgeqError
     model = path if isinstance(path, bytes) else str(path)  # bytes: a model built in memory (slicing.py)
     providers = [resolve(provider)]
     try:
@@ -66,7 +67,7 @@ def cpu_session(path, threads: int | None = None, optimized_path=None, save_form
 def folder_kv_dims(folder) -> tuple[int, int] | None:
     """(KV heads, head size) from a decoder folder's genai_config.json or config.json, for graphs whose KV
     inputs leave them symbolic (genai's model builder: 'kv_cache_dim')."""
-    decoder = ("genai_config.json", "model", "decoder")
+    decoder = (GENAI_CONFIG, "model", "decoder")
     heads = folder_setting(folder, ("config.json", "num_attention_heads"))
     kv_heads = folder_setting(folder, (*decoder, "num_key_value_heads"), ("config.json", "num_key_value_heads")) or heads
     head_dim = folder_setting(folder, (*decoder, "head_size"), ("config.json", "head_dim"))
@@ -93,14 +94,13 @@ def folder_setting(folder, *candidates: tuple[str, ...]):
 
 def folder_context_length(folder) -> int | None:
     """The most positions the folder's decoder was built for (its rotary table's length)."""
-    return folder_setting(folder, ("genai_config.json", "model", "context_length"),
+    return folder_setting(folder, (GENAI_CONFIG, "model", "context_length"),
                           ("config.json", "max_position_embeddings"))
 
 
 def check_length(folder, tokens: int, what: str) -> None:
     """Refuse `tokens` positions past what the folder's model was built for (onnxruntime would fail deep in
     GroupQueryAttention with 'cos_cache dimension 0 shall not be less than total_sequence_length')."""
-    from ..errors import EdgeqError
     limit = folder_context_length(folder)
     if limit is not None and tokens > limit:
         raise EdgeqError(f"{what} needs {tokens} positions, but the model has {limit}")
@@ -115,7 +115,6 @@ class OrtDecoder:
     no position_ids), optimum's. What the graph lacks is refused by name."""
 
     def __init__(self, session, folder=None):
-        from ..errors import EdgeqError
         self.session = session
         inputs = {i.name: i for i in session.get_inputs()}
         outputs = [o.name for o in session.get_outputs()]
@@ -130,7 +129,7 @@ class OrtDecoder:
             dims = folder_kv_dims(folder) if folder is not None else None
             if dims is None:
                 raise EdgeqError(f"the graph's KV shape {inputs[self.past_names[0]].shape} is symbolic and no "
-                                 "genai_config.json or config.json beside it gives the KV heads and head size")
+                                 f"{GENAI_CONFIG} or config.json beside it gives the KV heads and head size")
             kv_heads, head_dim = dims
         self.kv_heads, self.head_dim = int(kv_heads), int(head_dim)
         self.output_names = ["logits", *map(present_name, self.past_names)]

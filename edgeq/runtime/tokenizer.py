@@ -22,6 +22,6 @@ def load_tokenizer(folder):
 def end_of_sequence(folder: Path) -> int | None:
     """genai_config.json's id (edgeq export resolves it from the model config, else the tokenizer, so that
     `edgeq generate` and onnxruntime-genai stop alike), else config.json's, else None."""
-    from .session import folder_setting
-    value = folder_setting(folder, ("genai_config.json", "model", "eos_token_id"), ("config.json", "eos_token_id"))
+    from .session import GENAI_CONFIG, folder_setting
+    value = folder_setting(folder, (GENAI_CONFIG, "model", "eos_token_id"), ("config.json", "eos_token_id"))
     return value[0] if isinstance(value, list) else value
