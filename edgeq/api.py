@@ -3,7 +3,6 @@ calibrate block by block, write the checkpoint atomically, report where time and
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from . import __version__, grid
 from .errors import EdgeqError
 from .memory import peak_rss_mb, release_freed_memory
 from .mixed import MixedPrecision
+from .paths import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -40,28 +40,6 @@ class QuantConfig:
 
 def resume_folder(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
-
-
-def check_output_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise EdgeqError(f"output path {out} is a file, not a folder; choose another --out")
-    if out.exists() and any(out.iterdir()):
-        raise EdgeqError(f"output folder {out} exists and is not empty; choose another --out or remove it")
-    check_writable_place(out.parent)
-
-
-def check_writable_place(folder: Path) -> None:
-    """Create and remove a folder where the output's temporary folder will go, before any loading: a
-    read-only place is otherwise found only when the first block is saved. A probe rather than os.access,
-    which says yes to root on read-only mounts."""
-    import tempfile
-    existing = Path(folder).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".edgeq-probe-", dir=existing))
-    except OSError as err:
-        raise EdgeqError(f"cannot write under {existing}: {err.strerror}") from None
 
 
 def check_device(device: str) -> None:

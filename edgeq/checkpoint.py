@@ -212,9 +212,9 @@ def verify_integrity(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -
     from safetensors import safe_open
     with safe_open(str(path / WEIGHTS_FILE), "pt") as f:
         saved = (f.metadata() or {}).get("edgeq_layout")
-    if saved is not None and json.loads(saved) != meta["layers"]:
-        theirs = json.loads(saved)
-        name = next((n for n in sorted(set(theirs) | set(meta["layers"])) if theirs.get(n) != meta["layers"].get(n)))
+    theirs = json.loads(saved) if saved is not None else meta["layers"]
+    if theirs != meta["layers"]:
+        name = next(n for n in sorted(set(theirs) | set(meta["layers"])) if theirs.get(n) != meta["layers"].get(n))
         raise EdgeqError(f"{path}: {META_FILE} says {name} is {meta['layers'].get(name)}, but its tensors were "
                          f"saved as {theirs.get(name)}: the file was edited or belongs to another checkpoint")
     expected = meta.get("tensors_sha256")

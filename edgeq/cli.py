@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import EdgeqError
 from .nesting import DEFAULT_WIDTHS, default_weights
 from .export import HEAD_WIDTHS
+from .paths import check_writable_file
 from .runtime.bench import ENGINES
 
 LEARNED_METHODS = ("signround", "flexround", "lrq", "matround")
@@ -385,17 +386,6 @@ def mixed_config(args):
                           args.sensitivity_samples, args.sensitivity_from)
 
 
-def check_writable_file(path: str, flag: str) -> None:
-    """Refuse an output file that cannot be written before the work that fills it, not after."""
-    import os
-    target = Path(path)
-    if target.is_dir():
-        raise EdgeqError(f"{flag} {path} is a folder, not a file")
-    parent = target.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise EdgeqError(f"{flag} {path}: cannot write there ({parent} is missing or not writable)")
-
-
 def cmd_eval(args) -> None:
     from .api import evaluate_texts
     if args.json_out:
@@ -477,9 +467,8 @@ def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
 
 
 def cmd_generate(args) -> None:
-    from .runtime.session import OrtDecoder
+    from .runtime.session import OrtDecoder, check_length
     from .runtime.tokenizer import load_tokenizer
-    from .runtime.session import check_length
     tokenizer, eos = load_tokenizer(args.model)
     prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
     if not prompt:

@@ -15,6 +15,7 @@ import torch
 
 from .. import grid
 from ..errors import EdgeqError
+from ..paths import check_output_folder
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
 from . import HEAD_WIDTHS
@@ -127,7 +128,6 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     """Write the validated ONNX folder `out`; `bits` exports that slice of a (MatQuant) checkpoint."""
     import onnx
 
-    from ..api import check_output_folder
     from ..checkpoint import atomic_folder
     from ..models import arch_of
     t0 = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from .session import MODEL_FILE, OrtDecoder, open_session, use_shared_thread_pool
+from .session import MODEL_FILE, OrtDecoder, check_length, open_session, use_shared_thread_pool
 from .slicing import model_to_open
 
 ORT_FILE = "model.ort"
@@ -113,23 +113,26 @@ def load(spec, settings: Settings, clock=time.perf_counter) -> Model:
     if settings.save_optimized:
         Path(settings.save_optimized).mkdir(parents=True, exist_ok=True)
         saved = Path(settings.save_optimized) / f"{Path(spec).name}.{'ort' if settings.ort_format else 'onnx'}"
-    before = rss_mb()
-    start = clock()
-    session = open_session(model_to_open(path, bits), settings.provider, settings.threads, settings.optimization, saved,
-                           "ORT" if settings.ort_format else "ONNX", settings.provider_options)
-    decoder = OrtDecoder(session, folder)
-    load_s = clock() - start
-    after = rss_mb()
-    return Model(Path(spec), path, decoder, load_s, after - before if None not in (before, after) else None)
+
+    def open_decoder():
+        session = open_session(model_to_open(path, bits), settings.provider, settings.threads, settings.optimization,
+                               saved, "ORT" if settings.ort_format else "ONNX", settings.provider_options)
+        return OrtDecoder(session, folder)
+    return timed_load(spec, path, open_decoder, clock)
 
 
 def load_genai(spec, folder, bits, path: Path, settings: Settings, clock) -> Model:
     from .genai import GenaiDecoder
     if bits is not None:
         raise EdgeqError(f"{spec}: genai runs the folder as exported; export that width with edgeq export --bits")
+    return timed_load(spec, path, lambda: GenaiDecoder(folder, settings.threads), clock)
+
+
+def timed_load(spec, path: Path, open_decoder, clock) -> Model:
+    """The Model of open_decoder(), with the seconds it took and the resident memory it added."""
     before = rss_mb()
     start = clock()
-    decoder = GenaiDecoder(folder, settings.threads)
+    decoder = open_decoder()
     load_s = clock() - start
     after = rss_mb()
     return Model(Path(spec), path, decoder, load_s, after - before if None not in (before, after) else None)
@@ -161,11 +164,10 @@ def vocab_size(decoder) -> int:
 def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
     """Load every model, then warmup + runs rounds; in each round every model does one run in turn."""
     settings.check()
-    from .session import check_length
     for spec in folders:  # refuse a bad folder before touching the thread pool
-        model_file(split_width(spec)[0], settings)
-        check_length(split_width(spec)[0], settings.prompt + settings.gen + 1,
-                     f"--prompt {settings.prompt} and --gen {settings.gen}")
+        folder = split_width(spec)[0]
+        model_file(folder, settings)
+        check_length(folder, settings.prompt + settings.gen + 1, f"--prompt {settings.prompt} and --gen {settings.gen}")
     if settings.shared_pool and settings.engine == "ort":
         use_shared_thread_pool(settings.threads)
     models = [load(folder, settings, clock) for folder in folders]
