@@ -37,6 +37,21 @@ class QuantConfig:
     def spec(self) -> grid.QuantSpec:
         return grid.QuantSpec(self.bits, self.group_size, self.sym)
 
+    def validate(self) -> None:
+        """Every refusal that needs no file and no model: run before anything is read or loaded."""
+        from .solvers import get_method
+        method = get_method(self.method)
+        options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
+        check_device(self.device)
+        check_training_options(self, method.calibrated, method.learned)
+        if method.nested:
+            if self.mixed or self.layer_grids:
+                raise EdgeqError(f"{self.method} stores one width for every linear, sliced to the others; it does "
+                                 "not mix widths per layer (--budget, --layer-grid)")
+            if self.bits != max(options.widths):
+                raise EdgeqError(f"{self.method} stores the widest width: bits must be {max(options.widths)} for "
+                                 f"widths {list(options.widths)}")
+
 
 def resume_folder(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
@@ -72,20 +87,18 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     the default mix; calib_mix: one weight per part."""
     from . import checkpoint, models
     from .calib import data, pipeline
-    from .solvers import LEARNED, check_method, needs_calibration
+    from .solvers import get_method
 
     t0 = time.perf_counter()
+    config.validate()
+    calibrated = get_method(config.method).calibrated
+    if calib is not None and not calibrated and not config.mixed:
+        raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
     out = Path(out)
     check_output_folder(out)
     spec = config.spec
-    check_method(config.method)
-    check_device(config.device)
     source = models.resolve_source(model)
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
-    calibrated = needs_calibration(config.method)
-    if calib is not None and not calibrated and not config.mixed:
-        raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
-    check_training_options(config, calibrated, config.method in LEARNED)  # before any loading
     tokenizer = models.load_tokenizer(source)
     # the weights' fingerprint, not only the path: weights replaced at the same path start afresh
     model_key = f"{source.label}:{models.weights_fingerprint(source)}"
@@ -199,13 +212,13 @@ def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConf
     The Fisher needs gradients through the whole model, so it loads a full float copy for the pass."""
     from . import models
     from .calib import sensitivity
-    from .solvers import LEARNED
+    from .solvers import get_method
     model, fisher = loaded, None
     if config.mixed.estimator == "fisher":
         model, _ = models.load_model(source)
         fisher = sensitivity.fisher_diagonal(model, arch, windows, progress)
     method, opts = config.method, config.solver_opts
-    if method in LEARNED:  # what a width costs is estimated from GPTQ's solution: no block training per candidate
+    if get_method(method).learned:  # what a width costs is estimated from GPTQ's solution: no block training per candidate
         method, opts = "gptq", {}
     estimates = sensitivity.layer_estimates(model, arch, windows, specs, method, opts, config.batch_size, fisher,
                                             progress)

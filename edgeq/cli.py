@@ -12,8 +12,6 @@ from .export import HEAD_WIDTHS
 from .paths import check_writable_file
 from .runtime.bench import ENGINES
 
-LEARNED_METHODS = ("signround", "flexround", "lrq", "matround")
-NESTED_METHODS = ("matquant", "matround")  # one int8 code serving several widths
 
 EPILOG_QUANTIZE = """examples:
   edgeq quantize --out smollm2-w4                      # GPTQ W4 g128 of the bundled SmolLM2-135M
@@ -116,41 +114,104 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# Flags that set a method's options: option name (a field of the methods' options, solvers/__init__.py) ->
+# (flag, argparse keywords). A flag applies to exactly the methods whose options have that name; the help lists
+# them with their defaults, read from the records, and giving the flag to another method is refused.
+OPTION_FLAGS = {
+    "clip": ("--clip", dict(choices=["minmax", "mse"], help="range of each group: min-max, or a search over "
+                            "shrunk ranges for the least (Hessian-weighted, when calibrated) squared error")),
+    "act_order": ("--no-act-order", dict(action="store_const", const=False, help="sweep columns in natural order "
+                                         "(default: by descending Hessian diagonal, with static groups: no g_idx)")),
+    "damp": ("--damp", dict(type=float, help="damping, a fraction of the mean Hessian diagonal")),
+    "iters": ("--iters", dict(type=positive_int, help="outer iterations (1 = its GPTQ start only)")),
+    "passes": ("--passes", dict(type=float, help="greedy coordinate moves per row, in units of the row's length")),
+    "widths": ("--widths", dict(type=widths_arg, help="the widths the codes serve, the widest stored")),
+    "weights": ("--weights", dict(type=weights_arg, help="weight of each width's error, in --widths order "
+                                  f"(for {','.join(map(str, DEFAULT_WIDTHS))}: "
+                                  f"{','.join(f'{w:g}' for w in default_weights(DEFAULT_WIDTHS))}; else all 1)")),
+    "steps": ("--steps", dict(type=positive_int, help="training steps per block, each on --batch-size windows")),
+    "lr": ("--lr", dict(type=float, help="learning rate, decayed to 0 over the steps (unset: 1/steps)")),
+    "rank": ("--rank", dict(type=positive_int, help="rank of the per-weight scales (unset: a quarter of the "
+                            "layer's smaller dimension)")),
+    "rule": ("--rounding-rule", dict(choices=["division", "addition"], help="W / scale (the method) or "
+                                     "W / s1 + offset (the paper's ablation, same engine)")),
+}
+
+
+def option_help(option: str, text: str) -> str:
+    """'METHODS: text (default: ...)', the methods and their defaults read from the method records."""
+    from .solvers import get_method, methods_with_option
+    names = methods_with_option(option)
+    defaults = {name: getattr(get_method(name).options(), option) for name in names}
+    shown = {name: v for name, v in defaults.items() if v is not None and not isinstance(v, bool)}
+    values = {_shown_value(v) for v in shown.values()}
+    if len(values) == 1 and len(shown) == len(names):
+        default = f" (default: {values.pop()})"
+    else:
+        default = f" (default: {', '.join(f'{n} {_shown_value(v)}' for n, v in shown.items())})" if shown else ""
+    return f"{', '.join(names)}: {text}{default}"
+
+
+def _shown_value(value) -> str:
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     parser = OneLineParser(prog="edgeq", description="Quantize LLM weights on a CPU for edge "
                                      "deployment (ONNX MatMulNBits), and measure what it costs.")
     parser.add_argument("--version", action="version", version=f"edgeq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser)
+    add_quantize_parser(sub)
+    add_eval_parser(sub)
+    add_export_parser(sub)
+    add_bench_parser(sub)
+    add_generate_parser(sub)
+    return parser
 
+
+def add_quantize_parser(sub) -> None:
+    from .solvers import get_method, method_names
     q = sub.add_parser("quantize", help="quantize a model into a checkpoint folder",
                        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
                    "SmolLM2-135M)")
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
-    q.add_argument("--method", default="gptq", choices=["rtn", "gptq", "decoupleq", "matquant", "signround",
-                                                          "flexround", "lrq", "matround"],
-                   help="solver: rtn (no calibration), gptq (default), decoupleq (alternates GPTQ rounding "
-                   "with the exact least-squares grid per row; best at 2-3 bits, a few times slower), "
-                   "matquant (int8 codes whose top bits are good 4- and 2-bit weights: one file, three widths); "
-                   "learned rounding, trained on each block's output (fp targets, quantized inputs): signround "
-                   "(offset + clipping by signed descent, AutoRound), flexround (division by learned scales), "
-                   "lrq (flexround's scales in low rank), matround (matquant's int8 codes learned on the block error "
-                   "summed over the widths: better 4- and 2-bit slices, 3x signround's time)")
-    q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; matquant, matround: the widest "
+    q.add_argument("--method", default="gptq", choices=method_names(), metavar="METHOD",
+                   help="; ".join(f"{name}: {get_method(name).summary}" for name in method_names()) +
+                   " (default: gptq; README's method table says which to use for which width)")
+    q.add_argument("--bits", type=bits_arg, help="bits per weight, 2..8 (default: 4; a nested method: the widest "
                    "of --widths)")
-    q.add_argument("--widths", type=widths_arg, help="matquant, matround: the widths the codes serve, widest stored "
-                   "(default: 8,4,2)")
-    q.add_argument("--weights", type=weights_arg, help="matquant, matround: weight of each width's error, in --widths "
-                   f"order (default for 8,4,2: {','.join(map(str, default_weights(DEFAULT_WIDTHS)))}; else all 1)")
     q.add_argument("--group-size", type=group_size_arg, default=128,
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
                    "(default: 128)")
     sym = q.add_mutually_exclusive_group()
     sym.add_argument("--sym", dest="sym", action="store_true", default=None,
-                     help="symmetric grid, zero point 2^(bits-1) (default for matquant, matround)")
+                     help="symmetric grid, zero point 2^(bits-1) (default for the nested methods)")
     sym.add_argument("--asym", dest="sym", action="store_false", default=None,
-                     help="asymmetric grid (default; matquant, matround keep zero points on multiples of 2^(8-narrowest))")
+                     help="asymmetric grid (default; nested methods keep zero points on multiples of "
+                     "2^(8-narrowest))")
+    add_calibration_flags(q)
+    options = q.add_argument_group("method options (each applies to the methods it names)")
+    for option, (flag, keywords) in OPTION_FLAGS.items():
+        options.add_argument(flag, dest=option, default=None, **{**keywords, "help": option_help(option,
+                                                                                                 keywords["help"])})
+    q.add_argument("--block-epochs", type=int, default=0,
+                   help="layer-wise methods with calibration: after each block is solved, train its scales "
+                   "(codes frozen) for N epochs to match the float block's outputs (decoupleQ's stage 2; a nested "
+                   "method one pass per width; default: 0, off)")
+    q.add_argument("--block-lr", type=float, default=5e-3,
+                   help="Adam learning rate of that training, on log(scale) (default: 5e-3)")
+    add_mixed_flags(q)
+    q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
+                   help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
+                   "(repeatable; the later wins; the others keep --bits/--group-size)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_calibration_flags(q) -> None:
     q.add_argument("--calib", nargs="+", metavar="PART", help="calibration text, one or more parts: a text or "
                    ".jsonl file ('text' per line, or chat 'messages' rendered with the model's template), a "
                    "folder, a glob, builtin:novel|pydoc|code|chat, or self (sampled from the model itself, "
@@ -160,39 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--samples", type=positive_int, default=128, help="calibration windows (default: 128)")
     q.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
     q.add_argument("--batch-size", type=positive_int, default=2,
-                   help="windows per forward; 2 is as fast as 8 here and keeps activations small (default: 2)")
+                   help="windows per forward; small keeps activations small (default: 2)")
     q.add_argument("--propagate", choices=["quantized", "float"], default="quantized",
                    help="what the next block calibrates on: the outputs of this block with its quantized weights "
                    "(GPTQ's sequential scheme, default) or with its float weights (one forward pass less)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling")
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to calibrate")
-    q.add_argument("--clip", choices=["minmax", "mse"],
-                   help="range of each group: min-max, or an MSE search over shrunk ranges (default: "
-                   "min-max for rtn, mse for gptq)")
-    q.add_argument("--no-act-order", dest="act_order", action="store_false",
-                   help="gptq, matquant: sweep columns in natural order (default: by descending Hessian diagonal, "
-                   "with static groups so no g_idx is needed)")
-    q.add_argument("--damp", type=float, default=0.01,
-                   help="gptq, decoupleq, matquant: damping, fraction of mean diag(H)")
-    q.add_argument("--iters", type=positive_int, default=None,
-                   help="decoupleq: outer iterations (1 = its GPTQ start only; default: 4)")
-    learned = q.add_argument_group("learned rounding (signround, flexround, lrq)")
-    learned.add_argument("--steps", type=positive_int, help="training steps per block, each on --batch-size "
-                         "windows (default: 150, ~15 min for SmolLM2-135M on 2 cores; the papers use 200 (signround) to 5000 "
-                         "(flexround, lrq) on GPUs)")
-    learned.add_argument("--lr", type=float, help="learning rate (default: signround 1/steps, flexround and lrq "
-                         "1e-2, all decayed to 0 over the steps)")
-    learned.add_argument("--rank", type=positive_int, help="lrq: rank of the per-weight scales (default: a quarter "
-                         "of the layer's smaller dimension)")
-    learned.add_argument("--rounding-rule", choices=["division", "addition"], help="flexround: W / scale (the "
-                         "method, default) or W / s1 + offset (the ablation, same engine)")
-    q.add_argument("--block-epochs", type=int, default=0,
-                   help="gptq, decoupleq, matquant: after each block is solved, train its scales (codes frozen) "
-                   "for N epochs to match the float block's outputs (decoupleQ's stage 2; ~9 s per block and "
-                   "epoch at 128 x 512 on 2 cores, matquant one pass per width; default: 0, off)")
-    q.add_argument("--block-lr", type=float, default=5e-3,
-                   help="Adam learning rate of that training, on log(scale) (default: 5e-3; SmolLM2 W2 g64 "
-                   "decoupleQ: 4 epochs at 5e-3 gave 69.5 perplexity against 90.4 without training)")
+
+
+def add_mixed_flags(q) -> None:
     m = q.add_argument_group("mixed precision (a width per linear, chosen to fit a size budget)")
     m.add_argument("--mixed", action="store_true", help="quantize with a width per linear; needs --budget")
     m.add_argument("--budget", help="average code bits per quantized weight (e.g. 3.0), or the megabytes of "
@@ -206,11 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibration windows for the estimates (default: 32)")
     m.add_argument("--sensitivity-from", metavar="CKPT", help="reuse the estimates stored in an earlier mixed "
                    "checkpoint (or its quantization.json; made for the same --candidates) instead of measuring them again")
-    q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
-                   help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
-                   "(repeatable; the later wins; the others keep --bits/--group-size)")
-    q.add_argument("--quiet", action="store_true", help="no progress bars")
 
+
+def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("model", nargs="?", help="checkpoint folder, exported ONNX folder (run by onnxruntime), "
@@ -223,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "exported 8-bit folder sliced in memory)")
     e.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_export_parser(sub) -> None:
     x = sub.add_parser("export", help="ONNX decoder with KV cache; quantized linears as MatMulNBits",
                        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter)
     x.add_argument("model", nargs="?", help="edgeq checkpoint (or, with --fp32, a model; default bundled)")
@@ -237,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--bits", type=bits_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
                    "or 2; default: the stored width, which a device can still slice, see examples/)")
 
+
+def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="latency of exported folders on this device (onnxruntime only, no torch)",
                        epilog=EPILOG_BENCH, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("models", nargs="+", metavar="MODEL_DIR",
@@ -265,13 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", help="PNG of the decode latency distributions (needs matplotlib)")
     b.add_argument("--quiet", action="store_true", help="no progress line")
 
+
+def add_generate_parser(sub) -> None:
     g = sub.add_parser("generate", help="greedy text generation from an exported folder (onnxruntime)")
     g.add_argument("model", help="exported ONNX folder")
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
     g.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
     g.add_argument("--bits", type=bits_arg, help="slice an exported 8-bit (matquant) model to this width first")
-    return parser
 
 
 EPILOG_EXPORT = """examples:
@@ -294,66 +335,35 @@ pip install edgeq (the [quantize] extra is for quantizing and exporting)."""
 
 
 def method_flag_conflict(args) -> str | None:
-    """A flag that the chosen method would silently ignore is a mistake worth one clear line."""
-    if args.clip is not None and args.method in ("decoupleq", "signround"):
-        return f"--clip does not apply to {args.method}: it finds its own range"
-    if not args.act_order and args.method not in ("gptq", "matquant"):
-        return "--no-act-order applies to gptq and matquant only"
-    if args.iters is not None and args.method != "decoupleq":
-        return "--iters applies to decoupleq only"
-    if (args.steps or args.lr is not None) and args.method not in LEARNED_METHODS:
-        return f"--steps and --lr apply to the learned-rounding methods ({', '.join(LEARNED_METHODS)})"
-    if args.rank is not None and args.method != "lrq":
-        return "--rank applies to lrq only"
-    if args.rounding_rule is not None and args.method != "flexround":
-        return "--rounding-rule applies to flexround only"
-    if args.lr is not None and not args.lr > 0:
-        return "--lr must be > 0"
+    """A flag that the chosen method would silently ignore is a mistake worth one clear line. (The refusals
+    that the API shares, such as a nested method's --bits, are QuantConfig.validate()'s.)"""
+    from .solvers import get_method, methods_with_option
+    method = get_method(args.method)
+    for option, (flag, _) in OPTION_FLAGS.items():
+        if getattr(args, option) is not None and option not in method.option_names:
+            return f"{flag} does not apply to {args.method}; it applies to {', '.join(methods_with_option(option))}"
     mixed = args.mixed or args.budget is not None
     if mixed and args.budget is None:
         return "--mixed needs --budget: average bits per weight (3.0) or megabytes (30MB)"
     if not mixed and (args.candidates or args.sensitivity_from):
         return "--candidates and --sensitivity-from apply to mixed precision: add --budget"
-    if mixed and args.method in NESTED_METHODS:
-        return f"{args.method} serves its widths by slicing one int8 code; it does not mix widths per layer"
     if mixed and args.layer_grid:
         return "--layer-grid sets widths by hand; --budget chooses them: use one of the two"
-    if args.layer_grid and args.method in NESTED_METHODS:
-        return f"{args.method} stores one width for every linear; --layer-grid does not apply"
     if mixed and args.bits is not None:
         return "with --budget the widths come from --candidates; drop --bits"
-    if (args.widths or args.weights) and args.method not in NESTED_METHODS:
-        return "--widths and --weights apply to matquant and matround only"
-    if args.method in NESTED_METHODS:
-        widths = args.widths or list(DEFAULT_WIDTHS)
-        if args.bits is not None and args.bits != max(widths):
-            return f"{args.method} stores the widest width: --bits must be {max(widths)} for widths {widths} (or omitted)"
-        if args.weights is not None and len(args.weights) != len(widths):
-            return f"--weights needs one value per width ({len(widths)}), got {len(args.weights)}"
     return None
 
 
 def cmd_quantize(args) -> None:
     from .api import QuantConfig, quantize
+    from .solvers import get_method
     conflict = method_flag_conflict(args)
     if conflict:
         raise EdgeqError(conflict)
-    opts = {} if args.clip is None else {"clip": args.clip}
-    if args.method == "gptq":
-        opts.update(act_order=args.act_order, damp=args.damp)
-    if args.method == "decoupleq":
-        opts.update(damp=args.damp, **({} if args.iters is None else {"iters": args.iters}))
-    if args.method in LEARNED_METHODS:
-        opts.update({k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("rank", args.rank),
-                                       ("rule", args.rounding_rule)) if v is not None})
-    bits = 4 if args.bits is None else args.bits
-    if args.method in NESTED_METHODS:
-        widths = args.widths or list(DEFAULT_WIDTHS)
-        opts.update(widths=widths, weights=args.weights or default_weights(widths))
-        bits = max(widths)
-    if args.method == "matquant":
-        opts.update(act_order=args.act_order, damp=args.damp)
-    sym = args.method in NESTED_METHODS if args.sym is None else args.sym  # MatGPTQ's reference is symmetric
+    method = get_method(args.method)
+    opts = {option: getattr(args, option) for option in OPTION_FLAGS if getattr(args, option) is not None}
+    bits = args.bits if args.bits is not None else max(method.resolve(opts).widths) if method.nested else 4
+    sym = method.nested if args.sym is None else args.sym  # nested codes slice best from a symmetric int8 grid
     config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,

@@ -63,7 +63,7 @@ def _cases(tiny, bad, tmp):
         "empty calibration": ([tiny, "--calib", bad["empty"], *quick], "text file is empty"),
         "short calibration": ([tiny, "--calib", bad["short"], "--seq-len", "512"], "calibration text too short"),
         "missing calibration": ([tiny, "--calib", tmp / "nope.txt", *quick], "text file not found"),
-        "flag of another method": ([tiny, "--method", "rtn", "--iters", "3"], "--iters applies to decoupleq only"),
+        "flag of another method": ([tiny, "--method", "rtn", "--iters", "3"], "--iters does not apply to rtn; it applies to decoupleq"),
         "unused calibration": ([tiny, "--method", "rtn", "--calib", bad["short"]], "rtn uses no calibration text"),
         "unknown built-in text": ([tiny, "--calib", "builtin:nope", *quick], "unknown calibration text"),
         "mix of another length": ([tiny, "--calib", "builtin:novel", "--calib-mix", "1,2", *quick],

@@ -222,9 +222,9 @@ def test_plain_exports_cannot_be_sliced(tiny_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--method", "matquant", "--bits", "4"], "--bits must be 8"),
-    (["--method", "matquant", "--weights", "1,1"], "one value per width"),
-    (["--method", "gptq", "--widths", "8,4"], "apply to matquant and matround only"),
+    (["--method", "matquant", "--bits", "4"], "bits must be 8 for widths [8, 4, 2]"),
+    (["--method", "matquant", "--weights", "1,1"], "need one non-negative weight per width (3)"),
+    (["--method", "gptq", "--widths", "8,4"], "--widths does not apply to gptq; it applies to matquant, matround"),
 ])
 def test_cli_refuses_inconsistent_matquant_flags(argv, message, tmp_path, capsys):
     assert main(["quantize", "--out", str(tmp_path / "x"), *argv]) == 2

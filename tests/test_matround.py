@@ -9,7 +9,7 @@ import torch
 from edgeq import api, checkpoint, cli, grid, nesting
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
-from edgeq.solvers import LEARNED
+from edgeq.solvers import get_method
 from edgeq.solvers.matquant import fit_nested_params
 from tests.conftest import calibration_text
 
@@ -18,7 +18,7 @@ SPECS = [(grid.QuantSpec(8, 32, sym=True), (8, 4, 2)), (grid.QuantSpec(8, -1), (
 
 
 def nested(W, spec, widths):
-    return LEARNED["matround"](W, spec, widths=widths)
+    return get_method("matround").rounding(W, spec, widths=widths)
 
 
 def weights(n=24, k=96, seed=0):
@@ -88,13 +88,14 @@ def test_cli_gives_matround_matquants_widths_and_symmetric_grid(tiny_model_dir, 
                      "--calib", str(calibration_text()), "--quiet"]) == 0
     meta = json.loads((tmp_path / "ck" / "quantization.json").read_text())
     assert meta["bits"] == 8 and meta["sym"] is True
-    assert meta["solver_opts"] == {"steps": 2, "widths": [8, 2], "weights": [1.0, 1.0]}
+    assert meta["solver_opts"] == {"steps": 2, "widths": [8, 2]}  # what was asked; the rest are the record's
+    assert get_method("matround").resolve(meta["solver_opts"]).weights is None  # nesting's default: all 1
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "matround", "--bits", "4"], "matround stores the widest width"),
-    (["--method", "matround", "--no-act-order"], "--no-act-order applies to gptq and matquant only"),
-    (["--method", "matround", "--budget", "3.0"], "matround serves its widths by slicing"),
+    (["--method", "matround", "--no-act-order"], "--no-act-order does not apply to matround; it applies to gptq, matquant"),
+    (["--method", "matround", "--budget", "3.0"], "matround stores one width for every linear, sliced to the others"),
 ])
 def test_cli_refuses_flags_matround_would_ignore(argv, message, tmp_path, capsys):
     assert cli.main(["quantize", "--out", str(tmp_path / "x"), *argv]) == 2

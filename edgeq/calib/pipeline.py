@@ -25,10 +25,10 @@ from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
 from ..progress import progress_bar
 from ..qweight import QuantizedWeight
-from ..solvers import LEARNED, LEARNED_DEFAULTS, get_solver, needs_calibration, weighted_error
+from ..solvers import get_method, weighted_error
 from .blockwise import refine_scales
 from .capture import block_output, capture_block_inputs, hessian_hooks, to_device
-from .reconstruct import Schedule, reconstruct_block
+from .reconstruct import reconstruct_block
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,9 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
     With a resume folder, finished blocks' codes live only there (not in memory) until the end.
     """
-    learned = recipe.method in LEARNED
-    solver = None if learned else get_solver(recipe.method)
-    calibrated = needs_calibration(recipe.method)
+    method = get_method(recipe.method)
+    learned, calibrated = method.learned, method.calibrated
+    solver = None if learned else method.solver()
     blocks = get_module(model, arch.blocks)
     resume = resume or ResumeState(None, "")
     start = resume.next_block()
@@ -222,9 +222,10 @@ def _learn_block(block, arch, prefix, hidden, fp_hidden, kwargs_per_batch, recip
     run_block_in_place(block, fp_hidden, kwargs_per_batch, recipe.batch_size, device)
     timings.forward += time.perf_counter() - t
     t = time.perf_counter()
-    layer_opts, schedule = learned_options(recipe.method, recipe.solver_opts)
+    method = get_method(recipe.method)
+    schedule = method.schedule(recipe.solver_opts)
     weights = {name: get_module(block, name).weight.data for group in arch.input_groups for name in group}
-    roundings = {name: LEARNED[recipe.method](w, recipe.spec_of(prefix + name, w.shape[1]), **layer_opts)
+    roundings = {name: method.rounding(w, recipe.spec_of(prefix + name, w.shape[1]), **recipe.solver_opts)
                  for name, w in weights.items()}
 
     def report(step, loss, best):
@@ -241,16 +242,6 @@ def _learn_block(block, arch, prefix, hidden, fp_hidden, kwargs_per_batch, recip
         block_q[prefix + name] = qw
     timings.block_training += time.perf_counter() - t
     return block_q, record
-
-
-def learned_options(method: str, opts: dict) -> tuple[dict, Schedule]:
-    """Split a learned method's options into the per-layer rounding's and the training schedule."""
-    layer_opts = dict(opts)
-    defaults = LEARNED_DEFAULTS[method]
-    steps = layer_opts.pop("steps", None) or defaults["steps"]
-    lr = layer_opts.pop("lr", None) or defaults["lr"] or 1.0 / steps
-    seed = layer_opts.pop("seed", 0)
-    return layer_opts, Schedule(steps, lr, defaults["optimizer"], seed)
 
 
 def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
@@ -299,12 +290,13 @@ def run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, targ
 
 
 def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
-    """MatQuant trains its scales for every slice it serves, weighted as its solver weighs them."""
-    if recipe.method != "matquant":
+    """A nested method's scales are trained for every slice it serves, weighted as its solver weighs them."""
+    method = get_method(recipe.method)
+    if not method.nested:
         return None
-    from ..nesting import DEFAULT_WIDTHS, MultiWidthLoss
-    opts = recipe.solver_opts
-    return MultiWidthLoss.of(opts.get("widths", DEFAULT_WIDTHS), opts.get("weights")).weighted_widths
+    from ..nesting import MultiWidthLoss
+    options = method.resolve(recipe.solver_opts)
+    return MultiWidthLoss.of(options.widths, options.weights).weighted_widths
 
 
 def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):

@@ -62,6 +62,14 @@ def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
     return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model), meta
 
 
+def served_widths(meta: dict) -> list[int] | None:
+    """The widths a nested checkpoint's codes serve (its method's default when the run did not name them)."""
+    from ..solvers import get_method
+    if not meta.get("method") or not get_method(meta["method"]).nested:
+        return None
+    return list(get_method(meta["method"]).resolve(meta.get("solver_opts", {})).widths)
+
+
 def quantize_lm_head(model, bits: int) -> "QuantizedWeight":
     """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference). A tied
     table whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is
@@ -147,7 +155,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         path = tmp / MODEL_FILE
         proto, layouts = build_decoder(loaded, qweights, accuracy_level)
         head = arch_of(loaded.config).lm_head.replace(".", "_")
-        sliceable_metadata(proto, head, meta.get("solver_opts", {}).get("widths"))
+        sliceable_metadata(proto, head, served_widths(meta))
         save_model(proto, path)
         onnx.checker.check_model(str(path))
         errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)

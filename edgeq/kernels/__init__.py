@@ -26,6 +26,19 @@ def nested_block(W1: torch.Tensor, Hinv1: torch.Tensor, scale: torch.Tensor, zer
     return _run(nested_block_numba, nested_block_torch, backend, W1, Hinv1, scale, zero, loss)
 
 
+def cd_rows(G: torch.Tensor, H: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, maxq: int, steps: int,
+            backend: str = "auto") -> torch.Tensor:
+    """CDQuant's greedy coordinate descent on the codes q [N, K] (float64, in place) with the per-column
+    scales [N, K] and G = (W_hat - W) H (in place); returns each row's number of moves."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if q.is_cuda or backend == "torch":
+        from .cd_torch import cd_rows_torch
+        return cd_rows_torch(G, H, q, scale, maxq, steps)
+    from .cd_numba import cd_rows_numba
+    return torch.from_numpy(cd_rows_numba(G.numpy(), H.numpy(), q.numpy(), scale.numpy(), maxq, steps))
+
+
 def _run(numba_fn, torch_fn, backend, W1, Hinv1, scale, zero, extra):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

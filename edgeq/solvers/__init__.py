@@ -1,88 +1,166 @@
-"""Solver registry, once, here. A layer method maps to `solve(W, H, spec, **opts) -> QuantizedWeight`; a
-learned-rounding method maps to its rounding class, `Rounding(W, spec, **opts)`, which the block
-reconstruction engine (calib/reconstruct.py) trains on a whole block's output."""
+"""The built-in methods, one record each (see method.py for what a record is). A method's option defaults are
+written here and nowhere else: the solvers' signatures take them without defaults.
+
+Adding a method: its module under solvers/ (a `solve` or a Rounding class) and one `register(Method(...))`.
+Torch-free (the CLI builds its parser from these records)."""
 from __future__ import annotations
 
-import torch
+from dataclasses import dataclass
 
 from ..errors import EdgeqError
+from ..nesting import DEFAULT_WIDTHS, MultiWidthLoss
+from .method import Method, Training, get_method, method_names, methods_with_option, register  # noqa: F401
+
+CLIPS = ("minmax", "mse")
+BACKENDS = ("auto", "numba", "torch")
 
 
-def _rtn(*args, **kwargs):
-    from .rtn import solve
-    return solve(*args, **kwargs)
+def check_choice(option: str, value, choices) -> None:
+    if value not in choices:
+        raise EdgeqError(f"{option} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
-def _gptq(*args, **kwargs):
-    from .gptq import solve
-    return solve(*args, **kwargs)
+def check_nesting(widths, weights) -> None:
+    MultiWidthLoss.of(widths, weights)  # refuses repeated, out-of-range or unweighted widths
 
 
-def _decoupleq(*args, **kwargs):
-    from .decoupleq import solve
-    return solve(*args, **kwargs)
+@dataclass(frozen=True)
+class RTNOptions:
+    clip: str = "minmax"
+
+    def __post_init__(self):
+        check_choice("clip", self.clip, CLIPS)
 
 
-def _matquant(*args, **kwargs):
-    from .matquant import solve
-    return solve(*args, **kwargs)
+@dataclass(frozen=True)
+class GPTQOptions:
+    # Measured on SmolLM2-135M W4 g128 (32 x 512 calibration, 20 windows, fp 36.62): act-order + MSE 40.23,
+    # act-order + min-max 41.02, natural order + MSE 44.14, + min-max 46.22.
+    act_order: bool = True    # columns by descending Hessian diagonal, static groups (no g_idx)
+    damp: float = 0.01        # fraction of the mean Hessian diagonal added to it
+    clip: str = "mse"
+    block_size: int = 128     # columns per lazy update
+    backend: str = "auto"     # the column sweep's kernel: numba on the CPU, torch on CUDA
+
+    def __post_init__(self):
+        check_choice("clip", self.clip, CLIPS)
+        check_choice("backend", self.backend, BACKENDS)
+        if not self.damp > 0:
+            raise EdgeqError(f"damp must be > 0 (--damp), got {self.damp}")
 
 
-def _signround(W, spec, **opts):
-    from .signround import SignRound
-    return SignRound(W, spec, **opts)
+@dataclass(frozen=True)
+class DecoupleQOptions:
+    iters: int = 4            # outer iterations (1 = its GPTQ start only)
+    damp: float = 0.01
+    shrink_steps: int = 80    # candidate ranges of the start's clipping search
+    backend: str = "auto"
+    trace: list | None = None  # a list to append each iteration's objective to (tests, benchmarks)
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, BACKENDS)
+        if self.iters < 1 or not self.damp > 0:
+            raise EdgeqError(f"iters must be >= 1 and damp > 0, got {self.iters} and {self.damp}")
 
 
-def _flexround(W, spec, **opts):
-    from .flexround import FlexRound
-    return FlexRound(W, spec, **opts)
+@dataclass(frozen=True)
+class MatQuantOptions(GPTQOptions):
+    widths: tuple = DEFAULT_WIDTHS  # the widths the int8 codes serve, widest stored
+    weights: tuple | None = None    # each width's error weight (None: nesting.default_weights)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_nesting(self.widths, self.weights)
 
 
-def _lrq(W, spec, **opts):
-    from .lrq import LRQ
-    return LRQ(W, spec, **opts)
+@dataclass(frozen=True)
+class CDQuantOptions(GPTQOptions):
+    passes: float = 1.0       # greedy moves per row, in units of K (the start is GPTQ's, with GPTQ's options)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.passes > 0:
+            raise EdgeqError(f"passes must be > 0, got {self.passes}")
 
 
-def _matround(W, spec, **opts):
-    from .matround import NestedRound
-    return NestedRound(W, spec, **opts)
+# Learned methods: steps sized so that SmolLM2-135M takes < 20 min on 2 cores. Learning rates from SmolLM2
+# block 3, W3 g128, 100 steps (block output MSE; RTN 0.158): flexround 2.5e-3 0.056, 5e-3 0.046, 1e-2 0.039;
+# lrq 2e-3 0.063, 1e-2 0.044 (short runs want larger steps than the papers' 5000-step rates); signround at
+# its reference 1/steps.
+
+@dataclass(frozen=True)
+class SignRoundOptions(Training):
+    pass
 
 
-SOLVERS = {"rtn": _rtn, "gptq": _gptq, "decoupleq": _decoupleq, "matquant": _matquant}
-NEEDS_HESSIAN = {"rtn": False, "gptq": True, "decoupleq": True, "matquant": True}
-LEARNED = {"signround": _signround, "flexround": _flexround, "lrq": _lrq, "matround": _matround}
-NESTED = ("matquant", "matround")  # int8 codes whose slices serve lower widths
-# steps, learning rate and optimiser of each learned method, sized so that SmolLM2-135M takes < 20 min on
-# 2 cores. Learning rates from SmolLM2 block 3, W3 g128, 100 steps (block output MSE; RTN 0.158):
-# flexround 2.5e-3 0.056, 5e-3 0.046, 1e-2 0.039; lrq 2e-3 0.063, 1e-2 0.044 (short runs want larger
-# steps than the papers' 5000-step rates); signround at its reference 1/steps.
-LEARNED_DEFAULTS = {"signround": {"steps": 150, "lr": None, "optimizer": "sign"},  # lr None: 1 / steps
-                    "flexround": {"steps": 150, "lr": 1e-2, "optimizer": "adam"},
-                    "lrq": {"steps": 150, "lr": 1e-2, "optimizer": "adam"},
-                    # matround's offset counts 2-bit steps (64 int8 codes): a step of 1/steps would move every
-                    # code by 64/steps, so its rate stays at the 1/150 measured on SmolLM2 whatever --steps is
-                    "matround": {"steps": 150, "lr": 1 / 150, "optimizer": "sign"}}
-METHODS = (*SOLVERS, *LEARNED)
+@dataclass(frozen=True)
+class FlexRoundOptions(Training):
+    lr: float | None = 1e-2
+    clip: str = "minmax"
+    rule: str = "division"    # W / scale (the method) or W / s1 + offset (the paper's ablation)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("clip", self.clip, CLIPS)
+        check_choice("rounding rule", self.rule, ("division", "addition"))
 
 
-def check_method(method: str) -> None:
-    if method not in METHODS:
-        raise EdgeqError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+@dataclass(frozen=True)
+class LRQOptions(Training):
+    lr: float | None = 1e-2
+    clip: str = "mse"
+    rank: int | None = None   # rank of the per-weight scales (None: a quarter of the smaller dimension)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("clip", self.clip, CLIPS)
+        if self.rank is not None and self.rank < 1:
+            raise EdgeqError(f"rank must be >= 1, got {self.rank}")
 
 
-def needs_calibration(method: str) -> bool:
-    check_method(method)
-    return method in LEARNED or NEEDS_HESSIAN[method]
+@dataclass(frozen=True)
+class MatRoundOptions(Training):
+    # the offset counts 2-bit steps (64 int8 codes): a step of 1/steps would move every code by 64/steps, so
+    # the rate stays at the 1/150 measured on SmolLM2 whatever the steps are
+    lr: float | None = 1 / 150
+    widths: tuple = DEFAULT_WIDTHS
+    weights: tuple | None = None
+    clip: str = "mse"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("clip", self.clip, CLIPS)
+        check_nesting(self.widths, self.weights)
 
 
-def get_solver(method: str):
-    check_method(method)
-    if method in LEARNED:
-        raise EdgeqError(f"{method} learns its rounding on whole blocks; it has no per-layer solver")
-    return SOLVERS[method]
+register(Method("rtn", "layer", RTNOptions, "rtn:solve", needs_hessian=False,
+                summary="round to nearest, no calibration"))
+register(Method("gptq", "layer", GPTQOptions, "gptq:solve",
+                summary="columns rounded in order, each error fed forward through the inverse Hessian"))
+register(Method("decoupleq", "layer", DecoupleQOptions, "decoupleq:solve",
+                summary="GPTQ rounding alternated with the exact least-squares grid per row; best at "
+                        "2-3 bits, a few times slower"))
+register(Method("matquant", "layer", MatQuantOptions, "matquant:solve", nested=True,
+                summary="int8 codes whose top bits are good 4- and 2-bit weights (one file, three widths)"))
+register(Method("cdquant", "layer", CDQuantOptions, "cdquant:solve",
+                summary="CDQuant: GPTQ's codes improved by greedy coordinate descent on the layer objective"))
+register(Method("signround", "learned", SignRoundOptions, "signround:SignRound", optimizer="sign",
+                summary="rounding offsets and clipping learned by signed descent on each block's output "
+                        "(AutoRound)"))
+register(Method("flexround", "learned", FlexRoundOptions, "flexround:FlexRound",
+                summary="rounding by division with learned per-weight scales, on each block's output"))
+register(Method("lrq", "learned", LRQOptions, "lrq:LRQ",
+                summary="flexround's per-weight scales in low rank"))
+register(Method("matround", "learned", MatRoundOptions, "matround:NestedRound", nested=True, optimizer="sign",
+                summary="matquant's int8 codes learned on the block error summed over the widths"))
 
 
-def weighted_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+def get_solver(name: str):
+    """solve(W, H, spec, **options) of a layer method, defaults filled in, unknown options refused."""
+    return get_method(name).solver()
+
+
+def weighted_error(W, W_hat, H) -> float:
     """The layer objective tr((W - W_hat) H (W - W_hat)^T): the output error on the calibration inputs."""
     D = (W.double() - W_hat.double())
     return float(((D @ H.double()) * D).sum())

@@ -24,9 +24,8 @@ from .gptq import drop_dead_inputs, permuted_factor, sweep
 ROW_CHUNK = 256  # rows per batched solve: bounds the [rows, G, K] intermediate (~40 MB at K=1536, G=24)
 
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, iters: int = 4, damp: float = 0.01,
-          shrink_steps: int = 80, backend: str = "auto", trace: list | None = None,
-          **_ignored) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, iters: int, damp: float, shrink_steps: int,
+          backend: str, trace: list | None) -> QuantizedWeight:
     W, H = drop_dead_inputs(W, H)
     n, k = W.shape
     gs = spec.columns_per_group(k)

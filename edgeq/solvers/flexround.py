@@ -16,19 +16,12 @@ from __future__ import annotations
 import torch
 
 from .. import grid
-from ..errors import EdgeqError
 from ..qweight import QuantizedWeight
 from .signround import round_ste
 
-RULES = ("division", "addition")
-
 
 class FlexRound:
-    optimizer = "adam"
-
-    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, clip: str = "minmax", rule: str = "division"):
-        if rule not in RULES:
-            raise EdgeqError(f"rounding rule must be one of {RULES}, got {rule!r}")
+    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, clip: str, rule: str):
         self.W, self.spec, self.rule = W.float(), spec, rule
         self.group_size = spec.columns_per_group(W.shape[1])
         scale, self.zero = grid.fit_params(self.W, spec, clip)

@@ -5,9 +5,6 @@ Act-order uses static groups (parameters fitted on the original W before the swe
 natural column order and no g_idx is needed: onnxruntime's fast MatMulNBits path. Without act-order, a
 group's parameters are fitted when the sweep reaches it, on the weights already updated by the errors
 of all earlier columns (blocks are aligned to groups, so that is every earlier column).
-
-Defaults measured on SmolLM2-135M W4 g128 (32 x 512 calibration, 20 held-out windows, fp 36.62):
-act-order + MSE clipping 40.23; act-order + min-max 41.02; natural order + MSE 44.14; + min-max 46.22.
 """
 from __future__ import annotations
 
@@ -34,9 +31,9 @@ def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5) -> to
     raise EdgeqError(f"the Hessian is not positive definite even with damping {damp * 10 ** (retries - 1)}")
 
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: bool = True,
-          damp: float = 0.01, block_size: int = 128, clip: str = "mse", backend: str = "auto",
-          **_ignored) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: bool, damp: float,
+          block_size: int, clip: str, backend: str) -> QuantizedWeight:
+    """Options and their defaults: GPTQOptions in solvers/__init__.py."""
     W, H = drop_dead_inputs(W, H)
     n, k = W.shape
     gs = spec.columns_per_group(k)

@@ -18,9 +18,8 @@ from .flexround import FlexRound
 
 class LRQ(FlexRound):
 
-    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, clip: str = "mse", rank: int | None = None,
-                 seed: int = 0):
-        super().__init__(W, spec, clip=clip)
+    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, clip: str, rank: int | None, seed: int = 0):
+        super().__init__(W, spec, clip=clip, rule="division")
         n, k = W.shape
         rank = max(1, min(n, k) // 4) if rank is None else min(rank, n, k)
         self.log_weights.requires_grad_(False)

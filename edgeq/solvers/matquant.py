@@ -19,9 +19,8 @@ from ..qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, permuted_factor, sweep
 
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths=nesting.DEFAULT_WIDTHS,
-          weights=None, act_order: bool = True, damp: float = 0.01, block_size: int = 128, clip: str = "mse",
-          backend: str = "auto", **_ignored) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths, weights, act_order: bool,
+          damp: float, block_size: int, clip: str, backend: str) -> QuantizedWeight:
     loss = nesting.MultiWidthLoss.of(widths, weights)
     if spec.bits != loss.master_bits:
         raise EdgeqError(f"matquant stores the widest width: bits must be {loss.master_bits}, got {spec.bits}")

@@ -31,10 +31,7 @@ def round_half_up_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class NestedRound:
-    optimizer = "sign"
-
-    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, widths=nesting.DEFAULT_WIDTHS, weights=None,
-                 clip: str = "mse"):
+    def __init__(self, W: torch.Tensor, spec: grid.QuantSpec, *, widths, weights, clip: str):
         loss = nesting.MultiWidthLoss.of(widths, weights)
         if spec.bits != loss.master_bits:
             raise EdgeqError(f"matround stores the widest width: bits must be {loss.master_bits}, got {spec.bits}")

@@ -7,8 +7,7 @@ from .. import grid
 from ..qweight import QuantizedWeight
 
 
-def solve(W: torch.Tensor, H: torch.Tensor | None, spec: grid.QuantSpec, *, clip: str = "minmax",
-          **_ignored) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor | None, spec: grid.QuantSpec, *, clip: str) -> QuantizedWeight:
     W = W.float()
     k = W.shape[1]
     gs = spec.columns_per_group(k)

@@ -22,8 +22,6 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 
 class SignRound:
-    optimizer = "sign"
-
     def __init__(self, W: torch.Tensor, spec: grid.QuantSpec):
         self.W, self.spec = W.float(), spec
         self.group_size = spec.columns_per_group(W.shape[1])
