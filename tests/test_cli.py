@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from edgeq import cli
 from tests.conftest import calibration_text, save_tiny_model
 
 
@@ -166,3 +167,10 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1 and "--help)" in err
+
+
+def test_eval_scores_40_windows_unless_told_a_count_or_all():
+    parser = cli.build_parser()
+    assert parser.parse_args(["eval"]).max_windows == cli.EVAL_WINDOWS == 40
+    assert parser.parse_args(["eval", "--max-windows", "all"]).max_windows is None
+    assert parser.parse_args(["eval", "--max-windows", "7"]).max_windows == 7
