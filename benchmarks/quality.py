@@ -110,7 +110,8 @@ def standard_rows() -> list[Row]:
     """The rows of the standard table (method defaults unless named)."""
     specs = [(4, "128"), (3, "128"), (2, "64"), (4, "channel")]
     rows = [Row("fp32")]
-    for method, flags in [("rtn", ()), ("gptq", ()), ("decoupleq", ()), ("decoupleq", ("--block-epochs", "2")),
+    for method, flags in [("rtn", ()), ("gptq", ()), ("cdquant", ()), ("decoupleq", ()),
+                          ("decoupleq", ("--block-epochs", "2")),
                           ("signround", ()), ("flexround", ()), ("lrq", ())]:
         rows += [Row(method, bits, group, flags) for bits, group in specs]
     rows.append(Row("gptq", 2, "64", ("--block-epochs", "2")))
