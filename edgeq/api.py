@@ -87,6 +87,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     the default mix; calib_mix: one weight per part."""
     from . import checkpoint, models
     from .calib import data, pipeline
+    from .calib.resume import ResumeState
     from .solvers import get_method
 
     t0 = time.perf_counter()
@@ -124,7 +125,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
                              config.block_epochs, config.block_lr, layer_specs, config.propagate)
-    resume = pipeline.ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
+    resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
                                                 resume=resume, progress=progress, on_block_done=on_block_done)

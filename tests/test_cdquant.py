@@ -12,7 +12,6 @@ from conftest import calibration_text
 from edgeq import api, grid
 from edgeq.kernels.cd_numba import cd_rows_numba
 from edgeq.kernels.cd_torch import cd_rows_torch
-from edgeq.qweight import QuantizedWeight
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.cdquant import descend
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from edgeq import api, checkpoint, cli, grid
+from edgeq.calib.batches import Batches
 from edgeq.calib.reconstruct import Schedule, make_optimizer, reconstruct_block
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
@@ -129,7 +130,7 @@ def test_the_engine_keeps_the_parameters_of_its_best_step():
     block, x = Toy(), torch.randn(1, 16, 8)
     target = block(x).detach() + 0.3 * torch.randn(1, 16, 4)
     rounding = Free(torch.randn(4, 8))
-    record = reconstruct_block(block, {"lin": rounding}, x, target, [{}], 1, Schedule(30, 0.5, "adam"), "cpu")
+    record = reconstruct_block(block, {"lin": rounding}, Batches(x, [{}], 1), target, Schedule(30, 0.5, "adam"))
     loss = float(torch.nn.functional.mse_loss(x @ rounding.w.detach().T, target))
     assert loss == pytest.approx(record["best"], rel=1e-6) and record["best"] < record["first"]
     assert all(p.requires_grad for p in block.parameters())  # the block is unfrozen afterwards

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import calibration_text
 from edgeq import api, cli, grid
 from edgeq.errors import EdgeqError
 from edgeq.qweight import QuantizedWeight

@@ -12,17 +12,17 @@ import torch
 
 from .. import grid
 from ..qweight import QuantizedWeight
-from .capture import to_device
 from .reconstruct import frozen, width_weighted_loss
 
 
-def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Tensor, targets: torch.Tensor,
-                  kwargs_per_batch: list, batch_size: int, epochs: int, lr: float, device,
-                  widths: list[tuple[int, float]] | None = None) -> tuple[dict, list]:
-    """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch]).
+def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets: torch.Tensor, epochs: int,
+                  lr: float, widths: list[tuple[int, float]] | None = None) -> tuple[dict, list]:
+    """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch]), trained on
+    `batches` (calib.batches.Batches: the quantized model's states) against the same rows of `targets`.
     `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: each linear's own
     stored width, which may differ between the linears of a mixed-precision block)."""
     widths = widths or [(None, 1.0)]
+    device = batches.device
     codes = {(name, bits): _centred_codes(qw, bits or qw.bits).to(device) for name, qw in qweights.items()
              for bits, _ in widths}
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
@@ -36,16 +36,14 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], inputs: torch.Ten
     with frozen(block):
         for _ in range(epochs):
             total = 0.0
-            for b, start in enumerate(range(0, inputs.shape[0], batch_size)):
-                rows = slice(start, start + batch_size)
-                x, target = inputs[rows].to(device), targets[rows].to(device)
-                loss = width_weighted_loss(block, weights_of, widths, x, target,
-                                           to_device(kwargs_per_batch[b], device))
+            for b, _ in batches:
+                x, kwargs = batches.inputs(b)
+                loss = width_weighted_loss(block, weights_of, widths, x, batches.inputs(b, targets)[0], kwargs)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach()) * x.shape[0]
-            losses.append(total / inputs.shape[0])
+            losses.append(total / batches.hidden.shape[0])
     trained = {name: QuantizedWeight(qw.q, (base[name] * log_ratio[name].detach().exp()).cpu(), qw.zero, qw.bits,
                                      qw.group_size) for name, qw in qweights.items()}
     return trained, losses

@@ -1,34 +1,37 @@
-"""Block-by-block calibration: capture block 0's inputs, then for each block accumulate the Hessians of
-its linears (hooks), solve every linear, and re-run the block with its quantized weights so the next
-block calibrates on quantized inputs. Only one block's activations and Hessians are alive at a time; the
-hidden states are overwritten in place, batch by batch.
+"""Block-by-block calibration, knowing no method: capture block 0's inputs, then for each block let the
+method's kind quantize it (`BLOCK_QUANTIZERS`), commit it, and go on with the next block's inputs. Only one
+block's activations and Hessians are alive at a time; the hidden states are overwritten in place, batch by batch.
+
+- layer methods (`quantize_layerwise`): accumulate the Hessians of the block's linears (hooks), solve every
+  linear, optionally train the block's scales, and re-run the block with its quantized weights so the next
+  block calibrates on quantized inputs;
+- learned methods (`quantize_learned`): train every linear's rounding on the block's output against the
+  float model's, which are carried alongside.
 
 After each finished block the state (next block's inputs, the block's quantized weights) is written to a
-resume folder, so an interrupted run picks up where it stopped and ends with the same result.
+resume folder (resume.py), so an interrupted run picks up where it stopped and ends with the same result.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .. import grid
-from ..checkpoint import (load_tensor_file, load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors,
-                          save_tensor_file, save_tensors)
 from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..memory import release_freed_memory
 from ..progress import progress_bar
 from ..qweight import QuantizedWeight
-from ..solvers import get_method, weighted_error
+from ..solvers import Method, get_method, weighted_error
+from .batches import Batches
 from .blockwise import refine_scales
-from .capture import block_output, capture_block_inputs, hessian_hooks, to_device
+from .capture import block_output, capture_block_inputs, hessian_hooks
 from .reconstruct import reconstruct_block
+from .resume import ResumeState
 
 
 @dataclass(frozen=True)
@@ -65,54 +68,30 @@ class Timings:
     block_losses: dict = field(default_factory=dict)  # block -> output MSE per training epoch, then after
 
 
-class ResumeState:
-    """A folder holding the inputs of the next block and the finished blocks' quantized weights."""
+@dataclass
+class BlockJob:
+    """One block to quantize: everything a block quantizer reads."""
+    block: torch.nn.Module
+    index: int
+    last: bool                     # the last block feeds no other
+    arch: Arch
+    recipe: Recipe
+    method: Method
+    batches: Batches | None        # the block's calibration inputs (None for a method without calibration)
+    fp_states: torch.Tensor | None  # learned methods: the float model's states at this block's input
+    timings: Timings
+    status: Callable[[str], None]  # a short progress note
 
-    def __init__(self, folder: Path | None, run_digest: str):
-        self.folder, self.run_digest = folder, run_digest
+    @property
+    def prefix(self) -> str:
+        return f"{self.arch.blocks}.{self.index}."
 
-    def next_block(self) -> int:
-        """Where to resume: 0 unless the folder is this run's and holds the next block's inputs (a folder
-        from before they were stored as safetensors has hidden.pt, which is not read)."""
-        if self.folder is None or not (self.folder / "state.json").exists():
-            return 0
-        state = json.loads((self.folder / "state.json").read_text())
-        if state.get("run") != self.run_digest or not (self.folder / "hidden.safetensors").exists():
-            return 0
-        return state["next_block"]
+    def linears(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, get_module(self.block, name).weight.data) for group in self.arch.input_groups
+                for name in group]
 
-    def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight],
-             fp_hidden: torch.Tensor | None = None) -> None:
-        """fp_hidden: the float model's states, which learned-rounding methods train towards."""
-        if self.folder is None:
-            return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        block = next_block - 1
-        save_tensors(self.folder / f"block_{block:04d}.safetensors", qweights_to_tensors(qweights),
-                     {"layout": json.dumps(qweights_layout(qweights))})
-        for name, states in (("hidden", hidden), ("fp_hidden", fp_hidden)):
-            if states is not None:
-                save_tensor_file(self.folder / f"{name}.safetensors", states)
-        (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
-        os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
-
-    def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
-        from safetensors import safe_open
-        qweights = {}
-        for b in range(blocks):
-            path = self.folder / f"block_{b:04d}.safetensors"
-            with safe_open(str(path), "pt") as f:
-                layout = json.loads(f.metadata()["layout"])
-            qweights.update(qweights_from_tensors(load_tensors(path), layout))
-        return qweights
-
-    def load_hidden(self, name: str = "hidden") -> torch.Tensor | None:
-        path = self.folder / f"{name}.safetensors"
-        return load_tensor_file(path) if path.exists() else None
-
-    def discard(self) -> None:
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
+    def spec_of(self, name: str, W: torch.Tensor) -> grid.QuantSpec:
+        return self.recipe.spec_of(self.prefix + name, W.shape[1])
 
 
 def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | None, *, device="cpu",
@@ -124,124 +103,115 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     With a resume folder, finished blocks' codes live only there (not in memory) until the end.
     """
     method = get_method(recipe.method)
-    learned, calibrated = method.learned, method.calibrated
-    solver = None if learned else method.solver()
     blocks = get_module(model, arch.blocks)
     resume = resume or ResumeState(None, "")
     start = resume.next_block()
-    hidden = resume.load_hidden() if start else None
     for i in range(start):
         load_block(model, arch, i)
     _apply(model, resume.load_qweights(start) if start else {})
-    in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
     timings = Timings()
-    captured = None
-    float_inputs = recipe.propagate == "float"  # each block's float outputs are written over its inputs
-    if calibrated:
+    batches, fp_states = None, None
+    if method.calibrated:
         t = time.perf_counter()
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
-        hidden = captured if hidden is None else hidden
+        batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, recipe.batch_size, device)
+        del captured
         timings.forward += time.perf_counter() - t
-    fp_hidden = None  # learned rounding: the float model's own states at the current block's input
-    if learned:
-        fp_hidden = resume.load_hidden("fp_hidden") if start else hidden.clone()
-
+    if method.learned:  # the float model's own states at the current block's input: the training targets
+        fp_states = resume.load_hidden("fp_hidden") if start else batches.hidden.clone()
+    in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
     bar = progress_bar(range(start, len(blocks)), desc="quantize", unit="block", enabled=progress,
-               initial=start, total=len(blocks))
+                       initial=start, total=len(blocks))
     for i in bar:
         load_block(model, arch, i)
-        block = blocks[i].to(device)
-        prefix = f"{arch.blocks}.{i}."
-        if learned:
-            block_q, timings.block_losses[str(i)] = _learn_block(block, arch, prefix, hidden, fp_hidden,
-                                                                 kwargs_per_batch, recipe, device, timings, bar)
-            t = time.perf_counter()
-            timings.block_losses[str(i)]["after"] = run_block_in_place(block, hidden, kwargs_per_batch,
-                                                                       recipe.batch_size, device, fp_hidden)
-            timings.forward += time.perf_counter() - t
-            _finish_block(model, blocks, i, block, block_q, hidden, fp_hidden, resume, in_memory)
-            if on_block_done is not None:
-                on_block_done(i)
-            continue
-        targets = torch.empty_like(hidden) if calibrated and recipe.block_epochs else None
-        if calibrated:
-            hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, recipe.batch_size, device, timings,
-                                         hidden if float_inputs else targets)
-        block_q = {}
-        for group in arch.input_groups:
-            H = hessians[group[0]].hessian() if calibrated else None
-            for name in group:
-                bar.set_postfix_str(f"{name}")
-                linear = get_module(block, name)
-                t = time.perf_counter()
-                qw = solver(linear.weight.data, H, recipe.spec_of(prefix + name, linear.weight.shape[1]),
-                            **recipe.solver_opts)
-                W_hat = qw.dequantize().to(device)
-                timings.solver += time.perf_counter() - t
-                if calibrated:
-                    timings.layer_errors[prefix + name] = weighted_error(linear.weight.data, W_hat, H)
-                linear.weight.data = W_hat
-                block_q[prefix + name] = qw
-        if targets is not None:
-            block_q, timings.block_losses[str(i)] = _train_block_scales(
-                block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings)
-        if calibrated and not float_inputs and (i < len(blocks) - 1 or targets is not None):  # last: feeds nothing
-            t = time.perf_counter()
-            loss = run_block_in_place(block, hidden, kwargs_per_batch, recipe.batch_size, device, targets)
-            if targets is not None:
-                timings.block_losses[str(i)].append(loss)
-            timings.forward += time.perf_counter() - t
-        del targets
-        _finish_block(model, blocks, i, block, block_q, hidden, None, resume, in_memory)
+        job = BlockJob(blocks[i].to(device), i, i == len(blocks) - 1, arch, recipe, method, batches, fp_states,
+                       timings, bar.set_postfix_str)
+        block_q = BLOCK_QUANTIZERS[method.kind](job)
+        blocks[i] = job.block.to("cpu")
+        if resume.folder is None:
+            in_memory.update(block_q)
+        resume.save(i + 1, batches.hidden if batches else None, block_q, fp_states)
+        if is_streamed(model):
+            release_weights(model, block_q)
+        release_freed_memory()
         if on_block_done is not None:
             on_block_done(i)
     bar.close()
     if resume.folder is None:
         return in_memory, timings
-    del hidden, captured, fp_hidden
+    del batches, fp_states
     release_freed_memory()  # the hidden states go before the codes come back
     return resume.load_qweights(len(blocks)), timings
 
 
-def _finish_block(model, blocks, i, block, block_q, hidden, fp_hidden, resume, in_memory) -> None:
-    """Block i is done: back to the CPU, its codes committed (to the resume folder or kept in memory)."""
-    blocks[i] = block.to("cpu")
-    if resume.folder is None:
-        in_memory.update(block_q)
-    resume.save(i + 1, hidden, block_q, fp_hidden)
-    if is_streamed(model):
-        release_weights(model, block_q)
-    release_freed_memory()
+def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
+    """Solve every linear of the block on its Hessian (or without one), then propagate: the next block's
+    inputs are this block's outputs with its quantized weights (or its float ones with --propagate float)."""
+    recipe, batches, timings = job.recipe, job.batches, job.timings
+    float_inputs = recipe.propagate == "float"  # each block's float outputs are written over its inputs
+    targets = torch.empty_like(batches.hidden) if batches is not None and recipe.block_epochs else None
+    hessians = None
+    if batches is not None:
+        hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets)
+    solver = job.method.solver()
+    block_q = {}
+    for group in job.arch.input_groups:
+        H = hessians[group[0]].hessian() if hessians is not None else None
+        for name in group:
+            job.status(name)
+            W = get_module(job.block, name).weight.data
+            t = time.perf_counter()
+            qw = solver(W, H, job.spec_of(name, W), **recipe.solver_opts)
+            W_hat = qw.dequantize().to(W.device)
+            timings.solver += time.perf_counter() - t
+            if H is not None:
+                timings.layer_errors[job.prefix + name] = weighted_error(W, W_hat, H)
+            get_module(job.block, name).weight.data = W_hat
+            block_q[job.prefix + name] = qw
+    if targets is not None:
+        block_q, timings.block_losses[str(job.index)] = _train_block_scales(job, block_q, targets)
+    if batches is not None and not float_inputs and (not job.last or targets is not None):  # last: feeds nothing
+        t = time.perf_counter()
+        loss = batches.run(job.block, targets)
+        if targets is not None:
+            timings.block_losses[str(job.index)].append(loss)
+        timings.forward += time.perf_counter() - t
+    return block_q
 
 
-def _learn_block(block, arch, prefix, hidden, fp_hidden, kwargs_per_batch, recipe, device, timings, bar):
-    """Learned rounding of one block: fp_hidden becomes the float block's outputs (the targets, and the
-    next block's float inputs); every linear's rounding is trained on the quantized inputs `hidden` to
-    reproduce them; the block gets the trained weights. Returns (its QuantizedWeights, the loss record)."""
+def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
+    """Learned rounding of one block: the float states become the float block's outputs (the targets, and
+    the next block's float inputs); every linear's rounding is trained on the quantized inputs to reproduce
+    them; the block gets the trained weights and the quantized states move on through it."""
+    timings, batches = job.timings, job.batches
     t = time.perf_counter()
-    run_block_in_place(block, fp_hidden, kwargs_per_batch, recipe.batch_size, device)
+    batches.with_states(job.fp_states).run(job.block)
     timings.forward += time.perf_counter() - t
     t = time.perf_counter()
-    method = get_method(recipe.method)
-    schedule = method.schedule(recipe.solver_opts)
-    weights = {name: get_module(block, name).weight.data for group in arch.input_groups for name in group}
-    roundings = {name: method.rounding(w, recipe.spec_of(prefix + name, w.shape[1]), **recipe.solver_opts)
-                 for name, w in weights.items()}
+    schedule = job.method.schedule(job.recipe.solver_opts)
+    roundings = {name: job.method.rounding(W, job.spec_of(name, W), **job.recipe.solver_opts)
+                 for name, W in job.linears()}
 
     def report(step, loss, best):
         if step % 10 == 0 or step == schedule.steps - 1:
-            bar.set_postfix_str(f"step {step + 1}/{schedule.steps} loss {loss:.3g} best {best:.3g} "
-                                f"{time.perf_counter() - t:.0f}s")
+            job.status(f"step {step + 1}/{schedule.steps} loss {loss:.3g} best {best:.3g} "
+                       f"{time.perf_counter() - t:.0f}s")
 
-    record = reconstruct_block(block, roundings, hidden, fp_hidden, kwargs_per_batch, recipe.batch_size,
-                               schedule, device, report)
+    record = reconstruct_block(job.block, roundings, batches, job.fp_states, schedule, report)
     block_q = {}
     for name, rounding in roundings.items():
         qw = rounding.result()
-        get_module(block, name).weight.data = qw.dequantize().to(device)
-        block_q[prefix + name] = qw
+        get_module(job.block, name).weight.data = qw.dequantize().to(batches.device)
+        block_q[job.prefix + name] = qw
     timings.block_training += time.perf_counter() - t
-    return block_q, record
+    t = time.perf_counter()
+    record["after"] = batches.run(job.block, job.fp_states)
+    timings.block_losses[str(job.index)] = record
+    timings.forward += time.perf_counter() - t
+    return block_q
+
+
+BLOCK_QUANTIZERS = {"layer": quantize_layerwise, "learned": quantize_learned}  # by Method.kind
 
 
 def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
@@ -252,20 +222,15 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
         release_weights(model, qweights)
 
 
-def _batches(hidden: torch.Tensor, batch_size: int):
-    for b, start in enumerate(range(0, hidden.shape[0], batch_size)):
-        yield b, slice(start, start + batch_size)
-
-
 @torch.no_grad()
-def collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, timings, targets=None):
-    """Hessians of the block's linears on `hidden`; the float block's outputs go to `targets` if given
-    (targets may be `hidden` itself: each batch is read before its rows are overwritten)."""
-    accumulators, remove = hessian_hooks(block, arch, device)
+def collect_hessians(block, arch, batches: Batches, timings, targets=None):
+    """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
+    given (targets may be the states themselves: each batch is read before its rows are overwritten)."""
+    accumulators, remove = hessian_hooks(block, arch, batches.device)
     t = time.perf_counter()
     try:
-        for b, rows in _batches(hidden, batch_size):
-            out = block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
+        for b, rows in batches:
+            out = block_output(block, *batches.inputs(b))
             if targets is not None:
                 targets[rows] = out.to(targets.device)
     finally:
@@ -274,19 +239,6 @@ def collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, device, 
     timings.hessian += hessian_time
     timings.forward += time.perf_counter() - t - hessian_time
     return accumulators
-
-
-@torch.no_grad()
-def run_block_in_place(block, hidden, kwargs_per_batch, batch_size, device, targets=None):
-    """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
-    With targets, returns the mean squared error of the outputs against them."""
-    squared = 0.0
-    for b, rows in _batches(hidden, batch_size):
-        out = block_output(block, hidden[rows].to(device), to_device(kwargs_per_batch[b], device))
-        if targets is not None:
-            squared += float(torch.nn.functional.mse_loss(out, targets[rows].to(device), reduction="sum"))
-        hidden[rows] = out.to(hidden.device)
-    return squared / hidden.numel()
 
 
 def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
@@ -299,14 +251,15 @@ def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
     return MultiWidthLoss.of(options.widths, options.weights).weighted_widths
 
 
-def _train_block_scales(block, block_q, prefix, hidden, targets, kwargs_per_batch, recipe, device, timings):
+def _train_block_scales(job: BlockJob, block_q, targets):
     """Stage 2: scales trained against the float block's outputs; the block gets the trained weights.
     Returns (the block's QuantizedWeights, the mean output error of each epoch)."""
     t = time.perf_counter()
+    recipe, prefix = job.recipe, job.prefix
     local = {name[len(prefix):]: qw for name, qw in block_q.items()}
-    trained, losses = refine_scales(block, local, hidden, targets, kwargs_per_batch, recipe.batch_size,
-                                    recipe.block_epochs, recipe.block_lr, device, _trained_widths(recipe))
+    trained, losses = refine_scales(job.block, local, job.batches, targets, recipe.block_epochs, recipe.block_lr,
+                                    _trained_widths(recipe))
     for name, qw in trained.items():
-        get_module(block, name).weight.data = qw.dequantize().to(device)
-    timings.block_training += time.perf_counter() - t
+        get_module(job.block, name).weight.data = qw.dequantize().to(job.batches.device)
+    job.timings.block_training += time.perf_counter() - t
     return {prefix + name: qw for name, qw in trained.items()}, losses

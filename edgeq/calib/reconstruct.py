@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
-from .capture import to_device
 
 OPTIMIZERS = ("adam", "sign")
 
@@ -70,10 +69,11 @@ def make_optimizer(params: list[torch.Tensor], schedule: Schedule):
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {schedule.optimizer!r}")
 
 
-def reconstruct_block(block, roundings: dict, inputs: torch.Tensor, targets: torch.Tensor, kwargs_per_batch: list,
-                      batch_size: int, schedule: Schedule, device, report=None) -> dict:
+def reconstruct_block(block, roundings: dict, batches, targets: torch.Tensor, schedule: Schedule,
+                      report=None) -> dict:
     """Train `roundings` ({local linear name: Rounding}) for `schedule.steps` steps, each on one batch of
-    `batch_size` windows drawn in shuffled epochs; leave each at its best step. Returns the loss record:
+    `batches` (calib.batches.Batches: the quantized model's states) against the same rows of `targets`,
+    batches drawn in shuffled epochs; leave each at its best step. Returns the loss record:
     first step's loss, best loss and its step, seconds. report(step, loss, best) is called every step."""
     params = [p for r in roundings.values() for p in r.parameters()]
     widths = getattr(next(iter(roundings.values())), "widths", None) or [(None, 1.0)]  # nested codes: several
@@ -81,15 +81,13 @@ def reconstruct_block(block, roundings: dict, inputs: torch.Tensor, targets: tor
     def weights_of(bits):
         return {f"{name}.weight": r.weight() if bits is None else r.weight(bits) for name, r in roundings.items()}
     optimizer, decay = make_optimizer(params, schedule)
-    batches = -(-inputs.shape[0] // batch_size)
-    order = _shuffled_batches(batches, schedule.steps, schedule.seed)
+    order = _shuffled_batches(batches.count, schedule.steps, schedule.seed)
     best, best_step, first, best_params = float("inf"), -1, None, None
     t = time.perf_counter()
     with frozen(block):
         for step, b in enumerate(order):
-            rows = slice(b * batch_size, (b + 1) * batch_size)
-            loss = width_weighted_loss(block, weights_of, widths, inputs[rows].to(device),
-                                       targets[rows].to(device), to_device(kwargs_per_batch[b], device))
+            x, kwargs = batches.inputs(b)
+            loss = width_weighted_loss(block, weights_of, widths, x, batches.inputs(b, targets)[0], kwargs)
             value = float(loss.detach())
             first = value if first is None else first
             if value < best:  # the loss of the parameters before this step's update

@@ -19,7 +19,8 @@ from ..models import Arch, get_module, is_streamed, load_block, release_weights
 from ..progress import progress_bar
 from ..solvers import get_solver, weighted_error
 from .capture import capture_block_inputs
-from .pipeline import Timings, collect_hessians, run_block_in_place
+from .batches import Batches
+from .pipeline import Timings, collect_hessians
 
 def fisher_diagonal(model, arch: Arch, windows: torch.Tensor, progress: bool = True) -> dict[str, torch.Tensor]:
     """{linear: mean over windows of (d loss / d W)^2} for every block linear of a fully loaded model.
@@ -62,13 +63,13 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
     Each candidate is the solver's actual result for that grid on the layer's float calibration inputs."""
     solver = get_solver(method)
     blocks = get_module(model, arch.blocks)
-    hidden, kwargs_per_batch = capture_block_inputs(model, arch, windows, batch_size)
+    batches = Batches(*capture_block_inputs(model, arch, windows, batch_size), batch_size)
     estimates = {"hessian": {}, **({"fisher": {}} if fisher is not None else {})}
     timings = Timings()
     for i in progress_bar(range(len(blocks)), desc="sensitivity", unit="block", enabled=progress):
         load_block(model, arch, i)
         block, prefix = blocks[i], f"{arch.blocks}.{i}."
-        hessians = collect_hessians(block, arch, hidden, kwargs_per_batch, batch_size, "cpu", timings)
+        hessians = collect_hessians(block, arch, batches, timings)
         for group in arch.input_groups:
             H = hessians[group[0]].hessian()
             for name in group:
@@ -82,7 +83,7 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
                     if fisher is not None:
                         estimates["fisher"][prefix + name].append(0.5 * float((fisher[prefix + name] * dW * dW).sum()))
         if i < len(blocks) - 1:
-            run_block_in_place(block, hidden, kwargs_per_batch, batch_size, "cpu")
+            batches.run(block)
         if is_streamed(model):
             release_weights(model, [prefix + name for name in arch.linears])
     return estimates

@@ -1,0 +1,50 @@
+"""The calibration activations at one block's input, in the form every block-wise step consumes them: the
+states, the keyword arguments each batch needs (attention mask, rotary embeddings, as captured), the batch
+size and the device the block runs on. One object instead of the same four parameters on every function."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .capture import block_output, to_device
+
+
+@dataclass
+class Batches:
+    hidden: torch.Tensor   # [S, L, D] states at the current block's input, overwritten by run() with its outputs
+    kwargs: list[dict]     # one per batch
+    size: int              # windows per batch
+    device: str = "cpu"    # where the block runs (the states stay on the CPU)
+
+    @property
+    def count(self) -> int:
+        return -(-self.hidden.shape[0] // self.size)
+
+    def rows(self, b: int) -> slice:
+        return slice(b * self.size, (b + 1) * self.size)
+
+    def __iter__(self):
+        """(batch index, its rows), in order."""
+        return ((b, self.rows(b)) for b in range(self.count))
+
+    def inputs(self, b: int, states: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """Batch b of `states` (default: these states) and its keyword arguments, on the block's device."""
+        states = self.hidden if states is None else states
+        return states[self.rows(b)].to(self.device), to_device(self.kwargs[b], self.device)
+
+    def with_states(self, states: torch.Tensor) -> "Batches":
+        """The same batches over other states of the same windows (the float model's, for instance)."""
+        return Batches(states, self.kwargs, self.size, self.device)
+
+    @torch.no_grad()
+    def run(self, block, targets: torch.Tensor | None = None) -> float:
+        """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
+        With targets, returns the mean squared error of the outputs against them."""
+        squared = 0.0
+        for b, rows in self:
+            out = block_output(block, *self.inputs(b))
+            if targets is not None:
+                squared += float(torch.nn.functional.mse_loss(out, targets[rows].to(self.device), reduction="sum"))
+            self.hidden[rows] = out.to(self.hidden.device)
+        return squared / self.hidden.numel()
