@@ -117,18 +117,30 @@ def mse_params(Wg: torch.Tensor, bits: int, sym: bool, importance: torch.Tensor 
     min-max on the layer objective at 3 bits)."""
     maxq = 2 ** bits - 1
     weight = None if importance is None else importance.float()[None, :]
-    best_scale, best_zero = minmax_params(Wg, bits, sym)
-    best_err = torch.full_like(best_scale, float("inf"))
-    for i in range(int(max_shrink * grid)):
-        scale, zero = minmax_params(Wg, bits, sym, shrink=1 - i / grid)
+
+    def error(scale, zero):
         s, z = scale[:, None], zero[:, None]
         err = (s * (quantize_codes(Wg, s, z, maxq) - z) - Wg).abs_().pow_(norm)
-        err = (err if weight is None else err.mul_(weight)).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zero = torch.where(better, zero, best_zero)
-    return best_scale, best_zero
+        return (err if weight is None else err.mul_(weight)).sum(dim=1)
+    shrinks = [1 - i / grid for i in range(int(max_shrink * grid))]
+    return best_shrink(shrinks, lambda p: minmax_params(Wg, bits, sym, shrink=p), error)
+
+
+def best_shrink(shrinks, grid_at, error):
+    """The one clipping search: per row, the grid of the shrink factor whose error is least. grid_at(p) ->
+    (scale, zero), rows first; error(scale, zero) -> [N]. The first candidate wins ties and NaN never wins.
+    RTN/GPTQ (mse_params: |w - w_hat|^2.4 weighted by diag H), decoupleQ (the row's layer objective) and
+    MatQuant (the error summed over its widths) differ only in their candidates and their error."""
+    best = None
+    for p in shrinks:
+        scale, zero = grid_at(p)
+        err = error(scale, zero)
+        if best is None:
+            best = [torch.full_like(err, float("inf")), scale, zero]
+        better = err < best[0]
+        rows = better.view(-1, *([1] * (scale.dim() - 1)))
+        best = [torch.where(better, err, best[0]), torch.where(rows, scale, best[1]), torch.where(rows, zero, best[2])]
+    return best[1], best[2]
 
 
 def fit_params(W: torch.Tensor, spec: QuantSpec, clip: str = "minmax",

@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 
+# The widths onnxruntime's MatMulNBits runs (2, 4, 8) and the one each stored width is written in: 3-bit codes
+# live in the 4-bit container unchanged (values 0..7).
+CONTAINER = {2: 2, 3: 4, 4: 4, 8: 8}
+
+
 def packed_length(count: int, bits: int) -> int:
     return -(-count * bits // 8)
 

@@ -15,7 +15,6 @@ from ..errors import EdgeqError
 from ..qweight import QuantizedWeight
 
 MS_DOMAIN = "com.microsoft"
-ORT_BITS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ def node_layout(name: str, qw: QuantizedWeight) -> NodeLayout:
 
 def layout_for(name: str, k: int, stored_bits: int, group_size: int) -> NodeLayout:
     """The MatMulNBits layout of a weight with K inputs on this grid (3-bit goes to the 4-bit container)."""
-    bits = 4 if stored_bits == 3 else stored_bits
-    if bits not in ORT_BITS:
+    bits = pack.CONTAINER.get(stored_bits)
+    if bits is None:
         raise EdgeqError(f"{name}: {stored_bits}-bit weights cannot run in onnxruntime's MatMulNBits "
                          f"(it runs 2, 4 and 8 bits; 3-bit is stored as 4); quantize with --bits 2, 3, 4 or 8")
     per_channel = group_size >= k or group_size == -1

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from .session import MODEL_FILE, OrtDecoder, check_length, open_session, use_shared_thread_pool
+from .session import MODEL_FILE, OrtDecoder, check_length, greedy_decode, open_session, use_shared_thread_pool
 from .slicing import model_to_open
 
 ORT_FILE = "model.ort"
@@ -142,15 +142,7 @@ def one_run(model: Model, prompt: np.ndarray, gen: int, clock=time.perf_counter)
     """(prefill seconds, [seconds per decoded token]): greedy decoding, the cache growing by one each step."""
     if hasattr(model.decoder, "timed_run"):  # genai's generator, which owns its loop
         return model.decoder.timed_run(prompt, gen, clock)
-    start = clock()
-    logits, past = model.decoder.forward(prompt, model.decoder.empty_past())
-    prefill = clock() - start
-    steps = []
-    for _ in range(gen):
-        token = np.array([[int(logits[0, -1].argmax())]])
-        start = clock()
-        logits, past = model.decoder.forward(token, past)
-        steps.append(clock() - start)
+    _, prefill, steps = greedy_decode(model.decoder, prompt, gen, None, clock)
     return prefill, steps
 
 

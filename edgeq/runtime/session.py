@@ -2,6 +2,7 @@
 next-token NLL for perplexity, greedy generation. numpy + onnxruntime only."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,12 +167,23 @@ class OrtDecoder:
         return float((log_z - picked).sum()), int(targets.size)
 
     def greedy(self, prompt: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
-        logits, past = self.forward(np.array([prompt]), self.empty_past())
-        out = []
-        for _ in range(new_tokens):
-            token = int(logits[0, -1].argmax())
-            out.append(token)
-            if token == eos:
-                break
-            logits, past = self.forward(np.array([[token]]), past)
-        return out
+        return greedy_decode(self, np.array([prompt]), new_tokens, eos)[0]
+
+
+def greedy_decode(decoder, prompt: np.ndarray, new_tokens: int, eos: int | None = None, clock=time.perf_counter):
+    """(tokens, prefill seconds, [seconds per decode step]): the prompt [1, P] prefilled, then greedy tokens,
+    the cache growing by one each step, until `new_tokens` or eos. The one decode loop: `edgeq generate` and
+    `edgeq bench` both run it (decoder: anything with forward(ids, past) and empty_past())."""
+    start = clock()
+    logits, past = decoder.forward(prompt, decoder.empty_past())
+    prefill = clock() - start
+    tokens, steps = [], []
+    for _ in range(new_tokens):
+        token = int(logits[0, -1].argmax())
+        tokens.append(token)
+        if token == eos:
+            break
+        start = clock()
+        logits, past = decoder.forward(np.array([[token]]), past)
+        steps.append(clock() - start)
+    return tokens, prefill, steps

@@ -16,7 +16,6 @@ from ..errors import EdgeqError
 
 SLICEABLE_KEY = "edgeq.sliceable_nodes"   # comma-separated MatMulNBits node names
 WIDTHS_KEY = "edgeq.nested_widths"        # the widths the codes were optimised for, e.g. "8,4,2"
-CONTAINER = {2: 2, 3: 4, 4: 4, 8: 8}      # MatMulNBits runs 2, 4 and 8 bits; 3-bit codes live in 4
 
 
 def model_to_open(path, bits: int | None):
@@ -47,8 +46,8 @@ def _metadata(proto) -> dict[str, str]:
 
 def slice_model(proto, bits: int) -> None:
     """In place: each node listed under SLICEABLE_KEY gets the `bits`-bit slice of its 8-bit codes."""
-    if bits not in CONTAINER:
-        raise EdgeqError(f"can slice to {sorted(CONTAINER)} bits (what onnxruntime runs), not {bits}")
+    if bits not in pack.CONTAINER:
+        raise EdgeqError(f"can slice to {sorted(pack.CONTAINER)} bits (what onnxruntime runs), not {bits}")
     names = sliceable_nodes(proto)
     if not names:
         raise EdgeqError("this model lists no sliceable nodes: export an 8-bit checkpoint (e.g. --method matquant) "
@@ -75,7 +74,7 @@ def _slice_node(node, inits: dict, bits: int) -> None:
     except EdgeqError as err:
         raise EdgeqError(f"{node.name}: {err}") from None
     q_r = nesting.slice_codes(b.astype(np.int16), 8, bits).astype(np.uint8)
-    container = CONTAINER[bits]
+    container = pack.CONTAINER[bits]
     scales = numpy_helper.to_array(scale_init) * np.float32(1 << (8 - bits))
     for init, array in ((b_init, pack.pack_codes(q_r, container)), (scale_init, scales),
                         (zero_init, pack.pack_codes(zero_r.astype(np.uint8), container).reshape(-1))):

@@ -91,18 +91,11 @@ def shrink_search(W, spec, gs, H, steps, max_shrink=0.8):
     """Per row, the min-max grid shrunk by the p = 1 - i/(steps/max_shrink) that minimises the layer
     objective with the full H (one p for all groups of a row, as in the reference)."""
     lo, hi = grid.group_ranges(W, gs)
-    best_scale, best_zero = grid.range_params(lo, hi, spec.bits, spec.sym)
-    best_err = torch.full((W.shape[0],), float("inf"), dtype=torch.float64, device=W.device)
     denominator = steps / max_shrink
-    for i in range(steps):
-        scale, zero = grid.range_params(lo, hi, spec.bits, spec.sym, 1 - i / denominator)
-        q = grid.quantize_groups(W, scale, zero, gs, spec.maxq)
-        err = row_errors(W, q, scale, zero, gs, H)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better[:, None], scale, best_scale)
-        best_zero = torch.where(better[:, None], zero, best_zero)
-    return best_scale, best_zero
+    return grid.best_shrink([1 - i / denominator for i in range(steps)],
+                            lambda p: grid.range_params(lo, hi, spec.bits, spec.sym, p),
+                            lambda scale, zero: row_errors(W, grid.quantize_groups(W, scale, zero, gs, spec.maxq),
+                                                           scale, zero, gs, H))
 
 
 def float_step(W, q, H, gs, spec):

@@ -53,18 +53,15 @@ def fit_nested_params(W, spec, loss, min_bits, clip="mse", importance=None, step
     for start in range(0, k, gs):
         Wg = W[:, start:start + gs].float()
         imp = None if importance is None else importance[start:start + gs][None, :]
-        best = None
-        for i in range(1 if clip == "minmax" else steps):
-            s, z = grid.minmax_params(Wg, spec.bits, spec.sym, shrink=1 - i / 100)
-            z = torch.clamp(torch.round(z / step) * step, 0, spec.maxq + 1 - step)
-            err = multi_width_error(Wg, s[:, None], z[:, None], loss, norm, imp)
-            if best is None:
-                best = [err, s, z]
-                continue
-            better = err < best[0]
-            best = [torch.where(better, new, old) for new, old in zip((err, s, z), best)]
-        scales.append(best[1])
-        zeros.append(best[2])
+
+        def nested_grid(p, Wg=Wg):  # zero points on multiples of `step`, so that every slice keeps an integer one
+            s, z = grid.minmax_params(Wg, spec.bits, spec.sym, shrink=p)
+            return s, torch.clamp(torch.round(z / step) * step, 0, spec.maxq + 1 - step)
+        s, z = grid.best_shrink([1 - i / 100 for i in range(1 if clip == "minmax" else steps)], nested_grid,
+                                lambda s, z, Wg=Wg, imp=imp: multi_width_error(Wg, s[:, None], z[:, None], loss, norm,
+                                                                               imp))
+        scales.append(s)
+        zeros.append(z)
     return torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
 
 
