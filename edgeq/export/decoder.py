@@ -112,10 +112,9 @@ def linears(g: Graph, x: str, names: list[str], modules: list, qweights: dict[st
     return [linear(g, x, [n], [m], qweights, accuracy_level, layouts) for n, m in zip(names, modules)]
 
 
-def rotary_caches(model, dims: Dims) -> tuple[np.ndarray, np.ndarray]:
+def rotary_caches(model, arch, dims: Dims) -> tuple[np.ndarray, np.ndarray]:
     """cos, sin [max_positions, rotary_dim / 2] from the model's own rotary module, so every rope
     scaling transformers knows (linear, llama3, yarn's attention factor) is baked in exactly."""
-    arch = arch_of(model.config)
     positions = torch.arange(model.config.max_position_embeddings)[None]
     probe = torch.zeros(1, 1, dims.head_dim)
     with torch.no_grad():
@@ -202,11 +201,10 @@ def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> t
     return out, total
 
 
-def embedding(g: Graph, model, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
+def embedding(g: Graph, model, arch, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
     """(hidden states of input_ids, name of the float table or ""). A tied 8- or 4-bit head whose codes need
     no padding lends them to the lookup (GatherBlockQuantized reads MatMulNBits' B [V, K/block, block * bits
     / 8] as it is, two 4-bit codes a byte, low nibble first); otherwise the float table is gathered."""
-    arch = arch_of(model.config)
     if head is not None and head_is_tied(model) and shares_codes_with_lookup(head, head_layout):
         v, k = head.shape
         blocks = k // head_layout.block
@@ -228,10 +226,9 @@ def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
     return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0
 
 
-def lm_head(g: Graph, x: str, model, table: str, lin) -> str:
+def lm_head(g: Graph, x: str, model, arch, table: str, lin) -> str:
     """Logits. A float head tied to the embedding reads the table itself (FusedMatMul, transB) instead of a
     second, transposed copy (113 MB on SmolLM2)."""
-    arch = arch_of(model.config)
     head = get_module(model, arch.lm_head)
     if table and head_is_tied(model):
         return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0)[0]
@@ -257,22 +254,22 @@ def graph_io(config, dims: Dims):
     return ([info(n, "past_sequence") for n in inputs], [info(n, "total_sequence") for n in outputs])
 
 
-def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: int):
+def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: int, arch=None):
     """(ModelProto, {quantized linear: NodeLayout}) for a Llama-family model whose quantized linears (and
     optionally its head) are given as QuantizedWeight; everything else is taken from the torch model."""
     from onnx import helper
     config = model.config
-    arch = arch_of(config)
+    arch = arch or arch_of(config)  # the exporter passes the one it already has
     dims = Dims.of(config)
     g, layouts = Graph(), {}
     lin = lambda x, names, modules: linears(g, x, names, modules, qweights, accuracy_level, layouts)  # noqa: E731
     head = qweights.get(arch.lm_head)
     head_layout = node_layout(arch.lm_head, head) if head is not None else None
-    cos, sin = rotary_caches(model, dims)
+    cos, sin = rotary_caches(model, arch, dims)
     seqlens, total = attention_inputs(g)
     shared = {"seqlens": seqlens, "total": total, "cos": g.constant("cos_cache", cos),
               "sin": g.constant("sin_cache", sin)}
-    hidden, table = embedding(g, model, head, head_layout)
+    hidden, table = embedding(g, model, arch, head, head_layout)
     residual, skip = hidden, None
     for i, layer in enumerate(get_module(model, arch.blocks)):
         prefix = f"{arch.blocks}.{i}"
@@ -282,7 +279,7 @@ def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: i
                            residual, skip)
         skip = mlp(g, x, i, layer, prefix, lin)
     x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip)
-    lm_head(g, x, model, table, lin)
+    lm_head(g, x, model, arch, table, lin)
     inputs, outputs = graph_io(config, dims)
     proto = helper.make_model(helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, g.initializers),
                               opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],

@@ -70,13 +70,12 @@ def served_widths(meta: dict) -> list[int] | None:
     return list(get_method(meta["method"]).resolve(meta.get("solver_opts", {})).widths)
 
 
-def quantize_lm_head(model, bits: int) -> "QuantizedWeight":
+def quantize_lm_head(model, arch, bits: int) -> "QuantizedWeight":
     """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference). A tied
     table whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is
     untied and the embedding stays float."""
-    from ..models import arch_of, get_module, head_is_tied
+    from ..models import get_module, head_is_tied
     from ..solvers import get_solver
-    arch = arch_of(model.config)
     head = get_module(model, arch.lm_head)
     qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1], bits))
     if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
@@ -148,13 +147,14 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     loaded, tokenizer, qweights, label, meta = load_for_export(model, fp32, bits)
     for name, qw in qweights.items():
         node_layout(name, qw)  # refuse what onnxruntime cannot run fast before any work
+    arch = arch_of(loaded.config)
     if HEAD_WIDTHS[lm_head]:
-        qweights = {**qweights, arch_of(loaded.config).lm_head: quantize_lm_head(loaded, HEAD_WIDTHS[lm_head])}
+        qweights = {**qweights, arch.lm_head: quantize_lm_head(loaded, arch, HEAD_WIDTHS[lm_head])}
     with atomic_folder(out) as tmp:
         write_genai_config(loaded.config, tokenizer, tmp)  # first: it refuses what genai cannot load
         path = tmp / MODEL_FILE
-        proto, layouts = build_decoder(loaded, qweights, accuracy_level)
-        head = arch_of(loaded.config).lm_head.replace(".", "_")
+        proto, layouts = build_decoder(loaded, qweights, accuracy_level, arch)
+        head = arch.lm_head.replace(".", "_")
         sliceable_metadata(proto, head, served_widths(meta))
         save_model(proto, path)
         onnx.checker.check_model(str(path))
