@@ -135,6 +135,8 @@ OPTION_FLAGS = {
     "damp": ("--damp", dict(type=float, help="damping, a fraction of the mean Hessian diagonal")),
     "iters": ("--iters", dict(type=positive_int, help="outer iterations (1 = its GPTQ start only)")),
     "passes": ("--passes", dict(type=float, help="greedy coordinate moves per row, in units of the row's length")),
+    "refits": ("--refits", dict(type=int, help="rounds of least-squares scales for the codes, each followed by "
+                                "another descent")),
     "widths": ("--widths", dict(type=widths_arg, help="the widths the codes serve, the widest stored")),
     "weights": ("--weights", dict(type=weights_arg, help="weight of each width's error, in --widths order "
                                   f"(for {','.join(map(str, DEFAULT_WIDTHS))}: "

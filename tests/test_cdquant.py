@@ -100,6 +100,9 @@ def test_cdquant_is_never_worse_than_its_gptq_start(bits, group):
     start, end = (weighted_error(W, qw.dequantize(), H) for qw in (gptq, cd))
     assert end <= start * (1 + 1e-9) and end < start  # random weights: some move always pays
     assert torch.equal(cd.scale, gptq.scale) and torch.equal(cd.zero, gptq.zero)
+    refitted = get_solver("cdquant")(W, H, spec, refits=2)  # each refit and descent only lowers it further
+    assert weighted_error(W, refitted.dequantize(), H) <= end * (1 + 1e-6)
+    assert torch.equal(refitted.zero, gptq.zero) and (refitted.scale > 0).all()
 
 
 def test_exactly_representable_weights_stay_exact():

@@ -76,11 +76,12 @@ class MatQuantOptions(GPTQOptions):
 @dataclass(frozen=True)
 class CDQuantOptions(GPTQOptions):
     passes: float = 1.0       # greedy moves per row, in units of K (the start is GPTQ's, with GPTQ's options)
+    refits: int = 0           # rounds of exact least-squares scales for the codes, each followed by descent
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.passes > 0:
-            raise EdgeqError(f"passes must be > 0, got {self.passes}")
+        if not self.passes > 0 or self.refits < 0:
+            raise EdgeqError(f"passes must be > 0 and refits >= 0, got {self.passes} and {self.refits}")
 
 
 # Learned methods: steps sized so that SmolLM2-135M takes < 20 min on 2 cores. Learning rates from SmolLM2

@@ -22,12 +22,27 @@ from .gptq import drop_dead_inputs
 from .gptq import solve as gptq_solve
 
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, passes: float, act_order: bool, damp: float,
-          clip: str, block_size: int, backend: str) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, passes: float, refits: int, act_order: bool,
+          damp: float, clip: str, block_size: int, backend: str) -> QuantizedWeight:
     """Options and their defaults: CDQuantOptions in solvers/__init__.py."""
-    start = gptq_solve(W, H, spec, act_order=act_order, damp=damp, clip=clip, block_size=block_size,
-                       backend=backend)
-    return descend(W, H, start, passes, backend)[0]
+    qw = gptq_solve(W, H, spec, act_order=act_order, damp=damp, clip=clip, block_size=block_size, backend=backend)
+    qw = descend(W, H, qw, passes, backend)[0]
+    for _ in range(refits):  # new scales for the codes, then the codes for the new scales
+        qw = descend(W, H, refit_scales(W, H, qw), passes, backend)[0]
+    return qw
+
+
+def refit_scales(W: torch.Tensor, H: torch.Tensor, qw: QuantizedWeight) -> QuantizedWeight:
+    """Every row's scales by exact least squares for its codes and integer zero points (decoupleQ's scale
+    step: a G x G system per row), kept in the rows where they are positive and lower the objective."""
+    from .decoupleq import row_errors, solve_scales
+    W, H = drop_dead_inputs(W, H)
+    H = H.float()
+    k, gs = W.shape[1], qw.group_size
+    q, zero, old = qw.q.to(W.device).float(), qw.zero.to(W.device).float(), qw.scale.to(W.device)
+    scale = solve_scales(W, q - grid.expand_groups(zero, gs, k), H, gs)
+    keep = (scale > 0).all(dim=1) & (row_errors(W, q, scale, zero, gs, H) < row_errors(W, q, old, zero, gs, H))
+    return QuantizedWeight(qw.q, torch.where(keep[:, None], scale, old).cpu().contiguous(), qw.zero, qw.bits, gs)
 
 
 def descend(W: torch.Tensor, H: torch.Tensor, start: QuantizedWeight, passes: float, backend: str = "auto"):
