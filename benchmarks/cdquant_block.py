@@ -5,14 +5,13 @@ move budgets, and the Numba kernel against its torch twin on the CPU (time ratio
     python benchmarks/cdquant_block.py [--block 2] [--samples 32] [--seq-len 512]
 Writes benchmarks/results/cdquant_block.json.
 """
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from decoupleq_objective import block_hessians
+from decoupleq_objective import block_arguments, block_hessians
 from edgeq import grid
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.cdquant import descend
@@ -29,11 +28,7 @@ def timed(fn):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--block", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    args = parser.parse_args()
+    args = block_arguments(__doc__)
     layers = block_hessians(args.block, args.samples, args.seq_len)
     rows = []
     print("| linear | spec | gptq | " + " | ".join(f"cd {p:g}K" for p in PASSES) + " | moves/K at 1K | "

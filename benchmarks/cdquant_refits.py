@@ -4,13 +4,12 @@ model: the layer objective (undamped H) of each as a ratio to GPTQ's, per linear
     python benchmarks/cdquant_refits.py [--block 2] [--samples 32] [--seq-len 512]
 Writes benchmarks/results/cdquant_refits.json.
 """
-import argparse
 import json
 import time
 from pathlib import Path
 
 from cdquant_block import SPECS
-from decoupleq_objective import block_hessians
+from decoupleq_objective import block_arguments, block_hessians
 from edgeq.solvers import get_solver, weighted_error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cdquant_refits.json"
@@ -19,11 +18,7 @@ VARIANTS = {"cdquant": ("cdquant", {}), "cdquant --refits 1": ("cdquant", {"refi
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--block", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    args = parser.parse_args()
+    args = block_arguments(__doc__)
     rows = []
     print("| linear | spec | gptq | " + " | ".join(f"{v} / gptq (s)" for v in VARIANTS) + " |")
     for name, W, H in block_hessians(args.block, args.samples, args.seq_len):

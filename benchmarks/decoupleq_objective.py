@@ -42,6 +42,15 @@ def block_hessians(block_index, samples, seq_len):
             for group in arch.input_groups for name in group]
 
 
+def block_arguments(doc: str):
+    """The arguments every one-block benchmark takes: which block, and its calibration windows."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--block", type=int, default=2)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    return parser.parse_args()
+
+
 def free_offset_error(W, H, qw) -> float:
     """Undamped objective of qw's codes with the best float scale and offset per group."""
     gs = qw.group_size
@@ -53,11 +62,7 @@ def free_offset_error(W, H, qw) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--block", type=int, default=2)
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
-    args = parser.parse_args()
+    args = block_arguments(__doc__)
     print(f"block {args.block}, {args.samples} x {args.seq_len} calibration tokens")
     print(f"| {'linear':<16} | {'spec':<8} | decoupleQ trace (damped objective) | {'rtn':>9} | {'gptq':>9} | "
           f"{'decoupleq':>9} | {'float z':>9} |")
