@@ -250,6 +250,8 @@ def render_table(records: list[dict], protocol: Protocol) -> str:
                 cells.append(f"**{cell}**" if ppl == best[t] and len(group) > 1 else cell)
             method = " ".join([r["method"], *r["flags"]])
             minutes = f"{r['quantize_seconds'] / 60:.1f}" if r.get("quantize_seconds") is not None else "-"
+            if r.get("stats", {}).get("resumed_from_block"):  # the time of the resumed part only
+                minutes = f"{minutes} (resumed at block {r['stats']['resumed_from_block']})"
             rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
             lines.append(f"| {spec} | {method} | " + " | ".join(cells) + f" | {minutes} | {rss} |")
     texts = ", ".join(f"{label} ({Path(next(iter(rows.values()))['eval'][label]['text']).name if rows else '?'})"

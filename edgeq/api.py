@@ -147,6 +147,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "seconds_quantize": round(t_quant, 2),
         "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
         "seconds_solver": round(timings.solver, 2), "seconds_block_training": round(timings.block_training, 2),
+        "resumed_from_block": timings.resumed_from_block,  # the times above cover this process only
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "fp32_parameter_mb": round(models.parameter_bytes_of_config(loaded.config) / 2 ** 20, 1),
     }

@@ -87,6 +87,8 @@ def test_interrupted_run_resumes_from_last_block_with_the_same_result(tiny_model
     quantize_tiny(tiny_model_dir, tmp_path / "run", on_block_done=resumed_blocks.append)
     assert resumed_blocks == [2]  # blocks 0 and 1 came from the resume folder
     assert not partial.exists()
+    assert json.loads((tmp_path / "run" / "quantization.json").read_text())["stats"]["resumed_from_block"] == 2
+    assert json.loads((tmp_path / "ref" / "quantization.json").read_text())["stats"]["resumed_from_block"] == 0
     _, resumed, _ = checkpoint.load_checkpoint(tmp_path / "run")
     for name, qw in reference.items():
         assert torch.equal(qw.q, resumed[name].q), name

@@ -100,14 +100,15 @@ def test_table_bolds_the_best_of_each_spec_and_uses_the_latest_rerun(quality):
                fake_record(quality, Row("rtn", 4, "128"), "standard", {"persuasion": 24.0, "news": 40.0}),
                fake_record(quality, Row("gptq", 4, "128"), "standard", {"persuasion": 22.0, "news": 99.0}),
                fake_record(quality, Row("gptq", 4, "128"), "standard", {"persuasion": 22.0, "news": 36.0}),
-               fake_record(quality, Row("gptq", 3, "128"), "standard", {"persuasion": 30.0, "news": 60.0}),
+               fake_record(quality, Row("gptq", 3, "128"), "standard", {"persuasion": 30.0, "news": 60.0})
+               | {"stats": {"resumed_from_block": 7}},  # its time is only the resumed part's
                fake_record(quality, Row("rtn", 4, "128"), "calib-grid", {"persuasion": 1.0, "news": 1.0})]
     table = quality.render_table(records, protocol)
     lines = table.splitlines()
     assert "| fp32 | - | 20.00 | 30.00 | - | - |" in lines
     assert "| W4 g128 | rtn | 24.00 (1.200) | 40.00 (1.333) | 1.0 | 1000 |" in lines
     assert "| W4 g128 | gptq | **22.00 (1.100)** | **36.00 (1.200)** | 1.0 | 1000 |" in lines
-    assert "| W3 g128 | gptq | 30.00 (1.500) | 60.00 (2.000) | 1.0 | 1000 |" in lines  # alone: no bold
+    assert "| W3 g128 | gptq | 30.00 (1.500) | 60.00 (2.000) | 1.0 (resumed at block 7) | 1000 |" in lines  # no bold
     assert "99.00" not in table and "(4 rows)" in table  # the older gptq run and the other protocol are not shown
 
 

@@ -66,6 +66,7 @@ class Timings:
     block_training: float = 0.0
     layer_errors: dict = field(default_factory=dict)  # linear -> H-weighted error (calibrated methods)
     block_losses: dict = field(default_factory=dict)  # block -> output MSE per training epoch, then after
+    resumed_from_block: int = 0  # > 0: the blocks before it ran in an earlier, interrupted process
 
 
 @dataclass
@@ -109,7 +110,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     for i in range(start):
         load_block(model, arch, i)
     _apply(model, resume.load_qweights(start) if start else {})
-    timings = Timings()
+    timings = Timings(resumed_from_block=start)
     batches, fp_states = None, None
     if method.calibrated:
         t = time.perf_counter()
