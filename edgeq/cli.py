@@ -137,6 +137,8 @@ OPTION_FLAGS = {
     "passes": ("--passes", dict(type=float, help="greedy coordinate moves per row, in units of the row's length")),
     "refits": ("--refits", dict(type=int, help="rounds of least-squares scales for the codes, each followed by "
                                 "another descent")),
+    "descent_damp": ("--descent-damp", dict(type=float, help="descend on H + this x mean(diag H) x I (a pull "
+                                            "towards the plain weight error)")),
     "widths": ("--widths", dict(type=widths_arg, help="the widths the codes serve, the widest stored")),
     "weights": ("--weights", dict(type=weights_arg, help="weight of each width's error, in --widths order "
                                   f"(for {','.join(map(str, DEFAULT_WIDTHS))}: "

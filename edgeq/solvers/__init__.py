@@ -77,11 +77,14 @@ class MatQuantOptions(GPTQOptions):
 class CDQuantOptions(GPTQOptions):
     passes: float = 1.0       # greedy moves per row, in units of K (the start is GPTQ's, with GPTQ's options)
     refits: int = 0           # rounds of exact least-squares scales for the codes, each followed by descent
+    descent_damp: float = 0.0  # descend on H + this x mean(diag H) x I (towards plain weight error; then
+    #                            the objective kept below GPTQ's is that damped one)
 
     def __post_init__(self):
         super().__post_init__()
-        if not self.passes > 0 or self.refits < 0:
-            raise EdgeqError(f"passes must be > 0 and refits >= 0, got {self.passes} and {self.refits}")
+        if not self.passes > 0 or self.refits < 0 or self.descent_damp < 0:
+            raise EdgeqError(f"passes must be > 0, refits and descent_damp >= 0, got {self.passes}, {self.refits} "
+                             f"and {self.descent_damp}")
 
 
 # Learned methods: steps sized so that SmolLM2-135M takes < 20 min on 2 cores. Learning rates from SmolLM2

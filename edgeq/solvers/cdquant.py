@@ -22,10 +22,13 @@ from .gptq import drop_dead_inputs
 from .gptq import solve as gptq_solve
 
 
-def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, passes: float, refits: int, act_order: bool,
-          damp: float, clip: str, block_size: int, backend: str) -> QuantizedWeight:
+def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, passes: float, refits: int,
+          descent_damp: float, act_order: bool, damp: float, clip: str, block_size: int,
+          backend: str) -> QuantizedWeight:
     """Options and their defaults: CDQuantOptions in solvers/__init__.py."""
     qw = gptq_solve(W, H, spec, act_order=act_order, damp=damp, clip=clip, block_size=block_size, backend=backend)
+    if descent_damp:  # the calibration text's H, regularised towards the plain weight error
+        H = H + descent_damp * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     qw = descend(W, H, qw, passes, backend)[0]
     for _ in range(refits):  # new scales for the codes, then the codes for the new scales
         qw = descend(W, H, refit_scales(W, H, qw), passes, backend)[0]
