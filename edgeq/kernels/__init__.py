@@ -30,19 +30,22 @@ def cd_rows(G: torch.Tensor, H: torch.Tensor, q: torch.Tensor, scale: torch.Tens
             backend: str = "auto") -> torch.Tensor:
     """CDQuant's greedy coordinate descent on the codes q [N, K] (float64, in place) with the per-column
     scales [N, K] and G = (W_hat - W) H (in place); returns each row's number of moves."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if q.is_cuda or backend == "torch":
+    if _on_torch(backend, q):
         from .cd_torch import cd_rows_torch
         return cd_rows_torch(G, H, q, scale, maxq, steps)
     from .cd_numba import cd_rows_numba
     return torch.from_numpy(cd_rows_numba(G.numpy(), H.numpy(), q.numpy(), scale.numpy(), maxq, steps))
 
 
-def _run(numba_fn, torch_fn, backend, W1, Hinv1, scale, zero, extra):
+def _on_torch(backend: str, tensor: torch.Tensor) -> bool:
+    """The torch twin runs on CUDA tensors or when asked; the Numba kernel everywhere else."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if W1.is_cuda or backend == "torch":
+    return tensor.is_cuda or backend == "torch"
+
+
+def _run(numba_fn, torch_fn, backend, W1, Hinv1, scale, zero, extra):
+    if _on_torch(backend, W1):
         return torch_fn(W1, Hinv1, scale, zero, extra)
     W1_np = W1.numpy()  # shares memory, so the in-place update reaches the caller's tensor
     Q1, Err1 = numba_fn(W1_np, Hinv1.contiguous().numpy(), scale.contiguous().numpy(),

@@ -8,11 +8,12 @@ Compiled lazily on first call and cached on disk, never at import.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-_kernel = None
 
-
+@functools.cache  # compiled (or loaded from numba's disk cache) on first use, never at import
 def _compile():
     import numba
 
@@ -47,14 +48,11 @@ def cd_rows_numba(G: np.ndarray, H: np.ndarray, q: np.ndarray, scale: np.ndarray
     """Greedy coordinate descent on q [N, K] (float64 codes, updated in place) with the per-column
     scales [N, K] (a move changes a code, never the zero point); G = (W_hat - W) H [N, K] (updated in place), H [K, K] symmetric float64.
     At most `steps` moves per row; returns the moves each row took."""
-    global _kernel
     for name, arr in {"G": G, "q": q, "scale": scale}.items():
         if arr.shape != q.shape or arr.dtype != np.float64 or not arr.flags.c_contiguous:
             raise ValueError(f"{name} must be a C-contiguous float64 array of shape {q.shape}")
     if H.shape != (q.shape[1],) * 2 or H.dtype != np.float64:
         raise ValueError(f"H must be float64 of shape {(q.shape[1],) * 2}")
-    if _kernel is None:
-        _kernel = _compile()
     moves = np.zeros(q.shape[0], dtype=np.int64)
-    _kernel(G, np.ascontiguousarray(H), q, scale, float(maxq), int(steps), moves)
+    _compile()(G, np.ascontiguousarray(H), q, scale, float(maxq), int(steps), moves)
     return moves

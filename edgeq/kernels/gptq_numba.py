@@ -6,13 +6,14 @@ first call and cached on disk, never at import.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .checks import require_block_factor, require_c_float32
 
-_kernel = None
 
-
+@functools.cache  # compiled (or loaded from numba's disk cache) on first use, never at import
 def _compile():
     import numba
 
@@ -40,13 +41,10 @@ def gptq_block_numba(W1: np.ndarray, Hinv1: np.ndarray, scale: np.ndarray, zero:
     scale and zero are per column [N, B]. W1 is updated in place. Returns codes Q1 and scaled errors
     Err1 [N, B] (float32), the inputs of GPTQ's lazy update of the columns after the block.
     """
-    global _kernel
     n, b = W1.shape
     require_c_float32({"W1": W1, "scale": scale, "zero": zero}, (n, b))
     require_block_factor(Hinv1, b)
-    if _kernel is None:
-        _kernel = _compile()
     Q1 = np.empty_like(W1)
     Err1 = np.empty_like(W1)
-    _kernel(W1, np.ascontiguousarray(Hinv1), scale, zero, np.float32(maxq), Q1, Err1)
+    _compile()(W1, np.ascontiguousarray(Hinv1), scale, zero, np.float32(maxq), Q1, Err1)
     return Q1, Err1

@@ -12,14 +12,15 @@ Rows in parallel, columns of a row contiguous; compiled lazily on first call, ca
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..nesting import MultiWidthLoss
 from .checks import require_block_factor, require_c_float32
 
-_kernel = None
 
-
+@functools.cache  # compiled (or loaded from numba's disk cache) on first use, never at import
 def _compile():
     import numba
 
@@ -61,16 +62,13 @@ def nested_block_numba(W1: np.ndarray, Hinv1: np.ndarray, scale: np.ndarray, zer
     (loss.low_bits order), updated in place; scale and zero per column [N, B]; Hinv1 the block of the
     upper Cholesky factor. Returns master codes Q1 (repeated per width) and every width's scaled
     errors Err1, both shaped like W1, float32."""
-    global _kernel
     n, b = scale.shape
     widths = 1 + len(loss.low_bits)
     require_c_float32({"W1": W1}, (widths * n, b))
     require_c_float32({"scale": scale, "zero": zero}, (n, b))
     require_block_factor(Hinv1, b)
-    if _kernel is None:
-        _kernel = _compile()
     Q1 = np.empty_like(W1)
     Err1 = np.empty_like(W1)
-    _kernel(W1, np.ascontiguousarray(Hinv1), scale, zero, loss.lo, loss.hi, loss.values, loss.low_weights,
+    _compile()(W1, np.ascontiguousarray(Hinv1), scale, zero, loss.lo, loss.hi, loss.values, loss.low_weights,
             float(loss.master_weight), Q1, Err1)
     return Q1, Err1
