@@ -28,10 +28,14 @@ class Batches:
         """(batch index, its rows), in order."""
         return ((b, self.rows(b)) for b in range(self.count))
 
-    def inputs(self, b: int, states: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """Batch b of `states` (default: these states) and its keyword arguments, on the block's device."""
-        states = self.hidden if states is None else states
-        return states[self.rows(b)].to(self.device), to_device(self.kwargs[b], self.device)
+    def take(self, b: int, states: torch.Tensor) -> torch.Tensor:
+        """Batch b's rows of `states` (these states, or others of the same windows such as targets), on the
+        block's device."""
+        return states[self.rows(b)].to(self.device)
+
+    def inputs(self, b: int) -> tuple[torch.Tensor, dict]:
+        """Batch b of these states and its keyword arguments, on the block's device."""
+        return self.take(b, self.hidden), to_device(self.kwargs[b], self.device)
 
     def with_states(self, states: torch.Tensor) -> "Batches":
         """The same batches over other states of the same windows (the float model's, for instance)."""
@@ -45,6 +49,6 @@ class Batches:
         for b, rows in self:
             out = block_output(block, *self.inputs(b))
             if targets is not None:
-                squared += float(torch.nn.functional.mse_loss(out, targets[rows].to(self.device), reduction="sum"))
+                squared += float(torch.nn.functional.mse_loss(out, self.take(b, targets), reduction="sum"))
             self.hidden[rows] = out.to(self.hidden.device)
         return squared / self.hidden.numel()

@@ -38,7 +38,7 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets:
             total = 0.0
             for b, _ in batches:
                 x, kwargs = batches.inputs(b)
-                loss = width_weighted_loss(block, weights_of, widths, x, batches.inputs(b, targets)[0], kwargs)
+                loss = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

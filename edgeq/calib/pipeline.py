@@ -242,13 +242,12 @@ def collect_hessians(block, arch, batches: Batches, timings, targets=None):
     return accumulators
 
 
-def _trained_widths(recipe: Recipe) -> list[tuple[int, float]] | None:
+def _trained_widths(method: Method, solver_opts: dict) -> list[tuple[int, float]] | None:
     """A nested method's scales are trained for every slice it serves, weighted as its solver weighs them."""
-    method = get_method(recipe.method)
     if not method.nested:
         return None
     from ..nesting import MultiWidthLoss
-    options = method.resolve(recipe.solver_opts)
+    options = method.resolve(solver_opts)
     return MultiWidthLoss.of(options.widths, options.weights).weighted_widths
 
 
@@ -259,7 +258,7 @@ def _train_block_scales(job: BlockJob, block_q, targets):
     recipe, prefix = job.recipe, job.prefix
     local = {name[len(prefix):]: qw for name, qw in block_q.items()}
     trained, losses = refine_scales(job.block, local, job.batches, targets, recipe.block_epochs, recipe.block_lr,
-                                    _trained_widths(recipe))
+                                    _trained_widths(job.method, recipe.solver_opts))
     for name, qw in trained.items():
         get_module(job.block, name).weight.data = qw.dequantize().to(job.batches.device)
     job.timings.block_training += time.perf_counter() - t

@@ -87,7 +87,7 @@ def reconstruct_block(block, roundings: dict, batches, targets: torch.Tensor, sc
     with frozen(block):
         for step, b in enumerate(order):
             x, kwargs = batches.inputs(b)
-            loss = width_weighted_loss(block, weights_of, widths, x, batches.inputs(b, targets)[0], kwargs)
+            loss = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs)
             value = float(loss.detach())
             first = value if first is None else first
             if value < best:  # the loss of the parameters before this step's update
