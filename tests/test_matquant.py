@@ -20,6 +20,7 @@ from edgeq.qweight import QuantizedWeight
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder
 from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.solvers import get_solver, weighted_error
+from edgeq.solvers.matquant import fit_nested_params
 from tests.conftest import calibration_text
 from tests.test_kernels import random_block
 
@@ -140,6 +141,30 @@ def test_asymmetric_zero_points_are_nested_too():
     mq = get_solver("matquant")(W, H, grid.QuantSpec(8, 32), widths=[8, 4, 2])
     assert (mq.zero.int() % 64 == 0).all() and mq.zero.int().ne(128).any()
     assert mq.slice(2).zero.max() <= 3
+
+
+def test_nested_min_max_grid_holds_every_weight_at_its_rounded_zero_point():
+    """Rounding a min-max zero point to a multiple of 64 used to shift the range off one end of the codes
+    (up to 32 master codes clipped); the scale must be refitted at the zero point it rounds to."""
+    W, _ = correlated_layer(seed=3)
+    W = W + torch.linspace(-0.05, 0.05, W.shape[0])[:, None]  # rows off centre in both directions
+    spec = grid.QuantSpec(8, 32)
+    scale, zero = fit_nested_params(W, spec, nesting.MultiWidthLoss.of((8, 4, 2)), 2, "minmax")
+    u = W / grid.expand_groups(scale, 32, W.shape[1]) + grid.expand_groups(zero, 32, W.shape[1])
+    assert (zero.int() % 64 == 0).all() and zero.int().ne(128).any()
+    assert u.min() >= -0.5 - 1e-4 and u.max() <= 255.5 + 1e-4
+
+
+def test_mse_nested_grid_may_widen_the_range_for_the_narrow_slices():
+    """The int2 slice's top level is master code 192: a grid filling all 256 codes clips the top quarter
+    at 2 bits, so the search must be able to widen the scale (p > 1), and on real-shaped weights it does."""
+    W, H = correlated_layer(seed=4)
+    spec = grid.QuantSpec(8, 32)
+    loss = nesting.MultiWidthLoss.of((8, 4, 2))
+    importance = torch.diag(H)
+    tight, _ = fit_nested_params(W, spec, loss, 2, "minmax", importance)
+    searched, _ = fit_nested_params(W, spec, loss, 2, "mse", importance)
+    assert (searched > tight * 1.01).any()
 
 
 def test_bits_must_be_the_widest_width():

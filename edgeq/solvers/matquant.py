@@ -40,29 +40,58 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths, wei
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
 
-def fit_nested_params(W, spec, loss, min_bits, clip="mse", importance=None, steps=80, norm=2.4):
-    """Scale [N, G] and zero [N, G] (multiples of 2^(master - min_bits)) per group: min-max, or the
-    shrink of the range (p = 1 - i/100, i < steps) with the least multi-width error of round-to-nearest
-    codes, each column weighted by `importance` (diag H), as grid.mse_params does for one width."""
+def fit_nested_params(W, spec, loss, min_bits, clip="mse", importance=None, norm=2.4):
+    """Scale [N, G] and zero [N, G] (multiples of 2^(master - min_bits)) per group, searched jointly.
+
+    Rounding a min-max zero point to a multiple of 64 (8 -> 2 bits) shifts the grid by up to 32 master
+    codes, which clips one end of the group's range; and the int2 slice's top level is code 192, so a
+    range filling all 256 codes loses its top quarter at 2 bits. So each allowed zero point is a candidate
+    of its own, the scale is the least one that holds the group's range at that zero point, times a
+    factor p that may shrink (clip) or widen it (p > 1 fits the range to fewer master codes, which the
+    narrow slices need); per row, the candidate with the least multi-width error of round-to-nearest
+    codes wins, each column weighted by `importance` (diag H). min-max: p = 1 only."""
     if clip not in grid.CLIP_METHODS:
         raise EdgeqError(f"clip must be one of {grid.CLIP_METHODS}, got {clip!r}")
-    step = nesting.zero_step(spec.bits, min_bits)
     k = W.shape[1]
     gs = spec.columns_per_group(k)
+    candidates = nested_candidates(spec, min_bits, clip)
     scales, zeros = [], []
     for start in range(0, k, gs):
         Wg = W[:, start:start + gs].float()
         imp = None if importance is None else importance[start:start + gs][None, :]
-
-        def nested_grid(p, Wg=Wg):  # zero points on multiples of `step`, so that every slice keeps an integer one
-            s, z = grid.minmax_params(Wg, spec.bits, spec.sym, shrink=p)
-            return s, torch.clamp(torch.round(z / step) * step, 0, spec.maxq + 1 - step)
-        s, z = grid.best_shrink([1 - i / 100 for i in range(1 if clip == "minmax" else steps)], nested_grid,
+        s, z = grid.best_shrink(candidates, lambda c, Wg=Wg: nested_grid(Wg, spec, *c),
                                 lambda s, z, Wg=Wg, imp=imp: multi_width_error(Wg, s[:, None], z[:, None], loss, norm,
                                                                                imp))
         scales.append(s)
         zeros.append(z)
     return torch.stack(scales, dim=1), torch.stack(zeros, dim=1)
+
+
+# shrink to 0.5 and widen to 1.3 (a range on 256 / 1.3 = 197 codes: the int2 slice's levels 0..192)
+NESTED_FACTORS = [round(0.5 + i / 50, 2) for i in range(41)]
+
+
+def nested_candidates(spec, min_bits, clip):
+    """(zero point, p) pairs; zero None: GPTQ's min-max rule, whose symmetric zero point (the middle code)
+    every width keeps. Unsliced (one width), GPTQ's candidates exactly, so that it is GPTQ's grid."""
+    step = nesting.zero_step(spec.bits, min_bits)
+    if step == 1:
+        return [(None, 1 - i / 100) for i in range(80 if clip == "mse" else 1)]
+    factors = NESTED_FACTORS if clip == "mse" else [1.0]
+    return [(z, p) for z in ([None] if spec.sym else range(0, spec.maxq + 1, step)) for p in factors]
+
+
+def nested_grid(Wg, spec, zero, p):
+    """Per row of a group, the scale that maps [min, max] (widened to hold 0) into codes 0..maxq with this
+    zero point, times p (zero None: GPTQ's min-max rule shrunk by p). A zero point of 0 holds no negative
+    weight: its scale covers min over half a code, so the error search rejects it wherever there is one."""
+    if zero is None:
+        return grid.minmax_params(Wg, spec.bits, spec.sym, shrink=p)
+    xmin = Wg.amin(dim=1).clamp(max=0)
+    xmax = Wg.amax(dim=1).clamp(min=0)
+    scale = torch.maximum(-xmin / max(zero, 0.5), xmax / (spec.maxq - zero)) * p
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale is exact
+    return scale, torch.full_like(scale, float(zero))
 
 
 def multi_width_error(Wg, s, z, loss, norm=2.0, importance=None):

@@ -1,0 +1,85 @@
+"""Where MatQuant's slices lose: per linear of every block of the bundled model, the layer objective of each
+width's slice of one matquant int8 checkpoint against GPTQ run for that width alone (same Hessian).
+
+    python benchmarks/matquant_layers.py [--samples 16] [--seq-len 512] [--blocks 0 1 ...] [--group 64]
+        [--opt key=value ...]
+
+Hessians come from the float model (every block's inputs propagated in float), so each layer is judged on
+the same H by both solvers. --opt passes matquant options (e.g. weights=1,1,1). Writes one JSON line per
+linear to benchmarks/results/matquant_layers.jsonl (tagged with the options) as it goes.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from edgeq import grid, models
+from edgeq.calib import data
+from edgeq.calib.capture import block_output, capture_block_inputs, hessian_hooks
+from edgeq.models import get_module
+from edgeq.solvers import get_method, get_solver, weighted_error
+
+RESULTS = Path(__file__).resolve().parent / "results" / "matquant_layers.jsonl"
+WIDTHS = (8, 4, 2)
+
+
+def every_block_hessians(samples, seq_len, wanted):
+    """(block, linear name, W, H) for the wanted blocks, inputs propagated through the float blocks."""
+    source = models.bundled_source()
+    model, config = models.load_model(source)
+    arch = models.arch_of(config)
+    text, _ = data.read_text(None, data.DEFAULT_CALIB)
+    windows = data.calibration_windows(data.tokenize(models.load_tokenizer(source), text), samples, seq_len)
+    hidden, kwargs = capture_block_inputs(model, arch, windows, samples)
+    blocks = get_module(model, arch.blocks)
+    with torch.no_grad():
+        for i, block in enumerate(blocks):
+            if i > max(wanted):
+                return
+            if i in wanted:
+                accumulators, remove = hessian_hooks(block, arch, "cpu")
+                hidden = block_output(block, hidden, kwargs[0])
+                remove()
+                for group in arch.input_groups:
+                    for name in group:
+                        yield i, name, get_module(block, name).weight.data, accumulators[group[0]].hessian()
+            else:
+                hidden = block_output(block, hidden, kwargs[0])
+
+
+def parse_options(pairs):
+    out = {}
+    for pair in pairs:
+        key, value = pair.split("=", 1)
+        out[key] = tuple(float(v) for v in value.split(",")) if "," in value else value
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--blocks", type=int, nargs="*", default=list(range(30)))
+    parser.add_argument("--group", type=int, default=64)
+    parser.add_argument("--opt", nargs="*", default=[])
+    parser.add_argument("--tag", default="default")
+    args = parser.parse_args()
+    options = get_method("matquant").keywords(parse_options(args.opt))
+    print(f"| block | linear | " + " | ".join(f"int{r} slice / gptq W{r}" for r in WIDTHS) + " |")
+    for block, name, W, H in every_block_hessians(args.samples, args.seq_len, set(args.blocks)):
+        mq = get_solver("matquant")(W, H, grid.QuantSpec(8, args.group), **options)
+        row = {"tag": args.tag, "options": {k: str(v) for k, v in options.items()}, "block": block,
+               "linear": name, "samples": args.samples, "group": args.group}
+        for r in WIDTHS:
+            own = get_solver("gptq")(W, H, grid.QuantSpec(r, args.group))
+            row[f"gptq_w{r}"] = weighted_error(W, own.dequantize(), H)
+            row[f"slice_w{r}"] = weighted_error(W, mq.slice(r).dequantize() if r < 8 else mq.dequantize(), H)
+        with RESULTS.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"| {block} | {name} | " + " | ".join(f"{row[f'slice_w{r}'] / row[f'gptq_w{r}']:.2f}"
+                                                   for r in WIDTHS) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
