@@ -66,7 +66,7 @@ def main():
     parser.add_argument("--tag", default="default")
     args = parser.parse_args()
     options = get_method("matquant").keywords(parse_options(args.opt))
-    print(f"| block | linear | " + " | ".join(f"int{r} slice / gptq W{r}" for r in WIDTHS) + " |")
+    print("| block | linear | " + " | ".join(f"int{r} slice / gptq W{r}" for r in WIDTHS) + " |")
     for block, name, W, H in every_block_hessians(args.samples, args.seq_len, set(args.blocks)):
         mq = get_solver("matquant")(W, H, grid.QuantSpec(8, args.group), **options)
         row = {"tag": args.tag, "options": {k: str(v) for k, v in options.items()}, "block": block,

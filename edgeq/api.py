@@ -130,6 +130,10 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
                                                 resume=resume, progress=progress, on_block_done=on_block_done)
     t_quant = time.perf_counter() - t1
+    t_slices = time.perf_counter()
+    slice_record = _slice_estimates(source, arch, windows, qweights, config, progress) \
+        if get_method(config.method).nested else None
+    t_slices = time.perf_counter() - t_slices
     meta = {
         "edgeq_version": __version__, "method": config.method, "bits": spec.bits,
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
@@ -142,9 +146,11 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         meta["layer_grids"] = [list(g) for g in config.layer_grids]
     if config.mixed:
         meta.update(bits=None, group_size=None, mixed=mixed_meta, sensitivity=sensitivity_record)
+    if slice_record:
+        meta["slice_estimates"] = slice_record
     meta["stats"] = {
         "seconds_load": round(t_load, 2), "seconds_sensitivity": round(t_sensitivity, 2),
-        "seconds_quantize": round(t_quant, 2),
+        "seconds_quantize": round(t_quant, 2), "seconds_slice_estimates": round(t_slices, 2),
         "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
         "seconds_solver": round(timings.solver, 2), "seconds_block_training": round(timings.block_training, 2),
         "resumed_from_block": timings.resumed_from_block,  # the times above cover this process only
@@ -229,8 +235,24 @@ def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConf
     return estimates
 
 
+def _slice_estimates(source, arch, windows, qweights, config: QuantConfig, progress: bool) -> dict:
+    """A nested checkpoint's per-linear cost of each width's slice (the Fisher of a full float copy on the
+    first calibration windows), so that a device can pick a width per layer for a budget (mixnmatch.py)."""
+    from . import models
+    from .calib import sensitivity
+    from .mixnmatch import SAMPLES
+    from .solvers import get_method
+    widths = sorted(get_method(config.method).resolve(config.solver_opts).widths, reverse=True)
+    model, _ = models.load_model(source)
+    fisher = sensitivity.fisher_diagonal(model, arch, windows[:SAMPLES], progress)
+    layers = sensitivity.slice_estimates(model, fisher, qweights, widths)
+    del model, fisher
+    release_freed_memory()
+    return {"estimator": "fisher", "samples": min(SAMPLES, len(windows)), "widths": widths, "layers": layers}
+
+
 def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-             progress: bool = True, bits: int | None = None) -> dict:
+             progress: bool = True, bits: int | float | None = None) -> dict:
     """Perplexity of a model source, an edgeq checkpoint or an exported ONNX folder (run by onnxruntime)
     on held-out text (default: packaged Persuasion); the same windows whichever runs it. `bits` evaluates
     that slice of a checkpoint's (or an exported 8-bit folder's) codes."""
@@ -238,7 +260,7 @@ def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max
 
 
 def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 512, max_windows: int | None = None,
-                   progress: bool = True, bits: int | None = None) -> list[dict]:
+                   progress: bool = True, bits: int | float | None = None) -> list[dict]:
     """evaluate() on several held-out texts (None = the packaged one), the model loaded once."""
     from .calib import data
     from .eval import perplexity_of
@@ -259,7 +281,7 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 51
     return results
 
 
-def _scorer(model: str | None, bits: int | None = None):
+def _scorer(model: str | None, bits: int | float | None = None):
     """(label, tokenizer, score(ids) -> (NLL sum, count), runtime name) for what `model` names."""
     from . import checkpoint, models
     from .eval import window_nll

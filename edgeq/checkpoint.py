@@ -223,9 +223,10 @@ def verify_integrity(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -
                          "corrupted or from another checkpoint")
 
 
-def load_checkpoint(path, bits: int | None = None):
+def load_checkpoint(path, bits: int | float | None = None):
     """(model with dequantized weights, {linear: QuantizedWeight}, meta). The model is float32, eval mode.
-    With `bits`, every quantized linear is the `bits`-bit slice of its codes (MatQuant checkpoints)."""
+    With `bits`, every quantized linear is the `bits`-bit slice of its codes (MatQuant checkpoints); a
+    float is an average (Mix'n'Match): each linear group's width from the stored slice estimates."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
@@ -235,12 +236,13 @@ def load_checkpoint(path, bits: int | None = None):
     tensors = load_tensors(path / WEIGHTS_FILE)
     verify_integrity(path, tensors, meta)
     qweights = qweights_from_tensors(tensors, meta["layers"])
+    config = AutoConfig.from_pretrained(path)
     if bits is not None:
-        qweights = {name: qw.slice(bits) for name, qw in qweights.items()}
+        widths = slice_plan(meta, config, bits) if isinstance(bits, float) else dict.fromkeys(qweights, bits)
+        qweights = {name: qw.slice(widths[name]) for name, qw in qweights.items()}
     packed = set(qweights_to_tensors_names(meta["layers"]))
     state = {k: v for k, v in tensors.items() if k not in packed}
     state.update({f"{name}.weight": qw.dequantize() for name, qw in qweights.items()})
-    config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
@@ -251,3 +253,27 @@ def load_checkpoint(path, bits: int | None = None):
     model.eval()
     return model, qweights, meta
 
+
+def slice_plan(meta: dict, config, budget: float) -> dict[str, int]:
+    """{linear: width} of a nested checkpoint for an average of `budget` code bits (Mix'n'Match), one width
+    per group of linears sharing an input, as the device plans it from the export (mixnmatch.py)."""
+    from . import mixnmatch
+    groups, units = slice_units(meta, config)
+    per_unit = mixnmatch.plan(units, meta["slice_estimates"]["widths"], budget)
+    return {name: per_unit[group[0]] for group in groups for name in group}
+
+
+def slice_units(meta: dict, config) -> tuple[list[list[str]], dict[str, tuple]]:
+    """(the groups of linears sharing an input, block by block; mixnmatch units named after each group's
+    first linear) of a checkpoint with slice estimates."""
+    from . import mixnmatch
+    from .models import arch_of
+    record = meta.get("slice_estimates")
+    if not record:
+        raise EdgeqError("this checkpoint has no slice estimates: a budget needs a nested (matquant, matround) "
+                         "checkpoint quantized by this edgeq; slice it to one width with an integer --bits")
+    arch = arch_of(config)
+    sizes = {name: info["shape"][0] * info["shape"][1] for name, info in meta["layers"].items()}
+    groups = [[f"{arch.blocks}.{i}.{n}" for n in group]
+              for i in range(config.num_hidden_layers) for group in arch.input_groups]
+    return groups, mixnmatch.group_units(record["layers"], sizes, groups)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import EdgeqError
+from .mixnmatch import parse_slice
 from .nesting import DEFAULT_WIDTHS, default_weights
 from .export import HEAD_WIDTHS
 from .paths import check_writable_file
@@ -52,6 +53,17 @@ def bits_arg(value: str) -> int:
         bits = 0
     if not 2 <= bits <= 8:
         raise argparse.ArgumentTypeError(f"bits must be an integer from 2 to 8, got {value!r}")
+    return bits
+
+
+def slice_arg(value: str) -> int | float:
+    """A width of a nested model's codes ('4') or, with a decimal point, an average ('3.5': Mix'n'Match)."""
+    try:
+        bits = parse_slice(value)
+    except EdgeqError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    if not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be from 2 to 8, got {value!r}")
     return bits
 
 
@@ -270,10 +282,14 @@ def add_eval_parser(sub) -> None:
     e.add_argument("--max-windows", type=windows_arg, default=EVAL_WINDOWS, metavar="N|all",
                    help=f"evaluate the first N windows of each text, or all of them (default: {EVAL_WINDOWS}: enough "
                    "for a stable ratio between two models, a fraction of the time; compare models on the same N)")
-    e.add_argument("--bits", type=bits_arg, help="evaluate this slice of the codes (a matquant checkpoint, or an "
-                   "exported 8-bit folder sliced in memory)")
+    e.add_argument("--bits", type=slice_arg, help=f"evaluate this slice of the codes (a matquant checkpoint, or an "
+                   f"exported 8-bit folder sliced in memory); {MIXNMATCH_HELP}")
     e.add_argument("--json", dest="json_out", help="also write the result as JSON to this file")
     e.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+MIXNMATCH_HELP = ("a number with a decimal point is an average (Mix'n'Match): --bits 3.5 gives each layer group the "
+                  "width, from those the codes serve, that meets 3.5 code bits per weight at the least estimated loss")
 
 
 def add_export_parser(sub) -> None:
@@ -288,8 +304,8 @@ def add_export_parser(sub) -> None:
                    help="output head: float (default; a tied head shares the embedding), 8-bit or 4-bit "
                         "round-to-nearest (a tied embedding then shares the codes: 4x or 8x smaller)")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
-    x.add_argument("--bits", type=bits_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
-                   "or 2; default: the stored width, which a device can still slice, see examples/)")
+    x.add_argument("--bits", type=slice_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
+                   f"or 2; default: the stored width, which a device can still slice, see examples/); {MIXNMATCH_HELP}")
 
 
 def add_bench_parser(sub) -> None:
@@ -328,7 +344,8 @@ def add_generate_parser(sub) -> None:
     g.add_argument("--prompt", required=True)
     g.add_argument("--max-new-tokens", type=positive_int, default=32)
     g.add_argument("--threads", type=positive_int, help="onnxruntime intra-op threads")
-    g.add_argument("--bits", type=bits_arg, help="slice an exported 8-bit (matquant) model to this width first")
+    g.add_argument("--bits", type=slice_arg, help=f"slice an exported 8-bit (matquant) model to this width first; "
+                   f"{MIXNMATCH_HELP}")
 
 
 EPILOG_EXPORT = """examples:
@@ -344,7 +361,8 @@ EPILOG_BENCH = """examples:
   edgeq bench fp32-onnx w4-onnx w2-onnx --threads 2 --json laptop.json --plot laptop.png
   edgeq bench w4-onnx --provider xnnpack --threads 4 --json phone.json       # on the device
   edgeq bench compare laptop.json phone.json --plot devices.png
-  edgeq bench mq-onnx mq-onnx@4 mq-onnx@2             # one int8 matquant export, sliced at load
+  edgeq bench mq-onnx mq-onnx@4 mq-onnx@2 mq-onnx@3.5  # one int8 matquant export, sliced at load (3.5: a
+                                                      # width per layer, 3.5 bits on average)
 Each run prefills the prompt, then decodes --gen tokens greedily with a growing KV cache; runs of the
 models alternate (A B A B ...) so the ratios survive a noisy device. Needs only numpy and onnxruntime:
 pip install edgeq (the [quantize] extra is for quantizing and exporting)."""

@@ -4,6 +4,7 @@ model, from the memory it can spend, and slices the codes in memory (nothing is 
     edgeq quantize --method matquant --out mq && edgeq export mq --out mq-onnx      # on the laptop
     python examples/slice_on_device.py mq-onnx --prompt "It is a truth"             # on the device
     python examples/slice_on_device.py mq-onnx --bits 2 --prompt "It is a truth"
+    python examples/slice_on_device.py mq-onnx --bits 3.5    # Mix'n'Match: a width per layer, 3.5 bits on average
 
 Needs only `pip install "edgeq[runtime]"` (numpy, onnxruntime, onnx, tokenizers; no torch). An app in
 another language does the same three steps on the ONNX protobuf: read the sliceable node names from the
@@ -15,6 +16,7 @@ import os
 
 import onnx
 
+from edgeq.mixnmatch import parse_slice
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.runtime.tokenizer import load_tokenizer
@@ -49,21 +51,23 @@ def choose_width(proto, budget: int | None) -> int:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", help="an `edgeq export` folder of a matquant checkpoint (8-bit codes)")
-    parser.add_argument("--bits", default="auto", help="8, 4, 2 or auto (by available memory; default)")
+    parser.add_argument("--bits", default="auto", help="8, 4, 2, an average such as 3.5 (a width per layer), "
+                        "or auto (by available memory; default)")
     parser.add_argument("--prompt", default="It is a truth universally acknowledged")
     parser.add_argument("--max-new-tokens", type=int, default=24)
     args = parser.parse_args()
 
     proto = onnx.load(os.path.join(args.folder, MODEL_FILE))
-    bits = choose_width(proto, available_bytes()) if args.bits == "auto" else int(args.bits)
+    bits = choose_width(proto, available_bytes()) if args.bits == "auto" else parse_slice(args.bits)
     for width in (8, 4, 2):
         print(f"int{width}: {weight_bytes(proto, width) / 2 ** 20:.1f} MB of weights")
     if bits != 8:
-        slice_model(proto, bits)
+        widths = slice_model(proto, bits)
+        print("widths: " + ", ".join(f"int{b} {list(widths.values()).count(b)} nodes" for b in sorted(set(widths.values()))))
     decoder = OrtDecoder(cpu_session(proto.SerializeToString()))
     tokenizer, eos = load_tokenizer(args.folder)
     ids = decoder.greedy(tokenizer.encode(args.prompt, add_special_tokens=False).ids, args.max_new_tokens, eos)
-    print(f"running int{bits}: {args.prompt}{tokenizer.decode(ids)}")
+    print(f"running {bits} bits: {args.prompt}{tokenizer.decode(ids)}")
 
 
 if __name__ == "__main__":

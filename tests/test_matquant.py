@@ -10,7 +10,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeq import api, checkpoint, grid, nesting
+from edgeq import api, checkpoint, grid, mixnmatch, nesting
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
@@ -221,6 +221,49 @@ def test_device_slicing_of_the_int8_export_equals_exporting_the_slice(tiny_matqu
                                   reference.forward(prompt, reference.empty_past())[0])
 
 
+@pytest.mark.parametrize("budget", [3.0, 5.5])
+def test_mixnmatch_on_the_device_equals_exporting_the_checkpoint_at_that_budget(tiny_matquant, tmp_path, budget):
+    """One int8 file, a width per node planned from its metadata with numpy alone, is byte for byte the
+    export of the checkpoint sliced by the same budget; the plan meets the budget and mixes widths."""
+    export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
+    report = export(str(tiny_matquant), tmp_path / "planned", accuracy_level=0, bits=budget)
+    proto8, _ = initializers(tmp_path / "int8")
+    widths = slice_model(proto8, budget)
+    _, exported = initializers(tmp_path / "planned")
+    on_device = {t.name: numpy_helper.to_array(t) for t in proto8.graph.initializer}
+    assert exported.keys() == on_device.keys()
+    for name, array in exported.items():
+        np.testing.assert_array_equal(on_device[name], array, err_msg=name)
+    sizes = {n.name: n.attribute[[a.name for a in n.attribute].index("N")].i
+             * n.attribute[[a.name for a in n.attribute].index("K")].i for n in proto8.graph.node if n.name in widths}
+    assert mixnmatch.average_bits(widths, sizes) <= budget and len(set(widths.values())) > 1
+    assert {layer["bits"] for layer in report["layers"].values()} == set(widths.values())
+
+
+def test_nested_checkpoints_store_what_each_slice_costs(tiny_matquant):
+    meta = checkpoint.read_meta(tiny_matquant)
+    record = meta["slice_estimates"]
+    assert record["estimator"] == "fisher" and record["widths"] == [8, 4, 2]
+    assert record["layers"].keys() == meta["layers"].keys()
+    assert all(0 <= e8 < e4 < e2 for e8, e4, e2 in record["layers"].values())
+
+
+def test_eval_at_an_average_width_runs_on_the_checkpoint_and_the_export(tiny_matquant, tmp_path, capsys):
+    export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
+    text = str(calibration_text())
+    for model in (tiny_matquant, tmp_path / "int8"):
+        assert main(["eval", str(model), "--bits", "4.5", "--max-windows", "1", "--seq-len", "32",
+                     "--text", text, "--quiet"]) == 0
+    with pytest.raises(SystemExit):
+        main(["eval", str(tiny_matquant), "--bits", "1.5"])
+    assert "bits must be from 2 to 8, got '1.5'" in capsys.readouterr().err
+
+
+def test_a_budget_needs_slice_estimates(tiny_checkpoint, tmp_path):
+    with pytest.raises(EdgeqError, match="no slice estimates"):
+        checkpoint.load_checkpoint(tiny_checkpoint, 3.0)
+
+
 def test_sliced_onnx_perplexity_equals_torch(tiny_matquant, tmp_path):
     export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
     text = str(calibration_text())
@@ -233,11 +276,13 @@ def test_sliced_onnx_perplexity_equals_torch(tiny_matquant, tmp_path):
 def test_device_example_picks_a_width_and_generates(tiny_matquant, tmp_path):
     export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
     example = Path(__file__).resolve().parents[1] / "examples" / "slice_on_device.py"
-    for bits in ("2", "auto"):
+    for bits in ("2", "auto", "3.5"):
         run = subprocess.run([sys.executable, str(example), str(tmp_path / "int8"), "--bits", bits,
                               "--max-new-tokens", "3"], capture_output=True, text=True)
         assert run.returncode == 0, run.stderr
-        assert "int2:" in run.stdout and ("running int2" in run.stdout if bits == "2" else "running int" in run.stdout)
+        assert "int2:" in run.stdout and "running " in run.stdout
+        assert bits == "auto" or f"running {bits} bits" in run.stdout
+    assert "widths: int2" in run.stdout and "int8" in run.stdout.split("widths:")[1]
 
 
 def test_plain_exports_cannot_be_sliced(tiny_checkpoint, tmp_path):
@@ -279,7 +324,9 @@ def test_bench_runs_a_slice_of_the_int8_export(tiny_matquant, tmp_path):
     export(str(tiny_matquant), tmp_path / "int8", accuracy_level=0)
     # no process-wide pool: it would bind every later test's sessions to one thread
     settings = bench.Settings(prompt=4, gen=2, runs=1, warmup=0, threads=1, shared_pool=False)
-    full, sliced = bench.bench([tmp_path / "int8", f"{tmp_path / 'int8'}@4"], settings)
-    assert len(full.decode) == len(sliced.decode) == 2
+    full, sliced, planned = bench.bench([tmp_path / "int8", f"{tmp_path / 'int8'}@4", f"{tmp_path / 'int8'}@3.5"],
+                                        settings)
+    assert len(full.decode) == len(sliced.decode) == len(planned.decode) == 2
+    assert bench.split_width(f"{tmp_path}@3.5") == (str(tmp_path), 3.5)
     with pytest.raises(EdgeqError):
         bench.bench([f"{tmp_path / 'missing'}@4"], settings)

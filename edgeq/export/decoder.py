@@ -63,13 +63,23 @@ class Dims:
         return cls(config.num_attention_heads, config.num_key_value_heads, head_dim, float(config.rms_norm_eps))
 
 
+def node_prefix(names: list[str]) -> str:
+    """The names of a node holding these linears: 'model_layers_0_self_attn_q_proj_k_proj_v_proj'."""
+    if len(names) == 1:
+        return names[0].replace(".", "_")
+    return names[0].rsplit(".", 1)[0].replace(".", "_") + "_" + "_".join(n.rsplit(".", 1)[1] for n in names)
+
+
+def matmulnbits_name(names: list[str]) -> str:
+    return f"{node_prefix(names)}_MatMulNBits"
+
+
 def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str, QuantizedWeight],
            accuracy_level: int, layouts: dict[str, NodeLayout]) -> str:
     """x @ [W_1; W_2; ...]^T (+ biases): linears that share their input, concatenated along N into one node
     (fewer, larger kernels: q/k/v and gate/up). MatMulNBits from our codes when every one is quantized with
     the same layout, float MatMul when none is (see `fusable`)."""
-    prefix = names[0].replace(".", "_") if len(names) == 1 else \
-        names[0].rsplit(".", 1)[0].replace(".", "_") + "_" + "_".join(n.rsplit(".", 1)[1] for n in names)
+    prefix = node_prefix(names)
     out = f"{prefix}_out"
     quantized = [qweights.get(name) for name in names]
     if all(qw is None for qw in quantized):
@@ -85,7 +95,7 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
         n = sum(qw.shape[0] for qw in quantized)
         inputs = [x, g.constant(f"{prefix}_B", b), g.constant(f"{prefix}_scales", scales),
                   g.constant(f"{prefix}_zero_points", zeros)]
-        g.op("MatMulNBits", inputs, out, domain=MS_DOMAIN, name=f"{prefix}_MatMulNBits", K=k, N=n,
+        g.op("MatMulNBits", inputs, out, domain=MS_DOMAIN, name=matmulnbits_name(names), K=k, N=n,
              bits=layout.bits, block_size=layout.block, accuracy_level=accuracy_level)
     biases = [getattr(m, "bias", None) for m in modules]
     if all(bias is None for bias in biases):

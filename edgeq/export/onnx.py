@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import grid
+from .. import checkpoint, grid
 from ..errors import EdgeqError
 from ..paths import check_output_folder
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
 from . import HEAD_WIDTHS
-from .decoder import build_decoder, shares_codes_with_lookup
+from .decoder import build_decoder, matmulnbits_name, shares_codes_with_lookup
 from .genai import write_genai_config
 from .matmulnbits import node_layout
 
@@ -42,12 +42,12 @@ def head_spec(k: int, bits: int) -> grid.QuantSpec:
     return grid.QuantSpec(bits, block)
 
 
-def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
+def load_for_export(model: str | None, fp32: bool, bits: int | float | None = None):
     """(torch model, tokenizer, {linear: QuantizedWeight}, label, checkpoint meta or {}); with `bits`, the
     checkpoint's codes sliced to that width."""
     from transformers import AutoTokenizer
 
-    from .. import checkpoint, models
+    from .. import models
     if fp32:
         if model is not None and checkpoint.is_checkpoint(model):
             raise EdgeqError(f"{model} is a quantized checkpoint; --fp32 exports a float model")
@@ -60,6 +60,15 @@ def load_for_export(model: str | None, fp32: bool, bits: int | None = None):
         raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
     loaded, qweights, meta = checkpoint.load_checkpoint(model, bits)
     return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model), meta
+
+
+def node_estimates(meta: dict, config) -> dict[str, list[float]] | None:
+    """{MatMulNBits node: its linears' summed slice estimates} of a nested checkpoint (None without them),
+    for a device to plan Mix'n'Match widths from the export alone."""
+    if not meta.get("slice_estimates"):
+        return None
+    groups, units = checkpoint.slice_units(meta, config)
+    return {matmulnbits_name(group): units[group[0]][1] for group in groups}
 
 
 def served_widths(meta: dict) -> list[int] | None:
@@ -155,7 +164,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         path = tmp / MODEL_FILE
         proto, layouts = build_decoder(loaded, qweights, accuracy_level, arch)
         head = arch.lm_head.replace(".", "_")
-        sliceable_metadata(proto, head, served_widths(meta))
+        sliceable_metadata(proto, head, served_widths(meta), node_estimates(meta, loaded.config) if bits is None else None)
         save_model(proto, path)
         onnx.checker.check_model(str(path))
         errors = check_parity(loaded, tokenizer, proto, path, accuracy_level)

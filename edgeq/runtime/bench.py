@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from ..mixnmatch import parse_slice
 from .session import MODEL_FILE, OrtDecoder, check_length, greedy_decode, open_session, use_shared_thread_pool
 from .slicing import model_to_open
 
@@ -93,12 +94,13 @@ def model_file(folder, settings: Settings) -> Path:
     return path
 
 
-def split_width(spec: str) -> tuple[str, int | None]:
-    """'FOLDER@4' -> (FOLDER, 4): that folder's 8-bit codes sliced to 4 bits at load (MatQuant)."""
+def split_width(spec: str) -> tuple[str, int | float | None]:
+    """'FOLDER@4' -> (FOLDER, 4): that folder's 8-bit codes sliced to 4 bits at load (MatQuant);
+    'FOLDER@3.5' -> (FOLDER, 3.5): a width per layer for 3.5 bits on average (Mix'n'Match)."""
     folder, sep, bits = str(spec).rpartition("@")
-    if not sep or not bits.isdigit():
+    if not sep or not bits.replace(".", "", 1).isdigit():
         return str(spec), None
-    return folder, int(bits)
+    return folder, parse_slice(bits)
 
 
 def load(spec, settings: Settings, clock=time.perf_counter) -> Model:

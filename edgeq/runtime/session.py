@@ -136,7 +136,7 @@ class OrtDecoder:
         self.output_names = ["logits", *map(present_name, self.past_names)]
 
     @classmethod
-    def from_folder(cls, folder, threads: int | None = None, bits: int | None = None) -> "OrtDecoder":
+    def from_folder(cls, folder, threads: int | None = None, bits: int | float | None = None) -> "OrtDecoder":
         """The exported decoder in `folder`; with `bits`, its 8-bit codes sliced to that width in memory."""
         from .slicing import model_to_open
         return cls(cpu_session(model_to_open(Path(folder) / MODEL_FILE, bits), threads), folder)

@@ -7,18 +7,19 @@ never the 8-bit output head, whose RTN zero points are not nested). Needs numpy 
 """
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import numpy as np
 
-from .. import nesting, pack
+from .. import mixnmatch, nesting, pack
 from ..errors import EdgeqError
 
 SLICEABLE_KEY = "edgeq.sliceable_nodes"   # comma-separated MatMulNBits node names
 WIDTHS_KEY = "edgeq.nested_widths"        # the widths the codes were optimised for, e.g. "8,4,2"
+ESTIMATES_KEY = "edgeq.slice_estimates"   # JSON {node: [what each width's slice costs the model]}
 
 
-def model_to_open(path, bits: int | None):
+def model_to_open(path, bits: int | float | None):
     """What onnxruntime should open: the file itself, or with `bits` its sliced model as bytes."""
     if bits is None:
         return path
@@ -44,10 +45,34 @@ def _metadata(proto) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def slice_model(proto, bits: int) -> None:
-    """In place: each node listed under SLICEABLE_KEY gets the `bits`-bit slice of its 8-bit codes."""
+def slice_model(proto, bits: int | float) -> dict[str, int]:
+    """In place: each node listed under SLICEABLE_KEY gets the `bits`-bit slice of its 8-bit codes; a float
+    is an average (Mix'n'Match): each node's width planned from the stored estimates. Returns the widths."""
+    if isinstance(bits, float):
+        return slice_nodes(proto, device_plan(proto, bits))
     if bits not in pack.CONTAINER:
         raise EdgeqError(f"can slice to {sorted(pack.CONTAINER)} bits (what onnxruntime runs), not {bits}")
+    return slice_nodes(proto, dict.fromkeys(sliceable_nodes(proto), bits))
+
+
+def device_plan(proto, budget: float) -> dict[str, int]:
+    """{node: width} for an average of `budget` code bits, from the export's slice estimates and the nodes'
+    N x K, over the served widths onnxruntime runs."""
+    meta = _metadata(proto)
+    if ESTIMATES_KEY not in meta:
+        raise EdgeqError("this model stores no slice estimates: export a matquant checkpoint quantized by this "
+                         "edgeq to slice it by a budget, or give one width (an integer)")
+    estimates = json.loads(meta[ESTIMATES_KEY])
+    served = nested_widths(proto)
+    widths = [b for b in served if b in pack.CONTAINER]
+    attrs = {n.name: {a.name: a.i for a in n.attribute} for n in proto.graph.node if n.name in estimates}
+    units = {name: (attrs[name]["N"] * attrs[name]["K"], [e for b, e in zip(served, est) if b in widths])
+             for name, est in estimates.items()}
+    return mixnmatch.plan(units, widths, budget)
+
+
+def slice_nodes(proto, widths: dict[str, int]) -> dict[str, int]:
+    """In place: each named node (listed under SLICEABLE_KEY) sliced to its width; 8 leaves it as stored."""
     names = sliceable_nodes(proto)
     if not names:
         raise EdgeqError("this model lists no sliceable nodes: export an 8-bit checkpoint (e.g. --method matquant) "
@@ -57,7 +82,9 @@ def slice_model(proto, bits: int) -> None:
     if len(nodes) != len(names):
         raise EdgeqError(f"{len(names) - len(nodes)} sliceable nodes named in the metadata are not in the graph")
     for node in nodes:
-        _slice_node(node, inits, bits)
+        if widths.get(node.name, 8) != 8:
+            _slice_node(node, inits, widths[node.name])
+    return widths
 
 
 def _slice_node(node, inits: dict, bits: int) -> None:
@@ -82,12 +109,17 @@ def _slice_node(node, inits: dict, bits: int) -> None:
     attrs["bits"].i = container
 
 
-def sliceable_metadata(proto, head_prefix: str, widths) -> None:
-    """Record in the model which MatMulNBits nodes hold sliceable 8-bit codes (all but the head's)."""
+def sliceable_metadata(proto, head_prefix: str, widths, estimates: dict[str, list[float]] | None = None) -> None:
+    """Record in the model which MatMulNBits nodes hold sliceable 8-bit codes (all but the head's), the
+    widths they serve and, for Mix'n'Match, each node's slice estimates ({node: [one per width]})."""
     names = [n.name for n in proto.graph.node if n.op_type == "MatMulNBits" and not n.name.startswith(head_prefix)
              and any(a.name == "bits" and a.i == 8 for a in n.attribute)]
     if names:
         from onnx import helper
-        helper.set_model_props(proto, {SLICEABLE_KEY: ",".join(names),
-                                       **({WIDTHS_KEY: ",".join(map(str, widths))} if widths else {})})
+        props = {SLICEABLE_KEY: ",".join(names)}
+        if widths:
+            props[WIDTHS_KEY] = ",".join(map(str, widths))
+        if widths and estimates and set(names) <= set(estimates):
+            props[ESTIMATES_KEY] = json.dumps({n: estimates[n] for n in names})
+        helper.set_model_props(proto, props)
 
