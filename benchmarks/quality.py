@@ -31,6 +31,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from edgeq.mixnmatch import parse_slice
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
@@ -66,7 +68,7 @@ class Row:
     bits: int = 4
     group: str = "128"               # a group size or "channel"
     flags: tuple[str, ...] = ()      # more edgeq quantize flags
-    slice_bits: int | None = None    # evaluate this slice of the codes (matquant: edgeq eval --bits)
+    slice_bits: int | float | None = None  # evaluate this slice of the codes (edgeq eval --bits; 3.5: Mix'n'Match)
 
     @property
     def mixed(self) -> bool:
@@ -103,7 +105,7 @@ class Row:
             return cls("fp32")
         slices = [w for w in words[3:] if w.startswith("@")]
         flags = tuple(w for w in words[3:] if not w.startswith("@"))
-        return cls(words[0], int(words[1]), words[2], flags, int(slices[0][1:]) if slices else None)
+        return cls(words[0], int(words[1]), words[2], flags, parse_slice(slices[0][1:]) if slices else None)
 
 
 def standard_rows() -> list[Row]:
@@ -118,6 +120,7 @@ def standard_rows() -> list[Row]:
     rows.append(Row("flexround", 3, "128", ("--rounding-rule", "addition")))  # division vs addition
     for method in ("matquant", "matround"):
         rows += [Row(method, 8, "64", (), b) for b in (8, 4, 2)]
+        rows += [Row(method, 8, "64", (), b) for b in (3.0, 4.0, 5.0, 6.0)]  # Mix'n'Match from the same file
     rows += [Row("gptq", 8, "64", ("--sym",), b) for b in (4, 2)]  # the naive slice of plain int8 codes
     rows += [Row("gptq", b, "64", ("--sym",)) for b in (8, 4, 2)]  # each width trained alone
     rows += [Row("gptq", 4, "128", ("--budget", b)) for b in ("2.5", "3.0", "3.5")]
@@ -134,11 +137,12 @@ def read_results(path: Path) -> list[dict]:
 
 
 def row_key(record: dict) -> dict:
-    return {k: record[k] for k in ("protocol", "method", "bits", "group", "flags", "slice_bits")}
+    key = {k: record[k] for k in ("protocol", "method", "bits", "group", "flags", "slice_bits")}
+    return {**key, "slice_type": type(key["slice_bits"]).__name__}  # a width (4) is not an average (4.0)
 
 
 def is_done(records: list[dict], row: Row, protocol: str) -> bool:
-    return any(row_key(r) == row.key(protocol) for r in records)
+    return any(row_key(r) == row_key(row.key(protocol)) for r in records)
 
 
 def append_result(path: Path, record: dict) -> None:
