@@ -2,7 +2,7 @@
 width's slice of one matquant int8 checkpoint against GPTQ run for that width alone (same Hessian).
 
     python benchmarks/matquant_layers.py [--samples 16] [--seq-len 512] [--blocks 0 1 ...] [--group 64]
-        [--opt key=value ...]
+        [--sym] [--opt key=value ...] [--tag NAME]
 
 Hessians come from the float model (every block's inputs propagated in float), so each layer is judged on
 the same H by both solvers. --opt passes matquant options (e.g. weights=1,1,1). Writes one JSON line per
@@ -63,14 +63,15 @@ def main():
     parser.add_argument("--blocks", type=int, nargs="*", default=list(range(30)))
     parser.add_argument("--group", type=int, default=64)
     parser.add_argument("--opt", nargs="*", default=[])
+    parser.add_argument("--sym", action="store_true", help="symmetric int8 grid (zero point 128)")
     parser.add_argument("--tag", default="default")
     args = parser.parse_args()
     options = get_method("matquant").keywords(parse_options(args.opt))
     print("| block | linear | " + " | ".join(f"int{r} slice / gptq W{r}" for r in WIDTHS) + " |")
     for block, name, W, H in every_block_hessians(args.samples, args.seq_len, set(args.blocks)):
-        mq = get_solver("matquant")(W, H, grid.QuantSpec(8, args.group), **options)
+        mq = get_solver("matquant")(W, H, grid.QuantSpec(8, args.group, args.sym), **options)
         row = {"tag": args.tag, "options": {k: str(v) for k, v in options.items()}, "block": block,
-               "linear": name, "samples": args.samples, "group": args.group}
+               "linear": name, "samples": args.samples, "group": args.group, "sym": args.sym}
         for r in WIDTHS:
             own = get_solver("gptq")(W, H, grid.QuantSpec(r, args.group))
             row[f"gptq_w{r}"] = weighted_error(W, own.dequantize(), H)

@@ -123,6 +123,7 @@ def standard_rows() -> list[Row]:
         rows += [Row(method, 8, "64", (), b) for b in (3.0, 4.0, 5.0, 6.0)]  # Mix'n'Match from the same file
     rows += [Row("gptq", 8, "64", ("--sym",), b) for b in (4, 2)]  # the naive slice of plain int8 codes
     rows += [Row("gptq", b, "64", ("--sym",)) for b in (8, 4, 2)]  # each width trained alone
+    rows.append(Row("gptq", 4, "64"))  # asymmetric, as the nested methods' default grid (W2 g64 is above)
     rows += [Row("gptq", 4, "128", ("--budget", b)) for b in ("2.5", "3.0", "3.5")]
     rows.append(Row("gptq", 3, "128", ("--layer-grid", "down_proj=4:128")))  # uniform plus hand-kept layers
     return rows

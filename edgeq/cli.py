@@ -214,11 +214,11 @@ def add_quantize_parser(sub) -> None:
                    help="weights sharing a scale along the input dim: power of two >= 16, or 'channel' "
                    "(default: 128)")
     sym = q.add_mutually_exclusive_group()
-    sym.add_argument("--sym", dest="sym", action="store_true", default=None,
-                     help="symmetric grid, zero point 2^(bits-1) (default for the nested methods)")
-    sym.add_argument("--asym", dest="sym", action="store_false", default=None,
+    sym.add_argument("--sym", dest="sym", action="store_true", default=False,
+                     help="symmetric grid, zero point 2^(bits-1)")
+    sym.add_argument("--asym", dest="sym", action="store_false",
                      help="asymmetric grid (default; nested methods keep zero points on multiples of "
-                     "2^(8-narrowest))")
+                     "2^(8-narrowest), so every slice has an integer one)")
     add_calibration_flags(q)
     options = q.add_argument_group("method options (each applies to the methods it names)")
     for option, (flag, keywords) in OPTION_FLAGS.items():
@@ -397,8 +397,7 @@ def cmd_quantize(args) -> None:
     method = get_method(args.method)
     opts = {option: getattr(args, option) for option in OPTION_FLAGS if getattr(args, option) is not None}
     bits = args.bits if args.bits is not None else max(method.resolve(opts).widths) if method.nested else 4
-    sym = method.nested if args.sym is None else args.sym  # nested codes slice best from a symmetric int8 grid
-    config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=sym,
+    config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
                          block_lr=args.block_lr, propagate=args.propagate, mixed=mixed_config(args),

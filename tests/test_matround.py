@@ -82,12 +82,12 @@ def test_every_block_learns_and_every_slice_exports(tiny_model_dir, tmp_path):
     assert report["parity_relative_logit_error"] < 1e-5 and report["sliced_to_bits"] == 4
 
 
-def test_cli_gives_matround_matquants_widths_and_symmetric_grid(tiny_model_dir, tmp_path):
+def test_cli_gives_matround_matquants_widths_and_nested_asymmetric_grid(tiny_model_dir, tmp_path):
     assert cli.main(["quantize", str(tiny_model_dir), "--out", str(tmp_path / "ck"), "--method", "matround",
                      "--widths", "8,2", "--steps", "2", "--group-size", "32", "--samples", "4", "--seq-len", "64",
                      "--calib", str(calibration_text()), "--quiet"]) == 0
     meta = json.loads((tmp_path / "ck" / "quantization.json").read_text())
-    assert meta["bits"] == 8 and meta["sym"] is True
+    assert meta["bits"] == 8 and meta["sym"] is False
     assert meta["solver_opts"] == {"steps": 2, "widths": [8, 2]}  # what was asked; the rest are the record's
     assert get_method("matround").resolve(meta["solver_opts"]).weights is None  # nesting's default: all 1
 
