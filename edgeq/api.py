@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import __version__, grid
 from .errors import EdgeqError
+from .export import HEAD_WIDTHS
 from .memory import peak_rss_mb, release_freed_memory
 from .mixed import MixedPrecision
 from .paths import check_output_folder
@@ -32,6 +33,7 @@ class QuantConfig:
     mixed: "MixedPrecision | None" = None  # a width per linear under a size budget (then bits/group unused)
     layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
     propagate: str = "quantized"  # next block's calibration inputs: the quantized (GPTQ's) or the float model's
+    lm_head: int | None = None  # quantize the output head too, at these bits, on its own Hessian; None: float
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -44,6 +46,9 @@ class QuantConfig:
         options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
         check_device(self.device)
         check_training_options(self, method.calibrated, method.learned)
+        if self.lm_head not in HEAD_WIDTHS.values():
+            raise EdgeqError(f"the head is quantized at {' or '.join(k for k, v in HEAD_WIDTHS.items() if v)} bits "
+                             f"(a tied embedding shares its codes), not {self.lm_head}")
         if method.nested:
             if self.mixed or self.layer_grids:
                 raise EdgeqError(f"{self.method} stores one width for every linear, sliced to the others; it does "
@@ -124,7 +129,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     t_sensitivity = time.perf_counter() - t_sensitivity
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
-                             config.block_epochs, config.block_lr, layer_specs, config.propagate)
+                             config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head)
     resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -138,7 +143,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "edgeq_version": __version__, "method": config.method, "bits": spec.bits,
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
         "block_epochs": config.block_epochs, "block_lr": config.block_lr, "base_model": source.label,
-        "calibration": calib_record if calibrated else None,
+        "calibration": calib_record if calibrated else None, "lm_head_bits": config.lm_head,
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }

@@ -146,11 +146,14 @@ def atomic_folder(destination: Path):
 
 
 def unquantized_state(model, quantized_linears) -> dict[str, torch.Tensor]:
-    """Every parameter and persistent buffer except the quantized weights; tied tensors stored once."""
+    """Every parameter and persistent buffer except the quantized weights and what is tied to them (an
+    embedding sharing a quantized head's codes); other tied tensors stored once."""
+    full = model.state_dict()
     skip = {f"{name}.weight" for name in quantized_linears}
+    quantized = {full[key].data_ptr() for key in skip if key in full}
     seen, state = set(), {}
-    for key, tensor in model.state_dict().items():
-        if key in skip or tensor.data_ptr() in seen:
+    for key, tensor in full.items():
+        if key in skip or tensor.data_ptr() in seen | quantized:
             continue
         seen.add(tensor.data_ptr())
         state[key] = tensor
@@ -229,6 +232,7 @@ def load_checkpoint(path, bits: int | float | None = None):
     float is an average (Mix'n'Match): each linear group's width from the stored slice estimates."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from .models import arch_of
     path = Path(path)
     if not is_checkpoint(path):
         raise EdgeqError(f"not an edgeq checkpoint (no {META_FILE}): {path}")
@@ -237,15 +241,19 @@ def load_checkpoint(path, bits: int | float | None = None):
     verify_integrity(path, tensors, meta)
     qweights = qweights_from_tensors(tensors, meta["layers"])
     config = AutoConfig.from_pretrained(path)
-    if bits is not None:
-        widths = slice_plan(meta, config, bits) if isinstance(bits, float) else dict.fromkeys(qweights, bits)
-        qweights = {name: qw.slice(widths[name]) for name, qw in qweights.items()}
+    arch = arch_of(config)
+    if bits is not None:  # the block linears' codes; a calibrated head is not nested
+        blocks = [name for name in qweights if name != arch.lm_head]
+        widths = slice_plan(meta, config, bits) if isinstance(bits, float) else dict.fromkeys(blocks, bits)
+        qweights = {name: qw.slice(widths[name]) if name in widths else qw for name, qw in qweights.items()}
     packed = set(qweights_to_tensors_names(meta["layers"]))
     state = {k: v for k, v in tensors.items() if k not in packed}
     state.update({f"{name}.weight": qw.dequantize() for name, qw in qweights.items()})
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    # a tied pair is stored once: the float table, or (a quantized head) the head's codes alone
+    tied = {f"{arch.lm_head}.weight", f"{arch.embed}.weight"} if getattr(config, "tie_word_embeddings", False) \
+        else set()
     if set(missing) - tied or unexpected:
         raise EdgeqError(f"checkpoint does not match its config: missing {sorted(set(missing) - tied)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")

@@ -219,6 +219,10 @@ def add_quantize_parser(sub) -> None:
     sym.add_argument("--asym", dest="sym", action="store_false",
                      help="asymmetric grid (default; nested methods keep zero points on multiples of "
                      "2^(8-narrowest), so every slice has an integer one)")
+    q.add_argument("--lm-head", default="fp", choices=list(HEAD_WIDTHS),
+                   help="output head: float (default), or 8 or 4 bits solved on its own Hessian (the final norm's "
+                        "outputs on the calibration text) by the method's solver, GPTQ for the learned and nested "
+                        "methods; a tied embedding then reads the same codes, stored once")
     add_calibration_flags(q)
     options = q.add_argument_group("method options (each applies to the methods it names)")
     for option, (flag, keywords) in OPTION_FLAGS.items():
@@ -401,7 +405,7 @@ def cmd_quantize(args) -> None:
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
                          block_lr=args.block_lr, propagate=args.propagate, mixed=mixed_config(args),
-                         layer_grids=tuple(args.layer_grid))
+                         layer_grids=tuple(args.layer_grid), lm_head=HEAD_WIDTHS[args.lm_head])
     meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]
     if meta.get("mixed"):

@@ -29,7 +29,7 @@ from ..qweight import QuantizedWeight
 from ..solvers import Method, get_method, weighted_error
 from .batches import Batches
 from .blockwise import refine_scales
-from .capture import block_output, capture_block_inputs, hessian_hooks
+from .capture import HessianAccumulator, block_output, capture_block_inputs, hessian_hooks
 from .reconstruct import reconstruct_block
 from .resume import ResumeState
 
@@ -45,6 +45,7 @@ class Recipe:
     block_lr: float = 5e-3
     layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
     propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
+    head_bits: int | None = None  # the output head too, on the final norm's outputs (None: it stays float)
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
@@ -54,7 +55,8 @@ class Recipe:
         layers = {name: asdict(spec) for name, spec in self.layer_specs.items()}
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
                            self.batch_size, self.block_epochs, self.block_lr, layers]
-                          + ([self.propagate] if self.propagate != "quantized" else []), sort_keys=True, default=str)
+                          + ([self.propagate] if self.propagate != "quantized" else [])
+                          + ([f"head {self.head_bits}"] if self.head_bits else []), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -125,7 +127,8 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
                        initial=start, total=len(blocks))
     for i in bar:
         load_block(model, arch, i)
-        job = BlockJob(blocks[i].to(device), i, i == len(blocks) - 1, arch, recipe, method, batches, fp_states,
+        feeds_nothing = i == len(blocks) - 1 and not recipe.head_bits  # a calibrated head reads the last outputs
+        job = BlockJob(blocks[i].to(device), i, feeds_nothing, arch, recipe, method, batches, fp_states,
                        timings, bar.set_postfix_str)
         block_q = BLOCK_QUANTIZERS[method.kind](job)
         blocks[i] = job.block.to("cpu")
@@ -138,11 +141,39 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         if on_block_done is not None:
             on_block_done(i)
     bar.close()
+    head = {arch.lm_head: quantize_head(model, arch, recipe, batches, timings)} if recipe.head_bits else {}
     if resume.folder is None:
-        return in_memory, timings
+        return {**in_memory, **head}, timings
     del batches, fp_states
     release_freed_memory()  # the hidden states go before the codes come back
-    return resume.load_qweights(len(blocks)), timings
+    return {**resume.load_qweights(len(blocks)), **head}, timings
+
+
+@torch.no_grad()
+def quantize_head(model, arch: Arch, recipe: Recipe, batches: Batches | None, timings: Timings) -> QuantizedWeight:
+    """The output head at recipe.head_bits, solved on the Hessian of the final norm's outputs (the quantized
+    model's last states) by the method's layer solver, or GPTQ for a method that has none of its own
+    (learned, nested); a method without calibration rounds it. Written into the model (head.attach_head)."""
+    from ..head import attach_head, head_spec
+    method = get_method(recipe.method)
+    own = method.kind == "layer" and not method.nested
+    solver, opts = (method.solver(), recipe.solver_opts) if own else (get_method("gptq").solver(), {})
+    W = get_module(model, arch.lm_head).weight.data
+    H = None
+    if batches is not None:
+        norm = get_module(model, arch.final_norm)
+        acc = HessianAccumulator(W.shape[1], W.device)  # the head, its norm and the states stay on the CPU
+        for _, rows in batches:
+            acc.add(norm(batches.hidden[rows].to(W.device)))
+        H = acc.hessian()
+        timings.hessian += acc.seconds
+    t = time.perf_counter()
+    qw = solver(W, H, head_spec(W.shape[1], recipe.head_bits), **opts)
+    timings.solver += time.perf_counter() - t
+    if H is not None:
+        timings.layer_errors[arch.lm_head] = weighted_error(W, qw.dequantize(), H)
+    attach_head(model, arch, qw)
+    return qw
 
 
 def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:

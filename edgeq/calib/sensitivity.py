@@ -92,9 +92,12 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
 @torch.no_grad()
 def slice_estimates(model, fisher: dict[str, torch.Tensor], qweights: dict, widths) -> dict[str, list[float]]:
     """{linear: [1/2 sum(F * (W - W_r)^2) for each width r]}: what each slice of a nested checkpoint's codes
-    costs the loss, comparable across layers (Mix'n'Match plans from these); W the float model's weight."""
+    costs the loss, comparable across layers (Mix'n'Match plans from these); W the float model's weight.
+    Block linears only: a quantized head is not nested."""
     out = {}
     for name, qw in qweights.items():
+        if name not in fisher:
+            continue
         W, F = get_module(model, name).weight.data, fisher[name]
         out[name] = [0.5 * float((F * (W - qw.slice(b).dequantize()).square()).sum()) for b in widths]
     return out

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint, grid
+from .. import checkpoint
+from ..head import attach_head, head_spec
 from ..errors import EdgeqError
 from ..paths import check_output_folder
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
 from . import HEAD_WIDTHS
-from .decoder import build_decoder, matmulnbits_name, shares_codes_with_lookup
+from .decoder import build_decoder, matmulnbits_name
 from .genai import write_genai_config
+from ..qweight import QuantizedWeight
 from .matmulnbits import node_layout
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
@@ -33,13 +35,6 @@ APPROXIMATE_LIMIT = 0.5
 ACCURACY_LEVELS = range(5)
 PARITY_PROMPT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
                  "must be in want of a wife.")
-
-
-def head_spec(k: int, bits: int) -> grid.QuantSpec:
-    """RTN at `bits`; the largest block up to 128 that divides K, so a tied table's codes need no padding and
-    the embedding lookup can share them (SmolLM2: K = 576 -> block 64)."""
-    block = next((b for b in (128, 64, 32, 16) if k % b == 0), 128)
-    return grid.QuantSpec(bits, block)
 
 
 def load_for_export(model: str | None, fp32: bool, bits: int | float | None = None):
@@ -79,19 +74,14 @@ def served_widths(meta: dict) -> list[int] | None:
     return list(get_method(meta["method"]).resolve(meta.get("solver_opts", {})).widths)
 
 
-def quantize_lm_head(model, arch, bits: int) -> "QuantizedWeight":
-    """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference). A tied
-    table whose codes the lookup can share stays tied, quantized for both uses; otherwise the head is
-    untied and the embedding stays float."""
-    from ..models import get_module, head_is_tied
+def quantize_lm_head(model, arch, bits: int) -> QuantizedWeight:
+    """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference; see
+    head.attach_head for what becomes of a tied embedding)."""
+    from ..models import get_module
     from ..solvers import get_solver
-    head = get_module(model, arch.lm_head)
-    qw = get_solver("rtn")(head.weight.data, None, head_spec(head.weight.shape[1], bits))
-    if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):
-        head.weight.data.copy_(qw.dequantize())  # the same tensor as the embedding
-    else:
-        head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
-        model.config.tie_word_embeddings = False
+    weight = get_module(model, arch.lm_head).weight.data
+    qw = get_solver("rtn")(weight, None, head_spec(weight.shape[1], bits))
+    attach_head(model, arch, qw)
     return qw
 
 
@@ -157,6 +147,10 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     for name, qw in qweights.items():
         node_layout(name, qw)  # refuse what onnxruntime cannot run fast before any work
     arch = arch_of(loaded.config)
+    calibrated_head = arch.lm_head in qweights
+    if HEAD_WIDTHS[lm_head] and calibrated_head:
+        raise EdgeqError(f"{model}'s head was quantized with the model ({qweights[arch.lm_head].bits} bits, "
+                         "calibrated): drop --lm-head")
     if HEAD_WIDTHS[lm_head]:
         qweights = {**qweights, arch.lm_head: quantize_lm_head(loaded, arch, HEAD_WIDTHS[lm_head])}
     with atomic_folder(out) as tmp:
@@ -174,10 +168,11 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
         loaded.config.save_pretrained(tmp)
         ops = [node.op_type for node in proto.graph.node]
         report = {
-            "source": label, "fp32": fp32, "sliced_to_bits": bits, "accuracy_level": accuracy_level, "lm_head": lm_head,
+            "source": label, "fp32": fp32, "sliced_to_bits": bits, "accuracy_level": accuracy_level,
+            "lm_head": f"{qweights[arch.lm_head].bits}, calibrated" if calibrated_head else lm_head,
             "graph_nodes": len(ops), "matmulnbits_nodes": ops.count("MatMulNBits"),
             "tied_head_shares_embedding": "FusedMatMul" in ops,
-            "embedding": f"{lm_head}-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
+            "embedding": f"{qweights[arch.lm_head].bits}-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
             "parity_relative_logit_error": errors[accuracy_level],
             "parity_relative_logit_error_level_0": errors[0],
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,
