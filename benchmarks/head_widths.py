@@ -45,14 +45,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality")
     parser.add_argument("--protocol", default="standard", choices=list(PROTOCOLS))
+    parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
     protocol = PROTOCOLS[args.protocol]
-    done = {r["label"] for r in read_results(RESULTS) if r["protocol"] == protocol.name}
+    done = {r["label"] for r in read_results(args.results) if r["protocol"] == protocol.name}
     for label, row, flags in ROWS:
         if label in done:
             continue
         record = run(label, row, flags, protocol, args.work)
-        with RESULTS.open("a") as f:
+        with args.results.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         print(f"{label}: " + ", ".join(f"{t} {v['perplexity']:.2f}" for t, v in record["eval"].items())
               + f", {record['folder_mb']} MB", flush=True)
