@@ -24,7 +24,8 @@ from edgeq.solvers.decoupleq import solve_scale_and_offset
 SPECS = [grid.QuantSpec(2, 64), grid.QuantSpec(3, 128), grid.QuantSpec(4, 128), grid.QuantSpec(2, -1)]
 
 
-def block_hessians(block_index, samples, seq_len):
+def hessians_of_blocks(wanted, samples, seq_len):
+    """(block, linear name, W, H) for the wanted blocks, every block's inputs propagated in float."""
     source = models.bundled_source()
     model, config = models.load_model(source)
     arch = models.arch_of(config)
@@ -33,13 +34,17 @@ def block_hessians(block_index, samples, seq_len):
     hidden, kwargs = capture_block_inputs(model, arch, windows, samples)
     blocks = get_module(model, arch.blocks)
     with torch.no_grad():
-        for i in range(block_index):
+        for i in range(max(wanted) + 1):
+            accumulators, remove = hessian_hooks(blocks[i], arch, "cpu") if i in wanted else ({}, lambda: None)
             hidden = block_output(blocks[i], hidden, kwargs[0])
-        accumulators, remove = hessian_hooks(blocks[block_index], arch, "cpu")
-        block_output(blocks[block_index], hidden, kwargs[0])
-        remove()
-    return [(name, get_module(blocks[block_index], name).weight.data, accumulators[group[0]].hessian())
-            for group in arch.input_groups for name in group]
+            remove()
+            for group in arch.input_groups if i in wanted else ():
+                for name in group:
+                    yield i, name, get_module(blocks[i], name).weight.data, accumulators[group[0]].hessian()
+
+
+def block_hessians(block_index, samples, seq_len):
+    return [(name, W, H) for _, name, W, H in hessians_of_blocks({block_index}, samples, seq_len)]
 
 
 def block_arguments(doc: str):

@@ -12,40 +12,13 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
-from edgeq import grid, models
-from edgeq.calib import data
-from edgeq.calib.capture import block_output, capture_block_inputs, hessian_hooks
-from edgeq.models import get_module
+from decoupleq_objective import hessians_of_blocks
+from edgeq import grid
 from edgeq.solvers import get_method, get_solver, weighted_error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "matquant_layers.jsonl"
 WIDTHS = (8, 4, 2)
-
-
-def every_block_hessians(samples, seq_len, wanted):
-    """(block, linear name, W, H) for the wanted blocks, inputs propagated through the float blocks."""
-    source = models.bundled_source()
-    model, config = models.load_model(source)
-    arch = models.arch_of(config)
-    text, _ = data.read_text(None, data.DEFAULT_CALIB)
-    windows = data.calibration_windows(data.tokenize(models.load_tokenizer(source), text), samples, seq_len)
-    hidden, kwargs = capture_block_inputs(model, arch, windows, samples)
-    blocks = get_module(model, arch.blocks)
-    with torch.no_grad():
-        for i, block in enumerate(blocks):
-            if i > max(wanted):
-                return
-            if i in wanted:
-                accumulators, remove = hessian_hooks(block, arch, "cpu")
-                hidden = block_output(block, hidden, kwargs[0])
-                remove()
-                for group in arch.input_groups:
-                    for name in group:
-                        yield i, name, get_module(block, name).weight.data, accumulators[group[0]].hessian()
-            else:
-                hidden = block_output(block, hidden, kwargs[0])
 
 
 def parse_options(pairs):
@@ -68,7 +41,7 @@ def main():
     args = parser.parse_args()
     options = get_method("matquant").keywords(parse_options(args.opt))
     print("| block | linear | " + " | ".join(f"int{r} slice / gptq W{r}" for r in WIDTHS) + " |")
-    for block, name, W, H in every_block_hessians(args.samples, args.seq_len, set(args.blocks)):
+    for block, name, W, H in hessians_of_blocks(set(args.blocks), args.samples, args.seq_len):
         mq = get_solver("matquant")(W, H, grid.QuantSpec(8, args.group, args.sym), **options)
         row = {"tag": args.tag, "options": {k: str(v) for k, v in options.items()}, "block": block,
                "linear": name, "samples": args.samples, "group": args.group, "sym": args.sym}
