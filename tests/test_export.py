@@ -84,6 +84,17 @@ def test_blocks_tile_k_with_repeated_scales_where_they_can(k, bits, group, block
     np.testing.assert_allclose(session.run(None, {"A": A})[0], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_2bit_per_channel_export_tiles_its_blocks_and_matches_torch(tiny_model_dir, tmp_path):
+    """Rows of K = 160 would pad one block to 256 (and 2-bit has no kernel past 128): blocks of 32 repeat
+    each row's scale; rows of K = 64 fit one block. The export's own parity check at level 0 holds."""
+    api.quantize(str(tiny_model_dir), tmp_path / "ck", api.QuantConfig(method="rtn", bits=2, group_size=-1),
+                 progress=False)
+    report = export(str(tmp_path / "ck"), tmp_path / "onnx", accuracy_level=0)
+    assert {v["block_size"] for name, v in report["layers"].items() if "down_proj" in name} == {32}
+    assert {v["block_size"] for name, v in report["layers"].items() if "down_proj" not in name} == {64}
+    assert report["parity_relative_logit_error"] < 1e-5
+
+
 @pytest.mark.parametrize("bits,group,message", [(5, 32, "cannot run"), (2, 600, "no fast MatMulNBits kernel")])
 def test_layouts_onnxruntime_cannot_run_fast_are_refused(bits, group, message):
     with pytest.raises(EdgeqError, match=message):
