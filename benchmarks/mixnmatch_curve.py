@@ -24,7 +24,7 @@ def curve_points(rows: dict, method: str) -> list[tuple[str, float, dict]]:
     for label, r in rows.items():
         if r["method"] == method and r["bits"] == 8 and r.get("slice_bits") is not None:
             kind = "one int8 file, a width per layer" if isinstance(r["slice_bits"], float) else "one int8 file, uniform slice"
-            points.append((kind, float(r["slice_bits"]), r["eval"]))
+            points.append((" ".join([kind, *r["flags"]]), float(r["slice_bits"]), r["eval"]))
         elif label in SEPARATE:
             kind = "gptq per width, symmetric" if "--sym" in label and SEPARATE[label] != 8 else "gptq per width"
             points.append((kind, float(SEPARATE[label]), r["eval"]))
