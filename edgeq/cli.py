@@ -304,9 +304,11 @@ def add_export_parser(sub) -> None:
     x.add_argument("--fp32", action="store_true", help="export the float model: the size/latency baseline")
     x.add_argument("--accuracy-level", type=int, default=4, choices=range(5),
                    help="MatMulNBits compute: 4 = int8 activations, the fast CPU path (default); 0 = fp32")
-    x.add_argument("--lm-head", default="fp", choices=list(HEAD_WIDTHS),
-                   help="output head: float (default; a tied head shares the embedding), 8-bit or 4-bit "
-                        "round-to-nearest (a tied embedding then shares the codes: 4x or 8x smaller)")
+    x.add_argument("--lm-head", choices=list(HEAD_WIDTHS),
+                   help="output head: float (a tied head reads the embedding table), 8-bit or 4-bit round-to-"
+                        "nearest (a tied embedding then shares the codes: 4x or 8x smaller; 8 costs ~0.1%% "
+                        "perplexity on SmolLM2 and saves 45%% of the folder). Default: the checkpoint's own head "
+                        "if it was quantized with the model (quantize --lm-head), else float")
     x.add_argument("--ort-format", action="store_true", help="also write model.ort for ORT Mobile")
     x.add_argument("--bits", type=slice_arg, help="export this slice of the checkpoint's codes (matquant: 8, 4 "
                    f"or 2; default: the stored width, which a device can still slice, see examples/); {MIXNMATCH_HELP}")

@@ -102,7 +102,7 @@ def test_layouts_onnxruntime_cannot_run_fast_are_refused(bits, group, message):
 
 
 def test_tiny_export_holds_every_linear_once_and_matches_torch(tiny_checkpoint, tmp_path):
-    report = export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0)
+    report = export(str(tiny_checkpoint), tmp_path / "onnx", accuracy_level=0, lm_head="fp")
     proto = onnx.load(str(tmp_path / "onnx" / "model.onnx"))
     layers = checkpoint.read_meta(tiny_checkpoint)["layers"]
     nbits = [node for node in proto.graph.node if node.op_type == "MatMulNBits"]
@@ -161,6 +161,11 @@ def test_fp32_export_8bit_head_and_ort_format(tiny_model_dir, tiny_checkpoint, t
     graph = onnx.load(str(tmp_path / "fp32" / "model.onnx")).graph
     weights = {init.name for init in graph.initializer}
     assert sum(n.op_type == "MatMul" and n.input[1] in weights for n in graph.node) == 12  # float linears
+
+
+def test_the_default_head_is_the_checkpoints(tiny_checkpoint, tmp_path):
+    report = export(str(tiny_checkpoint), tmp_path / "q")
+    assert report["lm_head"] == "fp" and "lm_head" not in report["layers"] and report["embedding"] == "float32"
 
 
 def test_a_4bit_head_shares_its_packed_codes_with_the_embedding_lookup(tiny_checkpoint, tmp_path):

@@ -61,8 +61,9 @@ def test_export_shares_the_calibrated_codes_with_the_lookup(head_checkpoint, tmp
     lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in graph.node if n.name == "lm_head_MatMulNBits")
     assert lookup.input[0] == head.input[1]
-    with pytest.raises(EdgeqError, match="head was quantized with the model"):
-        export(str(head_checkpoint), tmp_path / "again", lm_head="8")
+    for head in ("8", "fp"):  # a calibrated head can be neither replaced nor un-quantized
+        with pytest.raises(EdgeqError, match="head was quantized with the model"):
+            export(str(head_checkpoint), tmp_path / "again", lm_head=head)
     assert not (tmp_path / "again").exists()
 
 
