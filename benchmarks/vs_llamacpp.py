@@ -90,15 +90,8 @@ def main():
     loaded = [bench.timed_load(label, path, lambda p=path: LlamaCppDecoder(p, args.threads, context), time.perf_counter)
               for label, path in ggufs]
     loaded += [bench.load(folder, settings, time.perf_counter) for folder in args.folders]
-    prompt = np.random.default_rng(0).integers(0, min(bench.vocab_size(m.decoder) for m in loaded), (1, args.prompt))
-    for round_ in range(args.warmup + args.runs):
-        for model in loaded:
-            prefill, steps = bench.one_run(model, prompt, args.gen)
-            if round_ >= args.warmup:
-                model.prefill.append(prefill)
-                model.decode.extend(steps)
-                model.e2e.append(prefill + sum(steps))
-        print(f"round {round_ + 1}/{args.warmup + args.runs}", file=sys.stderr, flush=True)
+    bench.measure(loaded, settings, progress=lambda done, total: print(f"round {done}/{total}", file=sys.stderr,
+                                                                       flush=True))
     results = [bench.result(m, settings) for m in loaded]
     full = report.report(results, {**vars(settings), "engine": "llama.cpp + ort"}, bench.rss_mb())
     print(report.table([("", full)]))

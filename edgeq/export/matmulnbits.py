@@ -47,7 +47,7 @@ def layout_for(name: str, k: int, stored_bits: int, group_size: int) -> NodeLayo
     if bits is None:
         raise EdgeqError(f"{name}: {stored_bits}-bit weights cannot run in onnxruntime's MatMulNBits "
                          f"(it runs 2, 4 and 8 bits; 3-bit is stored as 4); quantize with --bits 2, 3, 4 or 8")
-    per_channel = group_size >= k or group_size == -1
+    per_channel = group_columns(k, group_size) == k
     block = 1 << max(4, (k - 1).bit_length()) if per_channel else group_size
     if not per_channel and (block < 16 or block & (block - 1)):
         raise EdgeqError(f"{name}: group size {group_size} is not a power of two >= 16")
@@ -83,6 +83,9 @@ def node_tensors(qw: QuantizedWeight, layout: NodeLayout) -> tuple[np.ndarray, n
 
 def block_groups(qw: QuantizedWeight, layout: NodeLayout) -> np.ndarray:
     """The group index of each MatMulNBits block of the row (all 0 per channel)."""
-    k = qw.shape[1]
-    group = k if qw.group_size == -1 or qw.group_size >= k else qw.group_size
-    return np.arange(layout.blocks) * layout.block // group
+    return np.arange(layout.blocks) * layout.block // group_columns(qw.shape[1], qw.group_size)
+
+
+def group_columns(k: int, group_size: int) -> int:
+    """The columns one scale covers: the group, or the whole row (per channel: -1, or a group >= K)."""
+    return k if group_size == -1 or group_size >= k else group_size

@@ -129,17 +129,11 @@ def check_parity(model, tokenizer, proto, path: Path, accuracy_level: int) -> di
     return errors
 
 
-# The head of a quantized checkpoint when neither it nor --lm-head says otherwise: float, so that an export
-# computes what its checkpoint computes. Measured on GPTQ W4 g128 (benchmarks/results/head_widths.jsonl,
-# Persuasion / news ppl, folder): float 39.62 / 36.30, 172 MB; 8-bit round to nearest 39.62 / 36.37, 96 MB,
-# decode 0.69x the float head's; 4-bit solved with the model (quantize --lm-head 4) 40.73 / 38.96, 82 MB.
-DEFAULT_HEAD = "fp"
-
-
 def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 4, lm_head: str | None = None,
            ort_format: bool = False, bits: int | float | None = None) -> dict:
     """Write the validated ONNX folder `out`; `bits` exports that slice of a (MatQuant) checkpoint.
-    lm_head None: the checkpoint's own calibrated head if it has one, else DEFAULT_HEAD (float with --fp32)."""
+    lm_head None: the checkpoint's own calibrated head if it has one, else float, so that the export computes
+    what its checkpoint computes (benchmarks/head_widths.py measures what each head width costs)."""
     import onnx
 
     from ..checkpoint import atomic_folder
@@ -159,9 +153,8 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     if lm_head is not None and calibrated_head:
         raise EdgeqError(f"{model}'s head was quantized with the model ({qweights[arch.lm_head].bits} bits, "
                          "calibrated): drop --lm-head")
-    if lm_head is None:
-        lm_head = "fp" if fp32 or calibrated_head else DEFAULT_HEAD
-    if HEAD_WIDTHS[lm_head] and not calibrated_head:
+    lm_head = lm_head or "fp"
+    if HEAD_WIDTHS[lm_head]:
         qweights = {**qweights, arch.lm_head: quantize_lm_head(loaded, arch, HEAD_WIDTHS[lm_head])}
     with atomic_folder(out) as tmp:
         write_genai_config(loaded.config, tokenizer, tmp)  # first: it refuses what genai cannot load

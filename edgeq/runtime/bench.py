@@ -164,7 +164,12 @@ def bench(folders, settings: Settings, clock=time.perf_counter, progress=None) -
         check_length(folder, settings.prompt + settings.gen + 1, f"--prompt {settings.prompt} and --gen {settings.gen}")
     if settings.shared_pool and settings.engine == "ort":
         use_shared_thread_pool(settings.threads)
-    models = [load(folder, settings, clock) for folder in folders]
+    return measure([load(folder, settings, clock) for folder in folders], settings, clock, progress)
+
+
+def measure(models: list[Model], settings: Settings, clock=time.perf_counter, progress=None) -> list[Model]:
+    """warmup + runs rounds over loaded models; in each round every model does one run in turn, on the same
+    random prompt (any decoder bench.one_run can drive: ours, genai's, another engine's)."""
     prompt = np.random.default_rng(0).integers(0, min(vocab_size(m.decoder) for m in models), (1, settings.prompt))
     for round_ in range(settings.warmup + settings.runs):
         for model in models:
