@@ -123,7 +123,8 @@ def mse_params(Wg: torch.Tensor, bits: int, sym: bool, importance: torch.Tensor 
         err = (s * (quantize_codes(Wg, s, z, maxq) - z) - Wg).abs_().pow_(norm)
         return (err if weight is None else err.mul_(weight)).sum(dim=1)
     shrinks = [1 - i / grid for i in range(int(max_shrink * grid))]
-    return best_shrink(shrinks, lambda p: minmax_params(Wg, bits, sym, shrink=p), error)
+    lo, hi = Wg.amin(dim=1), Wg.amax(dim=1)  # once: only the shrink changes between candidates
+    return best_shrink(shrinks, lambda p: range_params(lo, hi, bits, sym, shrink=p), error)
 
 
 def best_shrink(shrinks, grid_at, error):
