@@ -39,7 +39,19 @@ _LLAMA_LIKE = Arch(
     base="model", rotary="model.rotary_emb", blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
     input_groups=(("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
                   ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)))
-ARCHS = {"llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE}
+# Gemma 3 (text) keeps Llama's module paths and linears; what differs (four (1 + w) norms a block, GeGLU, a
+# scaled embedding, sliding and global layers with their own rotary bases) lives in the blocks transformers
+# runs during calibration, in layer_kinds below and in the exporter.
+ARCHS = {"llama": _LLAMA_LIKE, "mistral": _LLAMA_LIKE, "qwen2": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE,
+         "gemma3_text": _LLAMA_LIKE}
+SINGLE_KIND = "full_attention"
+
+
+def layer_kinds(config) -> list[str]:
+    """Per block, the kind of attention that picks its mask and rotary table (transformers' layer_types:
+    Gemma 3 alternates sliding and full layers); one kind for every block where the config names none."""
+    kinds = getattr(config, "layer_types", None)
+    return list(kinds) if kinds else [SINGLE_KIND] * config.num_hidden_layers
 
 
 def arch_of(config) -> Arch:
@@ -214,10 +226,25 @@ def load_model(source: ModelSource, stream_blocks: bool = False):
         _assign(model, {n: f for n, f in files.items() if not n.startswith(prefix)})
         rotary = get_module(model, arch.rotary)
         _set_module(model, arch.rotary, type(rotary)(config=model.config))
+        _restore_scalar_buffers(model, prefix)
         model.tie_weights()
         model.edgeq_weight_files = files
     model.eval()
     return model, config
+
+
+def _restore_scalar_buffers(model, blocks_prefix: str) -> None:
+    """Buffers outside the blocks that are not in the weight files and were built on the meta device:
+    Gemma 3's embedding scale (sqrt(hidden), kept as a float beside its buffer)."""
+    import torch
+    for name, buffer in list(model.named_buffers()):
+        if not buffer.is_meta or name.startswith(blocks_prefix):
+            continue
+        owner, _, leaf = name.rpartition(".")
+        module = get_module(model, owner)
+        if leaf != "embed_scale" or not hasattr(module, "scalar_embed_scale"):
+            raise EdgeqError(f"cannot load this model block by block: its buffer {name} has no stored value")
+        setattr(module, leaf, torch.tensor(module.scalar_embed_scale))
 
 
 def is_streamed(model) -> bool:
@@ -242,7 +269,6 @@ def release_weights(model, names) -> None:
 def _assign(model, files: dict[str, Path]) -> None:
     """Load the named tensors from their files into the model, replacing (meta) parameters; the file
     mapping is closed afterwards, so only the copies stay resident."""
-    import torch
     from safetensors import safe_open
     by_file: dict[Path, list[str]] = {}
     for name, file in files.items():

@@ -63,10 +63,18 @@ def tiny_family_model(family: str, vocab_size: int = 300):
                   num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
     extra = {"llama": dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
-             "qwen2": {}, "qwen3": dict(head_dim=32), "mistral": dict(sliding_window=5)}[family]
+             "qwen2": {}, "qwen3": dict(head_dim=32), "mistral": dict(sliding_window=5),
+             # sliding then full layers (two rotary bases), a query scale that is not head_dim ** -0.5
+             "gemma3_text": dict(head_dim=32, sliding_window=5, query_pre_attn_scalar=24,
+                                 layer_types=["sliding_attention", "full_attention"])}[family]
     torch.manual_seed(1)
     config = AutoConfig.for_model(family, **fields, **extra)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():  # norms away from their init (Gemma's are zeros, i.e. a gain of 1 + 0)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.2 * torch.randn_like(p))
+    return model
 
 
 def save_tiny_model(folder: Path, tokenizer, poison_nan: bool = False, **overrides) -> Path:

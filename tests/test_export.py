@@ -196,10 +196,12 @@ def test_bad_exports_are_refused_and_leave_nothing(tiny_model_dir, tiny_checkpoi
     assert {p.name for p in tmp_path.iterdir()} == {"broken", "w5"}  # no output, no temporary folder
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
 def test_each_family_decodes_like_torch(family, tmp_path):
-    """Rope scaling (llama3), q/k/v biases (qwen2), per-head q/k norms (qwen3) and a sliding window shorter
-    than the sequence (mistral): the fused graph's logits, prompt then cached steps, equal torch's."""
+    """Rope scaling (llama3), q/k/v biases (qwen2), per-head q/k norms (qwen3), a sliding window shorter
+    than the sequence (mistral) and Gemma 3's (1 + w) sandwich norms, GeGLU, scaled embedding, query scale
+    and sliding-then-full layers with two rotary bases: the fused graph's logits, prompt then cached steps,
+    equal torch's."""
     from edgeq.export.decoder import build_decoder
     model = tiny_family_model(family)
     proto, _ = build_decoder(model, {}, 0)

@@ -58,7 +58,7 @@ def without_buffer_sharing(folder, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
 def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenizer):
     folder = tmp_path / "onnx"
     export(str(family_checkpoint(family, tmp_path, bundled_tokenizer)), folder, accuracy_level=0)

@@ -36,7 +36,7 @@ def test_head_is_solved_on_the_final_norm_outputs(tiny_model_dir):
     H = normed.T @ normed / normed.shape[0]
     timings = Timings()
     qw = quantize_head(model, arch, Recipe("gptq", grid.QuantSpec(4, 32), head_bits=4),
-                       Batches(hidden.clone(), [{}, {}], 2, "cpu"), timings)
+                       Batches(hidden.clone(), [{models.SINGLE_KIND: {}}] * 2, 2, "cpu"), timings)
     assert timings.layer_errors["lm_head"] == pytest.approx(weighted_error(W, qw.dequantize(), H), rel=1e-4)
     rtn = get_solver("rtn")(W, None, head_spec(W.shape[1], 4))
     assert timings.layer_errors["lm_head"] < 0.9 * weighted_error(W, rtn.dequantize(), H)

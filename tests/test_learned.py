@@ -8,6 +8,7 @@ from edgeq import api, checkpoint, cli, grid
 from edgeq.calib.batches import Batches
 from edgeq.calib.reconstruct import Schedule, make_optimizer, reconstruct_block
 from edgeq.errors import EdgeqError
+from edgeq.models import SINGLE_KIND
 from edgeq.export.onnx import export
 from edgeq.solvers import get_method, get_solver, method_names
 from tests.conftest import calibration_text
@@ -130,7 +131,7 @@ def test_the_engine_keeps_the_parameters_of_its_best_step():
     block, x = Toy(), torch.randn(1, 16, 8)
     target = block(x).detach() + 0.3 * torch.randn(1, 16, 4)
     rounding = Free(torch.randn(4, 8))
-    record = reconstruct_block(block, {"lin": rounding}, Batches(x, [{}], 1), target, Schedule(30, 0.5, "adam"))
+    record = reconstruct_block(block, {"lin": rounding}, Batches(x, [{SINGLE_KIND: {}}], 1), target, Schedule(30, 0.5, "adam"))
     loss = float(torch.nn.functional.mse_loss(x @ rounding.w.detach().T, target))
     assert loss == pytest.approx(record["best"], rel=1e-6) and record["best"] < record["first"]
     assert all(p.requires_grad for p in block.parameters())  # the block is unfrozen afterwards

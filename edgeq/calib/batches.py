@@ -3,19 +3,21 @@ states, the keyword arguments each batch needs (attention mask, rotary embedding
 size and the device the block runs on. One object instead of the same four parameters on every function."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from ..models import SINGLE_KIND
 from .capture import block_output, to_device
 
 
 @dataclass
 class Batches:
     hidden: torch.Tensor   # [S, L, D] states at the current block's input, overwritten by run() with its outputs
-    kwargs: list[dict]     # one per batch
+    kwargs: list[dict]     # one per batch: {layer kind: the keyword arguments blocks of that kind take}
     size: int              # windows per batch
     device: str = "cpu"    # where the block runs (the states stay on the CPU)
+    kind: str = SINGLE_KIND  # the layer kind of the block these batches feed now (models.layer_kinds)
 
     @property
     def count(self) -> int:
@@ -35,11 +37,15 @@ class Batches:
 
     def inputs(self, b: int) -> tuple[torch.Tensor, dict]:
         """Batch b of these states and its keyword arguments, on the block's device."""
-        return self.take(b, self.hidden), to_device(self.kwargs[b], self.device)
+        return self.take(b, self.hidden), to_device(self.kwargs[b][self.kind], self.device)
 
     def with_states(self, states: torch.Tensor) -> "Batches":
         """The same batches over other states of the same windows (the float model's, for instance)."""
-        return Batches(states, self.kwargs, self.size, self.device)
+        return replace(self, hidden=states)
+
+    def for_kind(self, kind: str) -> "Batches":
+        """The same states (shared, not copied) feeding a block of another layer kind."""
+        return replace(self, kind=kind)
 
     @torch.no_grad()
     def run(self, block, targets: torch.Tensor | None = None) -> float:

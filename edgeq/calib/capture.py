@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from ..models import Arch, get_module
+from ..models import Arch, get_module, layer_kinds
 
 
 class _StopForward(Exception):
@@ -24,19 +24,30 @@ def to_device(obj, device):
 
 
 def capture_block_inputs(model, arch: Arch, windows: torch.Tensor, batch_size: int):
-    """Run the model up to block 0 on every batch of windows; return the hidden states [S, L, D] (CPU)
-    and the keyword arguments block 0 received per batch (masks, rotary embeddings), which every block
-    takes unchanged."""
-    block0 = get_module(model, arch.blocks)[0]
-    caught = {}
+    """Run the model up to block 0 on every batch of windows; return the hidden states [S, L, D] (CPU) and,
+    per batch, {layer kind: the keyword arguments (mask, rotary embeddings) blocks of that kind receive},
+    which they take unchanged (models.layer_kinds). A model with several kinds (Gemma 3's sliding and full
+    layers) runs on, its blocks passed through untouched, to the first block of each kind."""
+    kinds = layer_kinds(model.config)
+    first_of = {kind: kinds.index(kind) for kind in dict.fromkeys(kinds)}
+    last = max(first_of.values())
+    blocks = get_module(model, arch.blocks)
+    caught = {"kwargs": {}}
 
-    def catch(module, args, kwargs):
-        caught["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-        caught["kwargs"] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
-        raise _StopForward
+    def catch(index):
+        def hook(module, args, kwargs):
+            if index == 0:
+                caught["hidden"] = args[0] if args else kwargs["hidden_states"]
+            if index in first_of.values():
+                caught["kwargs"][kinds[index]] = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+            if index == last:
+                raise _StopForward
+        return hook
 
     hidden, kwargs_per_batch = None, []
-    handle = block0.register_forward_pre_hook(catch, with_kwargs=True)
+    handles = [blocks[i].register_forward_pre_hook(catch(i), with_kwargs=True) for i in range(last + 1)]
+    for i in range(last):  # blocks before the last kind's first: their weights may not even be loaded
+        blocks[i].forward = _pass_through
     try:
         with torch.no_grad():
             for start in range(0, windows.shape[0], batch_size):
@@ -49,10 +60,17 @@ def capture_block_inputs(model, arch: Arch, windows: torch.Tensor, batch_size: i
                 if hidden is None:
                     hidden = torch.empty(windows.shape[0], *h.shape[1:], dtype=h.dtype)
                 hidden[start:start + ids.shape[0]] = h
-                kwargs_per_batch.append(caught["kwargs"])
+                kwargs_per_batch.append(dict(caught["kwargs"]))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+        for i in range(last):
+            del blocks[i].forward
     return hidden, kwargs_per_batch
+
+
+def _pass_through(hidden_states, *args, **kwargs):
+    return hidden_states
 
 
 class HessianAccumulator:

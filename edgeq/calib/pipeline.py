@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .. import grid
-from ..models import Arch, get_module, is_streamed, load_block, release_weights
+from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..memory import release_freed_memory
 from ..progress import progress_bar
 from ..qweight import QuantizedWeight
@@ -123,12 +123,14 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     if method.learned:  # the float model's own states at the current block's input: the training targets
         fp_states = resume.load_hidden("fp_hidden") if start else batches.hidden.clone()
     in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
+    kinds = layer_kinds(model.config)
     bar = progress_bar(range(start, len(blocks)), desc="quantize", unit="block", enabled=progress,
                        initial=start, total=len(blocks))
     for i in bar:
         load_block(model, arch, i)
         feeds_nothing = i == len(blocks) - 1 and not recipe.head_bits  # a calibrated head reads the last outputs
-        job = BlockJob(blocks[i].to(device), i, feeds_nothing, arch, recipe, method, batches, fp_states,
+        block_batches = batches.for_kind(kinds[i]) if batches else None
+        job = BlockJob(blocks[i].to(device), i, feeds_nothing, arch, recipe, method, block_batches, fp_states,
                        timings, bar.set_postfix_str)
         block_q = BLOCK_QUANTIZERS[method.kind](job)
         blocks[i] = job.block.to("cpu")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import grid
-from ..models import Arch, get_module, is_streamed, load_block, release_weights
+from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..progress import progress_bar
 from ..solvers import get_solver, weighted_error
 from .capture import capture_block_inputs
@@ -64,12 +64,13 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
     solver = get_solver(method)
     blocks = get_module(model, arch.blocks)
     batches = Batches(*capture_block_inputs(model, arch, windows, batch_size), batch_size)
+    kinds = layer_kinds(model.config)
     estimates = {"hessian": {}, **({"fisher": {}} if fisher is not None else {})}
     timings = Timings()
     for i in progress_bar(range(len(blocks)), desc="sensitivity", unit="block", enabled=progress):
         load_block(model, arch, i)
-        block, prefix = blocks[i], f"{arch.blocks}.{i}."
-        hessians = collect_hessians(block, arch, batches, timings)
+        block, prefix, block_batches = blocks[i], f"{arch.blocks}.{i}.", batches.for_kind(kinds[i])
+        hessians = collect_hessians(block, arch, block_batches, timings)
         for group in arch.input_groups:
             H = hessians[group[0]].hessian()
             for name in group:
@@ -83,7 +84,7 @@ def layer_estimates(model, arch: Arch, windows: torch.Tensor, candidates: list[g
                     if fisher is not None:
                         estimates["fisher"][prefix + name].append(0.5 * float((fisher[prefix + name] * dW * dW).sum()))
         if i < len(blocks) - 1:
-            batches.run(block)
+            block_batches.run(block)
         if is_streamed(model):
             release_weights(model, [prefix + name for name in arch.linears])
     return estimates

@@ -1,5 +1,5 @@
 """The decoder graph written node by node from the model's weights (the Llama family: llama, mistral,
-qwen2, qwen3), in the fused form onnxruntime runs fastest: per block two RMS norms
+qwen2, qwen3; and Gemma 3, see Style), in the fused form onnxruntime runs fastest: per block two RMS norms
 (SkipSimplifiedLayerNormalization also adds the residual), one GroupQueryAttention with the rotary
 embedding inside, and four linears, q/k/v and gate/up each concatenated into one node: MatMulNBits built
 from our QuantizedWeight, or float MatMul.
@@ -13,13 +13,14 @@ each row's length, so batches may be right-padded.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import EdgeqError
-from ..models import arch_of, get_module, head_is_tied
+from ..models import arch_of, get_module, head_is_tied, layer_kinds
 from ..qweight import QuantizedWeight
 from .matmulnbits import MS_DOMAIN, NodeLayout, node_layout, node_tensors
 
@@ -61,6 +62,41 @@ class Dims:
     def of(cls, config) -> "Dims":
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         return cls(config.num_attention_heads, config.num_key_value_heads, head_dim, float(config.rms_norm_eps))
+
+
+@dataclass(frozen=True)
+class Style:
+    """What a family changes in the block's graph. Gemma 3: RMS norms scale by (1 + w), four norms a block
+    (the attention and MLP outputs are normed before the residual add), GeGLU (tanh GELU) instead of SwiGLU,
+    the embedding multiplied by sqrt(hidden), its own query scale, and sliding and full layers each with
+    their own rotary base (one cos/sin table per kind of layer)."""
+    norm_offset: float = 0.0
+    sandwich_norms: bool = False
+    activation: str = "silu"
+    embed_scale: float | None = None
+    query_scale: float | None = None  # GroupQueryAttention's default is head_dim ** -0.5
+
+    @classmethod
+    def of(cls, model, arch) -> "Style":
+        config, layer = model.config, get_module(model, arch.blocks)[0]
+        activation = getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)
+        if activation not in ACTIVATIONS:
+            raise EdgeqError(f"cannot export the activation {activation!r} (supported: {', '.join(ACTIVATIONS)})")
+        for cap in ("final_logit_softcapping", "attn_logit_softcapping"):
+            if getattr(config, cap, None) is not None:
+                raise EdgeqError(f"cannot export a model with {cap} (Gemma 2's logit soft-capping)")
+        scalar = getattr(config, "query_pre_attn_scalar", None)
+        return cls(norm_offset=1.0 if config.model_type in NORM_PLUS_ONE else 0.0,
+                   sandwich_norms=hasattr(layer, "pre_feedforward_layernorm"), activation=ACTIVATIONS[activation],
+                   embed_scale=getattr(get_module(model, arch.embed), "scalar_embed_scale", None),
+                   query_scale=float(scalar) ** -0.5 if scalar else None)
+
+    def gamma(self, weight) -> np.ndarray:
+        return tensor(weight) + np.float32(self.norm_offset)
+
+
+NORM_PLUS_ONE = ("gemma3_text",)  # families whose RMS norm computes x_normed * (1 + w)
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
 
 
 def node_prefix(names: list[str]) -> str:
@@ -122,13 +158,15 @@ def linears(g: Graph, x: str, names: list[str], modules: list, qweights: dict[st
     return [linear(g, x, [n], [m], qweights, accuracy_level, layouts) for n, m in zip(names, modules)]
 
 
-def rotary_caches(model, arch, dims: Dims) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [max_positions, rotary_dim / 2] from the model's own rotary module, so every rope
-    scaling transformers knows (linear, llama3, yarn's attention factor) is baked in exactly."""
+def rotary_caches(model, arch, dims: Dims, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [max_positions, rotary_dim / 2] from the model's own rotary module for one kind of layer, so
+    every rope scaling transformers knows (linear, llama3, yarn's attention factor) is baked in exactly."""
     positions = torch.arange(model.config.max_position_embeddings)[None]
     probe = torch.zeros(1, 1, dims.head_dim)
+    rotary = get_module(model, arch.rotary)
+    per_kind = "layer_type" in inspect.signature(rotary.forward).parameters  # Gemma 3: a base per kind
     with torch.no_grad():
-        cos, sin = get_module(model, arch.rotary)(probe, positions)
+        cos, sin = rotary(probe, positions, kind) if per_kind else rotary(probe, positions)
     half = cos.shape[-1] // 2
     # transformers repeats the half-size table twice (rotate_half layout); GQA wants one half
     if not torch.equal(cos[..., :half], cos[..., half:]):
@@ -149,20 +187,33 @@ def attention_inputs(g: Graph) -> tuple[str, str]:
     return seqlens, total
 
 
-def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, config, shared: dict, lin) -> str:
+def sliding_window(config, kind: str) -> int | None:
+    """The attention window of a layer of this kind: Gemma 3's sliding layers, or every layer of a model
+    with one window for all (mistral; qwen2 only with use_sliding_window); None for full attention."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window) if kind != "full_attention" or getattr(config, "layer_types", None) is None else None
+
+
+def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, style: Style, kind: str, config,
+              shared: dict, lin) -> str:
     attn = layer.self_attn
     names = [f"{prefix}.self_attn.{p}_proj" for p in "qkv"]
     qkv = lin(x, names, [attn.q_proj, attn.k_proj, attn.v_proj])
     if getattr(attn, "q_norm", None) is not None:
-        qkv = head_norms(g, split_qkv(g, qkv, i, dims), i, attn, dims)
+        qkv = head_norms(g, split_qkv(g, qkv, i, dims), i, attn, dims, style)
     elif len(qkv) == 1:
         qkv += ["", ""]  # packed: GQA splits it itself
+    cos, sin = shared["rotary"][kind]
     inputs = [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", shared["seqlens"],
-              shared["total"], shared["cos"], shared["sin"], "position_ids"]
+              shared["total"], cos, sin, "position_ids"]
     attrs = dict(num_heads=dims.heads, kv_num_heads=dims.kv_heads, do_rotary=1, rotary_interleaved=0)
-    window = getattr(config, "sliding_window", None)
-    if window and getattr(config, "use_sliding_window", True) is not False:
-        attrs["local_window_size"] = int(window)
+    if style.query_scale is not None:
+        attrs["scale"] = style.query_scale
+    window = sliding_window(config, kind)
+    if window:
+        attrs["local_window_size"] = window
     out = g.op("GroupQueryAttention", inputs, [f"layer{i}_attn", f"present.{i}.key", f"present.{i}.value"],
                domain=MS_DOMAIN, name=f"layer{i}_GroupQueryAttention", **attrs)[0]
     return lin(out, [f"{prefix}.self_attn.o_proj"], [attn.o_proj])[0]
@@ -175,7 +226,7 @@ def split_qkv(g: Graph, qkv: list[str], i: int, dims: Dims) -> list[str]:
     return g.op("Split", [qkv[0], sizes], [f"layer{i}_q", f"layer{i}_k", f"layer{i}_v"], axis=-1)
 
 
-def head_norms(g: Graph, qkv: list[str], i: int, attn, dims: Dims) -> list[str]:
+def head_norms(g: Graph, qkv: list[str], i: int, attn, dims: Dims, style: Style) -> list[str]:
     """qwen3's per-head RMS norms of q and k (before rotary), as RMSNormalization over [B, S, heads, head_dim]
     views: GroupQueryAttention's own q/k norm inputs run on CUDA and WebGPU only (onnxruntime 1.32)."""
     q, k, v = qkv
@@ -184,26 +235,29 @@ def head_norms(g: Graph, qkv: list[str], i: int, attn, dims: Dims) -> list[str]:
         heads = g.constant(f"layer{i}_{name}_heads_shape", np.array([0, 0, -1, dims.head_dim], dtype=np.int64))
         flat = g.constant(f"layer{i}_{name}_flat_shape", np.array([0, 0, -1], dtype=np.int64))
         split = g.op("Reshape", [x, heads], f"layer{i}_{name}_heads")[0]
-        y = g.op("RMSNormalization", [split, g.constant(f"layer{i}_{name}_norm", tensor(module.weight))],
+        y = g.op("RMSNormalization", [split, g.constant(f"layer{i}_{name}_norm", style.gamma(module.weight))],
                  f"layer{i}_{name}_normed", axis=-1, epsilon=dims.eps)[0]
         normed.append(g.op("Reshape", [y, flat], f"layer{i}_{name}_normed_flat")[0])
     return [*normed, v]
 
 
-def mlp(g: Graph, x: str, i: int, layer, prefix: str, lin) -> str:
+def mlp(g: Graph, x: str, i: int, layer, prefix: str, style: Style, lin) -> str:
     names = [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"]
     gate_up = lin(x, names, [layer.mlp.gate_proj, layer.mlp.up_proj])
     gate, up = gate_up if len(gate_up) == 2 else \
         g.op("Split", gate_up, [f"layer{i}_gate", f"layer{i}_up"], axis=-1, num_outputs=2)
-    sig = g.op("Sigmoid", [gate], f"layer{i}_gate_sigmoid")[0]
-    silu = g.op("Mul", [gate, sig], f"layer{i}_gate_silu")[0]
-    act = g.op("Mul", [silu, up], f"layer{i}_mlp_act")[0]
+    if style.activation == "gelu_tanh":
+        gated = g.op("Gelu", [gate], f"layer{i}_gate_gelu", approximate="tanh")[0]
+    else:
+        sig = g.op("Sigmoid", [gate], f"layer{i}_gate_sigmoid")[0]
+        gated = g.op("Mul", [gate, sig], f"layer{i}_gate_silu")[0]
+    act = g.op("Mul", [gated, up], f"layer{i}_mlp_act")[0]
     return lin(act, [f"{prefix}.mlp.down_proj"], [layer.mlp.down_proj])[0]
 
 
-def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> tuple[str, str]:
+def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None, style: Style) -> tuple[str, str]:
     """(normalized, residual): RMSNorm of x, or of x + skip with the sum returned as the new residual."""
-    gamma = g.constant(f"{name}_weight", tensor(weight))
+    gamma = g.constant(f"{name}_weight", style.gamma(weight))
     if skip is None:
         return g.op("RMSNormalization", [x, gamma], f"{name}_out", axis=-1, epsilon=eps)[0], x
     out, _, _, total = g.op("SkipSimplifiedLayerNormalization", [x, skip, gamma],
@@ -211,7 +265,17 @@ def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None) -> t
     return out, total
 
 
-def embedding(g: Graph, model, arch, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
+def embedding(g: Graph, model, arch, head: QuantizedWeight | None, head_layout: NodeLayout | None,
+              style: Style) -> tuple[str, str]:
+    """(hidden states of input_ids, name of the float table or ""), times the family's embedding scale."""
+    hidden, table = lookup(g, model, arch, head, head_layout)
+    if style.embed_scale is None:
+        return hidden, table
+    scale = g.constant("embedding_scale", np.array(style.embed_scale, dtype=np.float32))
+    return g.op("Mul", [hidden, scale], "embedding_scaled")[0], table
+
+
+def lookup(g: Graph, model, arch, head: QuantizedWeight | None, head_layout: NodeLayout | None) -> tuple[str, str]:
     """(hidden states of input_ids, name of the float table or ""). A tied 8- or 4-bit head whose codes need
     no padding lends them to the lookup (GatherBlockQuantized reads MatMulNBits' B [V, K/block, block * bits
     / 8] as it is, two 4-bit codes a byte, low nibble first); otherwise the float table is gathered."""
@@ -246,6 +310,31 @@ def lm_head(g: Graph, x: str, model, arch, table: str, lin) -> str:
     return g.op("Identity", [out], "logits")[0]
 
 
+def rotary_constants(g: Graph, model, arch, dims: Dims, kinds: list[str]) -> dict[str, tuple[str, str]]:
+    """{layer kind: (cos, sin) initializer names}, one pair of tables per kind of layer."""
+    out = {}
+    for kind in dict.fromkeys(kinds):
+        cos, sin = rotary_caches(model, arch, dims, kind)
+        suffix = "" if len(out) == 0 else f"_{kind}"
+        out[kind] = (g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin))
+    return out
+
+
+def mlp_input(g: Graph, i: int, layer, dims: Dims, style: Style, residual: str, attn_out: str):
+    """(normed MLP input, residual) after the attention: the attention output added to the residual
+    and normed (post_attention_layernorm), or, with sandwich norms, normed on its own first and the sum
+    normed by pre_feedforward_layernorm."""
+    if not style.sandwich_norms:
+        x, residual = norm(g, f"layer{i}_post_attention_norm", layer.post_attention_layernorm.weight, dims.eps,
+                           residual, attn_out, style)
+        return x, residual
+    attn_out = norm(g, f"layer{i}_post_attention_norm", layer.post_attention_layernorm.weight, dims.eps,
+                    attn_out, None, style)[0]
+    x, residual = norm(g, f"layer{i}_pre_feedforward_norm", layer.pre_feedforward_layernorm.weight, dims.eps,
+                       residual, attn_out, style)
+    return x, residual
+
+
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
     past = [f"past_key_values.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
     present = [f"present.{i}.{kind}" for i in range(n_layers) for kind in ("key", "value")]
@@ -275,20 +364,21 @@ def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: i
     lin = lambda x, names, modules: linears(g, x, names, modules, qweights, accuracy_level, layouts)  # noqa: E731
     head = qweights.get(arch.lm_head)
     head_layout = node_layout(arch.lm_head, head) if head is not None else None
-    cos, sin = rotary_caches(model, arch, dims)
+    style, kinds = Style.of(model, arch), layer_kinds(config)
     seqlens, total = attention_inputs(g)
-    shared = {"seqlens": seqlens, "total": total, "cos": g.constant("cos_cache", cos),
-              "sin": g.constant("sin_cache", sin)}
-    hidden, table = embedding(g, model, arch, head, head_layout)
+    shared = {"seqlens": seqlens, "total": total, "rotary": rotary_constants(g, model, arch, dims, kinds)}
+    hidden, table = embedding(g, model, arch, head, head_layout, style)
     residual, skip = hidden, None
     for i, layer in enumerate(get_module(model, arch.blocks)):
         prefix = f"{arch.blocks}.{i}"
-        x, residual = norm(g, f"layer{i}_input_norm", layer.input_layernorm.weight, dims.eps, residual, skip)
-        skip = attention(g, x, i, layer, prefix, dims, config, shared, lin)
-        x, residual = norm(g, f"layer{i}_post_attention_norm", layer.post_attention_layernorm.weight, dims.eps,
-                           residual, skip)
-        skip = mlp(g, x, i, layer, prefix, lin)
-    x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip)
+        x, residual = norm(g, f"layer{i}_input_norm", layer.input_layernorm.weight, dims.eps, residual, skip, style)
+        skip = attention(g, x, i, layer, prefix, dims, style, kinds[i], config, shared, lin)
+        x, residual = mlp_input(g, i, layer, dims, style, residual, skip)
+        skip = mlp(g, x, i, layer, prefix, style, lin)
+        if style.sandwich_norms:
+            skip = norm(g, f"layer{i}_post_feedforward_norm", layer.post_feedforward_layernorm.weight, dims.eps,
+                        skip, None, style)[0]
+    x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip, style)
     lm_head(g, x, model, arch, table, lin)
     inputs, outputs = graph_io(config, dims)
     proto = helper.make_model(helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, g.initializers),
