@@ -277,7 +277,7 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 51
     label, tokenizer, score, runtime = _scorer(model, bits)
     results = []
     for body, text_label in bodies:
-        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows)
+        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows, data.sequence_start(tokenizer))
         t = time.perf_counter()
         ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
         results.append({"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),

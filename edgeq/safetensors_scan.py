@@ -42,3 +42,25 @@ def non_finite_tensors(path: Path, chunk_bytes: int = 1 << 24):
     finally:
         os.close(fd)
     return bad
+
+
+def map_float32(path: Path, names) -> dict:
+    """{name: tensor} for the float32 tensors among `names`, backed by a private (copy-on-write) mapping of
+    the file instead of a copy in memory: a table read a few rows at a time (the embedding, during
+    calibration) then costs only the pages touched, and the kernel may drop them again. Other dtypes are
+    left out (they need converting, hence a copy)."""
+    import mmap
+
+    import torch
+    meta, data_start = header(path)
+    wanted = [n for n in names if meta.get(n, {}).get("dtype") == "F32"]
+    if not wanted:
+        return {}
+    with open(path, "rb") as f:
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays open while a tensor uses it
+    out = {}
+    for name in wanted:
+        begin, end = meta[name]["data_offsets"]
+        flat = torch.frombuffer(mapping, dtype=torch.float32, count=(end - begin) // 4, offset=data_start + begin)
+        out[name] = flat.view(meta[name]["shape"])
+    return out

@@ -44,6 +44,26 @@ def test_one_part_gives_the_windows_of_the_single_text_sampler(bundled_tokenizer
     assert record["parts"] == [{"label": "builtin:novel", "weight": 1.0, "windows": 4, "tokens": tokens.numel()}]
 
 
+class OpensWithBos:
+    """A tokenizer that opens every text with token 7, as Gemma's opens with its BOS."""
+    def __call__(self, text, add_special_tokens=True, **_):
+        return {"input_ids": ([7] if add_special_tokens else []) + [100 + ord(c) % 50 for c in text]}
+
+
+def test_windows_start_as_the_model_s_own_sequences_do(bundled_tokenizer, tmp_path):
+    assert data.sequence_start(bundled_tokenizer) == ()  # SmolLM2: windows unchanged (the digest test above)
+    tok = OpensWithBos()
+    assert data.sequence_start(tok) == (7,)
+    (tmp_path / "t.txt").write_text("rivers and hills " * 100)
+    windows, record = data.calibration_set(tok, [str(tmp_path / "t.txt")], None, 5, 16, seed=0)
+    assert windows.shape == (5, 16) and (windows[:, 0] == 7).all() and (windows[:, 1:] != 7).all()
+    assert record["sequence_start"] == [7]
+    tokens = data.tokenize(tok, "rivers and hills " * 10)
+    held_out = data.eval_windows(tokens, 16, start=(7,))
+    assert held_out.shape == (tokens.numel() // 15, 16) and (held_out[:, 0] == 7).all()
+    assert torch.equal(held_out[:, 1:].reshape(-1), tokens[:held_out.shape[0] * 15])  # consecutive text
+
+
 def test_the_mix_is_deterministic_and_recorded(bundled_tokenizer):
     parts = ["builtin:novel", "builtin:pydoc", "builtin:code", "builtin:chat"]
     a, rec_a = data.calibration_set(bundled_tokenizer, parts, [2, 1, 1, 1], 10, 64, 0)
