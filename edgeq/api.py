@@ -34,6 +34,10 @@ class QuantConfig:
     layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
     propagate: str = "quantized"  # next block's calibration inputs: the quantized (GPTQ's) or the float model's
     lm_head: int | None = None  # quantize the output head too, at these bits, on its own Hessian; None: float
+    # Each window's first position counts this many times in every Hessian. It holds the attention sink
+    # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
+    # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
+    first_token_weight: float = 1.0
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -76,6 +80,8 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
         raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
     if config.block_epochs and not calibrated:
         raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    if not config.first_token_weight > 0:
+        raise EdgeqError(f"--first-token-weight must be > 0, got {config.first_token_weight}")
     if config.propagate not in ("quantized", "float"):
         raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
     if config.propagate == "float" and (config.block_epochs or learned):
@@ -129,7 +135,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     t_sensitivity = time.perf_counter() - t_sensitivity
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
-                             config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head)
+                             config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head,
+                             config.first_token_weight)
     resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -147,6 +154,9 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
+    if calibrated:  # how the calibration was used, where it differs from GPTQ's scheme
+        meta["calibration"].update({k: v for k, v in (("first_token_weight", config.first_token_weight),
+                                                      ("propagate", config.propagate)) if v not in (1.0, "quantized")})
     if config.layer_grids:
         meta["layer_grids"] = [list(g) for g in config.layer_grids]
     if config.mixed:

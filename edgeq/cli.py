@@ -255,6 +255,9 @@ def add_calibration_flags(q) -> None:
     q.add_argument("--propagate", choices=["quantized", "float"], default="quantized",
                    help="what the next block calibrates on: the outputs of this block with its quantized weights "
                    "(GPTQ's sequential scheme, default) or with its float weights (one forward pass less)")
+    q.add_argument("--first-token-weight", type=float, default=1.0, metavar="W",
+                   help="how many times each calibration window's first position (the attention sink, whose keys "
+                   "and values every later token reads) counts in the Hessians (default: 1, as GPTQ)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling")
     q.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to calibrate")
 
@@ -406,7 +409,8 @@ def cmd_quantize(args) -> None:
     config = QuantConfig(method=args.method, bits=bits, group_size=args.group_size, sym=args.sym,
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
-                         block_lr=args.block_lr, propagate=args.propagate, mixed=mixed_config(args),
+                         block_lr=args.block_lr, propagate=args.propagate,
+                         first_token_weight=args.first_token_weight, mixed=mixed_config(args),
                          layer_grids=tuple(args.layer_grid), lm_head=HEAD_WIDTHS[args.lm_head])
     meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]

@@ -208,3 +208,24 @@ def test_a_group_wider_than_the_row_is_stored_per_channel(tiny_model_dir, tmp_pa
         k = qw.shape[1]
         assert qw.group_size == k and qw.scale.shape == (qw.shape[0], 1), name
         assert meta["layers"][name]["group_size"] == k
+
+
+def test_first_token_weight_counts_each_window_s_first_position_that_many_times():
+    from edgeq.calib.capture import HessianAccumulator
+    x = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    weighted = HessianAccumulator(4, "cpu", first_token_weight=3.0)
+    weighted.add(x)
+    repeated = torch.cat([x[:, :1], x[:, :1], x], dim=1).reshape(-1, 4)  # the first rows twice more
+    torch.testing.assert_close(weighted.sum, repeated.T @ repeated)
+    assert weighted.count == 15
+
+
+def test_first_token_weight_is_recorded_and_a_bad_one_refused(tiny_model_dir, tmp_path):
+    meta = quantize_tiny(tiny_model_dir, tmp_path / "w", api.QuantConfig(
+        method="gptq", bits=4, group_size=32, samples=4, seq_len=32, first_token_weight=4.0))
+    assert meta["calibration"]["first_token_weight"] == 4.0
+    plain = quantize_tiny(tiny_model_dir, tmp_path / "p", api.QuantConfig(method="gptq", bits=4, group_size=32,
+                                                                         samples=4, seq_len=32))
+    assert "first_token_weight" not in plain["calibration"] and plain["layer_errors"] != meta["layer_errors"]
+    with pytest.raises(EdgeqError, match="first-token-weight"):
+        quantize_tiny(tiny_model_dir, tmp_path / "bad", api.QuantConfig(method="gptq", first_token_weight=0))

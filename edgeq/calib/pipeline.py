@@ -46,6 +46,7 @@ class Recipe:
     layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
     propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
     head_bits: int | None = None  # the output head too, on the final norm's outputs (None: it stays float)
+    first_token_weight: float = 1.0  # Hessian weight of each window's first position (api.QuantConfig)
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
@@ -56,7 +57,9 @@ class Recipe:
         blob = json.dumps([model_label, calib_digest, self.method, asdict(self.spec), self.solver_opts,
                            self.batch_size, self.block_epochs, self.block_lr, layers]
                           + ([self.propagate] if self.propagate != "quantized" else [])
-                          + ([f"head {self.head_bits}"] if self.head_bits else []), sort_keys=True, default=str)
+                          + ([f"head {self.head_bits}"] if self.head_bits else [])
+                          + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else []),
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -164,7 +167,8 @@ def quantize_head(model, arch: Arch, recipe: Recipe, batches: Batches | None, ti
     H = None
     if batches is not None:
         norm = get_module(model, arch.final_norm)
-        acc = HessianAccumulator(W.shape[1], W.device)  # the head, its norm and the states stay on the CPU
+        # the head, its norm and the states stay on the CPU
+        acc = HessianAccumulator(W.shape[1], W.device, recipe.first_token_weight)
         for _, rows in batches:
             acc.add(norm(batches.hidden[rows].to(W.device)))
         H = acc.hessian()
@@ -186,7 +190,8 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     targets = torch.empty_like(batches.hidden) if batches is not None and recipe.block_epochs else None
     hessians = None
     if batches is not None:
-        hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets)
+        hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets,
+                                    recipe.first_token_weight)
     solver = job.method.solver()
     block_q = {}
     for group in job.arch.input_groups:
@@ -257,10 +262,10 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
 
 
 @torch.no_grad()
-def collect_hessians(block, arch, batches: Batches, timings, targets=None):
+def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0):
     """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
     given (targets may be the states themselves: each batch is read before its rows are overwritten)."""
-    accumulators, remove = hessian_hooks(block, arch, batches.device)
+    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight)
     t = time.perf_counter()
     try:
         for b, rows in batches:
