@@ -51,7 +51,7 @@ def phases(model: str, spec: list[str], work: Path, protocol) -> list[tuple[str,
     ppl = lambda p: {"perplexity": perplexities(protocol, p)}  # noqa: E731
     size = lambda p: {"folder_mb": folder_mb(p)}  # noqa: E731
     bench = lambda p: {"bench": [{k: r.get(k) for k in ("name", "file_mb", "decode_ms_per_token", "prefill_ms", "load_rss_mb")}  # noqa: E731
-                                 for r in json.loads(p.read_text())["results"]]}
+                                 for r in json.loads(p.read_text())["models"]]}
     return [
         ("fp32 eval", work / "fp32-eval.json", ["eval", model, *eval_args(protocol, work / "fp32-eval.json")], ppl),
         ("quantize", ckpt, ["quantize", model, *spec, "--out", ckpt, "--quiet"], stats),
