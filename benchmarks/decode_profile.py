@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from memory_floor import ONE_ROW, copy_bandwidth
+from memory_floor import ONE_ROW, POSITION_TABLES, copy_bandwidth
 
 
 def node_weight_bytes(folder: Path) -> dict[str, int]:
@@ -25,7 +25,9 @@ def node_weight_bytes(folder: Path) -> dict[str, int]:
     proto = onnx.load(str(folder / "model.onnx"))
     sizes = {t.name: onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer}
     rows = {t.name: max(t.dims[0], 1) if t.dims else 1 for t in proto.graph.initializer}
-    per_row = lambda n, i, name: n.op_type in ONE_ROW and i == ONE_ROW[n.op_type]  # noqa: E731
+    # a lookup's table and the rotary caches (GroupQueryAttention reads the rows of the new positions)
+    per_row = lambda n, i, name: (n.op_type in ONE_ROW and i == ONE_ROW[n.op_type]) or \
+        name.startswith(POSITION_TABLES)  # noqa: E731
     return {n.name: sum(sizes.get(name, 0) // (rows[name] if per_row(n, i, name) else 1)
                         for i, name in enumerate(n.input) if name in sizes) for n in proto.graph.node}
 
