@@ -36,7 +36,7 @@ def hessians_of_blocks(wanted, samples, seq_len):
     with torch.no_grad():
         for i in range(max(wanted) + 1):
             accumulators, remove = hessian_hooks(blocks[i], arch, "cpu") if i in wanted else ({}, lambda: None)
-            hidden = block_output(blocks[i], hidden, kwargs[0])
+            hidden = block_output(blocks[i], hidden, kwargs[0][models.layer_kinds(config)[i]])
             remove()
             for group in arch.input_groups if i in wanted else ():
                 for name in group:

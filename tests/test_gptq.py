@@ -36,19 +36,20 @@ def test_gptq_beats_rtn_on_real_hessians(real_model, bundled_tokenizer):
     """Hessians of block 2's linears on real calibration text, through the real model."""
     from edgeq.calib import data
     from edgeq.calib.capture import capture_block_inputs, hessian_hooks, block_output
-    from edgeq.models import get_module
+    from edgeq.models import get_module, layer_kinds
     from tests.conftest import calibration_text
 
     model, arch = real_model
+    kinds = layer_kinds(model.config)
     text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:200_000]), 8, 256)
     hidden, kwargs = capture_block_inputs(model, arch, windows, 8)
     blocks = get_module(model, arch.blocks)
     with torch.no_grad():
         for i in range(2):
-            hidden = block_output(blocks[i], hidden, kwargs[0])
+            hidden = block_output(blocks[i], hidden, kwargs[0][kinds[i]])
         accumulators, remove = hessian_hooks(blocks[2], arch, "cpu")
-        block_output(blocks[2], hidden, kwargs[0])
+        block_output(blocks[2], hidden, kwargs[0][kinds[2]])
         remove()
     for group in arch.input_groups:
         H = accumulators[group[0]].hessian()
