@@ -46,7 +46,8 @@ def step_bytes(folder: Path, position: int) -> dict:
     proto = onnx.load(str(folder / "model.onnx"))
     sizes = {t.name: onnx.numpy_helper.to_array(t).nbytes for t in proto.graph.initializer}
     rows = {t.name: t.dims[0] for t in proto.graph.initializer if t.dims}
-    one_row = {n.input[ONE_ROW[n.op_type]] for n in proto.graph.node if n.op_type in ONE_ROW} | set(POSITION_TABLES)
+    one_row = {n.input[ONE_ROW[n.op_type]] for n in proto.graph.node if n.op_type in ONE_ROW} | \
+        {name for name in sizes if name.startswith(POSITION_TABLES)}  # a pair per layer kind (Gemma 3)
     # a table another node also reads (a tied head: FusedMatMul over the float table, MatMulNBits over codes
     # the lookup shares) is read whole
     shared = {name for n in proto.graph.node if n.op_type not in ONE_ROW for name in n.input}

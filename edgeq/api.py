@@ -154,9 +154,10 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
-    if calibrated:  # how the calibration was used, where it differs from GPTQ's scheme
-        meta["calibration"].update({k: v for k, v in (("first_token_weight", config.first_token_weight),
-                                                      ("propagate", config.propagate)) if v not in (1.0, "quantized")})
+    if calibrated and config.first_token_weight != 1.0:  # how the calibration was used, where not as GPTQ's
+        meta["calibration"]["first_token_weight"] = config.first_token_weight
+    if calibrated and config.propagate != "quantized":
+        meta["calibration"]["propagate"] = config.propagate
     if config.layer_grids:
         meta["layer_grids"] = [list(g) for g in config.layer_grids]
     if config.mixed:
@@ -285,9 +286,9 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 51
         from .runtime.session import check_length
         check_length(model, seq_len, f"--seq-len {seq_len}")
     label, tokenizer, score, runtime = _scorer(model, bits)
-    results = []
+    results, start = [], data.sequence_start(tokenizer)
     for body, text_label in bodies:
-        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows, data.sequence_start(tokenizer))
+        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows, start)
         t = time.perf_counter()
         ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
         results.append({"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),

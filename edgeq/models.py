@@ -280,8 +280,10 @@ def _assign(model, files: dict[str, Path], mapped: bool = False) -> None:
     for file, names in by_file.items():
         if mapped:
             state.update(map_float32(file, names))
-        with safe_open(str(file), "pt") as f:
-            state.update({name: f.get_tensor(name).float().clone() for name in names if name not in state})
+        copied = [name for name in names if name not in state]
+        if copied:
+            with safe_open(str(file), "pt") as f:
+                state.update({name: f.get_tensor(name).float().clone() for name in copied})
     model.load_state_dict(state, strict=False, assign=True)
 
 

@@ -1,5 +1,6 @@
-"""Reading safetensors tensors one at a time with pread, without mapping the file: a check over every
-weight then costs one tensor of memory, where a mapped read keeps the whole file resident until closed."""
+"""Reading safetensors files by hand: tensors one at a time with pread, without mapping the file (a check
+over every weight then costs one tensor of memory, where a mapped read keeps the whole file resident until
+closed), and float32 tables mapped copy-on-write where only the rows read should become resident."""
 from __future__ import annotations
 
 import json
