@@ -14,7 +14,7 @@ import argparse
 
 import torch
 
-from edgeq import grid, models
+from edgeq import grid, heldout, models
 from edgeq.calib import data
 from edgeq.calib.capture import block_output, capture_block_inputs, hessian_hooks
 from edgeq.models import get_module
@@ -29,7 +29,7 @@ def hessians_of_blocks(wanted, samples, seq_len):
     source = models.bundled_source()
     model, config = models.load_model(source)
     arch = models.arch_of(config)
-    text, _ = data.read_text(None, data.DEFAULT_CALIB)
+    text, _ = heldout.read_text("builtin:novel")
     windows = data.calibration_windows(data.tokenize(models.load_tokenizer(source), text), samples, seq_len)
     hidden, kwargs = capture_block_inputs(model, arch, windows, samples)
     blocks = get_module(model, arch.blocks)

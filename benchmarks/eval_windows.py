@@ -20,11 +20,10 @@ COUNTS = (10, 20, 40, 80, 120)
 
 
 def per_window_nll(model: str | None, seq_len: int) -> list[float]:
-    from edgeq import api
-    from edgeq.calib import data
-    body, _ = data.read_text(None, data.DEFAULT_EVAL)
-    _, tokenizer, score, _ = api._scorer(model)
-    windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len)
+    from edgeq import heldout
+    body, _ = heldout.read_text(None)
+    _, tokenizer, score, _ = heldout.scorer(model)
+    windows = heldout.eval_windows(heldout.token_ids(tokenizer, body), seq_len)
     out = []
     for i in range(windows.shape[0]):
         nll, count = score(windows[i:i + 1])

@@ -17,7 +17,7 @@ import torch
 
 from quality import SHARED_TEXT
 
-from edgeq import checkpoint, models
+from edgeq import checkpoint, heldout, models
 from edgeq.calib import data
 from edgeq.eval import window_nll
 from edgeq.mixed import label
@@ -55,7 +55,7 @@ def main():
     source = models.bundled_source()
     model, config = models.load_model(source)
     arch = models.arch_of(config)
-    body, _ = data.read_text(args.text, None)
+    body, _ = heldout.read_text(args.text)
     windows = data.eval_windows(data.tokenize(models.load_tokenizer(source), body), 512, args.max_windows)
     base = mean_nll(model, arch, windows)
     names = [f"{arch.blocks}.{b}.{n}" for b in args.blocks for n in arch.linears]

@@ -10,6 +10,7 @@ from pathlib import Path
 from . import __version__, grid
 from .errors import EdgeqError
 from .export import HEAD_WIDTHS
+from .heldout import evaluate_texts
 from .memory import peak_rss_mb, release_freed_memory
 from .mixed import MixedPrecision
 from .paths import check_output_folder
@@ -273,52 +274,3 @@ def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max
     on held-out text (default: packaged Persuasion); the same windows whichever runs it. `bits` evaluates
     that slice of a checkpoint's (or an exported 8-bit folder's) codes."""
     return evaluate_texts(model, [text], seq_len, max_windows, progress, bits)[0]
-
-
-def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 512, max_windows: int | None = None,
-                   progress: bool = True, bits: int | float | None = None) -> list[dict]:
-    """evaluate() on several held-out texts (None = the packaged one), the model loaded once."""
-    from .calib import data
-    from .eval import perplexity_of
-
-    bodies = [data.read_text(text, data.DEFAULT_EVAL) for text in texts]  # a missing file fails before loading
-    if model is not None and Path(model).is_dir():
-        from .runtime.session import check_length
-        check_length(model, seq_len, f"--seq-len {seq_len}")
-    label, tokenizer, score, runtime = _scorer(model, bits)
-    results, start = [], data.sequence_start(tokenizer)
-    for body, text_label in bodies:
-        windows = data.eval_windows(data.tokenize(tokenizer, body), seq_len, max_windows, start)
-        t = time.perf_counter()
-        ppl = perplexity_of(score, windows, progress=progress, desc=f"perplexity ({runtime})")
-        results.append({"model": label, "text": text_label, "seq_len": seq_len, "windows": int(windows.shape[0]),
-                        "tokens": int(windows.numel()), "perplexity": ppl,
-                        "seconds": round(time.perf_counter() - t, 2), "runtime": runtime, "bits": bits})
-    return results
-
-
-def _scorer(model: str | None, bits: int | float | None = None):
-    """(label, tokenizer, score(ids) -> (NLL sum, count), runtime name) for what `model` names."""
-    from . import checkpoint, models
-    from .eval import window_nll
-
-    if model is not None and (Path(model) / "model.onnx").is_file():
-        from transformers import AutoTokenizer
-
-        from .runtime.session import OrtDecoder
-        decoder = OrtDecoder.from_folder(model, bits=bits)
-        return str(model), AutoTokenizer.from_pretrained(model), lambda ids: decoder.window_nll(ids.numpy()), \
-            "onnxruntime"
-    if model is not None and checkpoint.is_checkpoint(model):
-        from transformers import AutoTokenizer
-        loaded, _, _ = checkpoint.load_checkpoint(model, bits)
-        label, tokenizer = str(model), AutoTokenizer.from_pretrained(model)
-    elif bits is not None:
-        what = model or "the bundled model"
-        raise EdgeqError(f"--bits slices a quantized checkpoint or an exported 8-bit folder; {what} is neither")
-    else:
-        source = models.resolve_source(model)
-        loaded, _ = models.load_model(source)
-        label, tokenizer = source.label, models.load_tokenizer(source)
-    arch = models.arch_of(loaded.config)
-    return label, tokenizer, lambda ids: window_nll(loaded, arch, ids), "torch"

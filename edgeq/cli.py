@@ -440,7 +440,7 @@ def mixed_config(args):
 
 
 def cmd_eval(args) -> None:
-    from .api import evaluate_texts
+    from .heldout import evaluate_texts
     if args.json_out:
         check_writable_file(args.json_out, "--json")
     results = evaluate_texts(args.model, args.text or [None], args.seq_len, args.max_windows,
@@ -534,6 +534,7 @@ def cmd_generate(args) -> None:
 
 
 QUANTIZE_EXTRA = {"torch", "transformers", "numba", "onnx", "safetensors", "gguf", "accelerate", "tqdm"}
+RUNTIME_EXTRA = {"onnx", "tqdm"}  # also in the runtime extra: bench, generate and eval of an exported folder
 
 
 def main(argv=None) -> int:
@@ -548,7 +549,7 @@ def main(argv=None) -> int:
         module = (err.name or "").split(".")[0]
         if module not in QUANTIZE_EXTRA:
             raise
-        extra = "runtime" if module == "onnx" and args.command in ("bench", "generate") else "quantize"
+        extra = "runtime" if module in RUNTIME_EXTRA and args.command in ("bench", "generate", "eval") else "quantize"
         print(f"edgeq {args.command}: error: needs {err.name}, part of the {extra} extra: "
               f"pip install 'edgeq[{extra}]'", file=sys.stderr)
         return 2

@@ -3,13 +3,11 @@ every model compared. Logits are formed in chunks of positions: a full [512, 491
 per window would cost 100 MB for nothing."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from .heldout import perplexity_of
 from .models import Arch, get_module
-from .progress import progress_bar
 
 
 @torch.no_grad()
@@ -29,13 +27,3 @@ def window_nll(model, arch: Arch, ids: torch.Tensor, chunk: int = 128) -> tuple[
 
 def perplexity(model, arch: Arch, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
     return perplexity_of(lambda ids: window_nll(model, arch, ids), windows, batch_size, progress)
-
-
-def perplexity_of(score, windows: torch.Tensor, batch_size: int = 1, progress: bool = True,
-                  desc: str = "perplexity") -> float:
-    """exp(total NLL / predictions) with score(ids [B, L]) -> (NLL sum, count): torch or onnxruntime."""
-    nll, count = 0.0, 0
-    for start in progress_bar(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", enabled=progress):
-        s, c = score(windows[start:start + batch_size])
-        nll, count = nll + s, count + c
-    return math.exp(nll / count)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from edgeq import grid
+from edgeq import grid, heldout
 from edgeq.errors import EdgeqError
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.gptq import inverse_hessian_factor
@@ -41,7 +41,7 @@ def test_gptq_beats_rtn_on_real_hessians(real_model, bundled_tokenizer):
 
     model, arch = real_model
     kinds = layer_kinds(model.config)
-    text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:200_000]), 8, 256)
     hidden, kwargs = capture_block_inputs(model, arch, windows, 8)
     blocks = get_module(model, arch.blocks)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from edgeq import allocate, api, grid, mixed, models
+from edgeq import allocate, api, grid, heldout, mixed, models
 from edgeq.calib import capture, data, sensitivity
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
@@ -75,7 +75,7 @@ def test_budget_parsing():
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir, bundled_tokenizer):
     model, config = models.load_model(models.resolve_source(str(tiny_model_dir)))
-    text, _ = data.read_text(str(calibration_text()), None)
+    text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text), 3, 32, 0)
     return model, models.arch_of(config), windows
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from edgeq import api, checkpoint, grid, models
+from edgeq import api, checkpoint, grid, heldout, models
 from edgeq.calib import data, pipeline
 from edgeq.errors import EdgeqError
 from edgeq.eval import perplexity
@@ -40,7 +40,7 @@ def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bund
     source = models.resolve_source(str(tiny_model_dir))
     model, config = models.load_model(source)
     arch = models.arch_of(config)
-    text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
     recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
     qweights, _ = pipeline.quantize_model(model, arch, recipe, windows, progress=False)
@@ -53,7 +53,7 @@ def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bund
 
 def test_streamed_and_fully_loaded_runs_agree(tiny_model_dir, bundled_tokenizer):
     source = models.resolve_source(str(tiny_model_dir))
-    text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
     recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
     results = []

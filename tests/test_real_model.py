@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from edgeq import grid, models
+from edgeq import grid, heldout, models
 from edgeq.calib import data, pipeline
 from edgeq.eval import perplexity
 from tests.conftest import calibration_text, held_out_text
@@ -21,9 +21,9 @@ def quantize_first_blocks(method, spec, blocks, windows, opts=None):
 @pytest.mark.slow
 def test_gptq_on_real_blocks_keeps_perplexity_close_and_beats_rtn(real_model, bundled_tokenizer):
     fp_model, arch = real_model
-    calib_text, _ = data.read_text(str(calibration_text()), data.DEFAULT_CALIB)
+    calib_text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, calib_text), 16, 256)
-    held, _ = data.read_text(str(held_out_text()), data.DEFAULT_EVAL)
+    held, _ = heldout.read_text(str(held_out_text()))
     eval_windows = data.eval_windows(data.tokenize(bundled_tokenizer, held), 256, 6)
 
     fp = perplexity(fp_model, arch, eval_windows, progress=False)

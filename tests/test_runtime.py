@@ -1,6 +1,7 @@
 """The device-side runtime: provider detection and refusals, percentile maths on a scripted clock, the JSON
 report, a real bench of a tiny exported model, and an import that pulls in no torch."""
 import json
+import math
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
-from tests.conftest import edgeq_cli
+from tests.conftest import edgeq_cli, held_out_text
 from edgeq.runtime import bench, providers, report
 from edgeq.export.onnx import export
 
@@ -151,6 +152,46 @@ def test_the_runtime_imports_no_torch():
             "heavy = [m for m in ('torch', 'transformers', 'numba', 'onnx') if m in sys.modules]; "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Runs the CLI with the quantize extra's modules made unimportable: the device's runtime-only install.
+RUNTIME_ONLY = """
+import runpy, sys
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "numba", "safetensors", "gguf", "accelerate"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Absent())
+sys.argv = ["edgeq", *sys.argv[1:]]
+runpy.run_module("edgeq.cli", run_name="__main__")
+"""
+
+
+def test_eval_of_an_export_runs_without_torch_on_the_windows_transformers_gives(tiny_export, tmp_path):
+    from transformers import AutoTokenizer
+
+    from edgeq.calib import data
+    from edgeq.runtime.session import OrtDecoder
+    out = tmp_path / "eval.json"
+    done = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, "eval", str(tiny_export), "--text", str(held_out_text()),
+                           "--seq-len", "64", "--max-windows", "3", "--json", str(out), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    # the reference: the transformers tokenizer's windows (as calibration makes them), the same session
+    tokens = data.tokenize(AutoTokenizer.from_pretrained(tiny_export), held_out_text().read_text())
+    windows = data.eval_windows(tokens, 64, 3).numpy()
+    decoder = OrtDecoder.from_folder(tiny_export)
+    nll = [decoder.window_nll(windows[i:i + 1]) for i in range(3)]
+    expected = math.exp(sum(s for s, _ in nll) / sum(c for _, c in nll))
+    assert (result["windows"], result["runtime"]) == (3, "onnxruntime")
+    assert result["perplexity"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_eval_of_a_checkpoint_without_torch_names_the_extra(tiny_checkpoint):
+    done = subprocess.run([sys.executable, "-c", RUNTIME_ONLY, "eval", str(tiny_checkpoint), "--seq-len", "64"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "pip install 'edgeq[quantize]'" in done.stderr
 
 
 def test_generate_needs_only_the_tokenizers_library(tiny_export, capsys):

@@ -2,64 +2,21 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import torch
 
+from .. import heldout
 from ..errors import EdgeqError
-from .sources import BUILTIN, PACKAGED, builtin_part, packaged_file_text, read_part
-
-# Public-domain novels shipped in the package (Project Gutenberg texts): one for calibration, a different
-# one for held-out evaluation, so that the defaults never evaluate on calibration text.
-DEFAULT_CALIB = PACKAGED["novel"]
-DEFAULT_EVAL = PACKAGED["persuasion"]
-
-
-def read_text(path: str | None, default: str) -> tuple[str, str]:
-    """(text, label) of a held-out text: a file, or builtin:NAME (see calib/sources.py; chat excluded).
-    path None -> the packaged default text."""
-    if path is None:
-        return packaged_file_text(default), f"edgeq default ({default.removesuffix('.txt.gz')})"
-    if path.startswith(BUILTIN):
-        part = builtin_part(path[len(BUILTIN):], tokenizer=None)
-        if part is None:
-            raise EdgeqError(f"{path} needs a model's chat template; evaluate on a file instead")
-        return part.text, part.label
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise EdgeqError(f"text file not found: {path}")
-    text = p.read_text(encoding="utf-8", errors="replace")
-    if not text.strip():
-        raise EdgeqError(f"text file is empty: {path}")
-    return text, str(p)
+from ..heldout import sequence_start
+from .sources import read_part
 
 
 def tokenize(tokenizer, text: str, chunk_chars: int = 20_000) -> torch.Tensor:
-    """Token ids of the whole text, encoded paragraph-aligned chunk by chunk: one encoding of a novel
-    holds ~100 MB of offsets and strings at once, and that would set the run's peak memory."""
-    pieces, start = [], 0
-    while start < len(text):
-        end = text.find("\n\n", start + chunk_chars)
-        end = len(text) if end < 0 else end
-        ids = tokenizer(text[start:end], add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        pieces.append(torch.tensor(ids, dtype=torch.long))
-        start = end
-    return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long)
-
-
-def sequence_start(tokenizer) -> tuple[int, ...]:
-    """The tokens the model's own tokenizer opens every text with (Gemma's BOS; none for SmolLM2). Each
-    window starts with them, as the model saw text in training: Gemma-3-270M without its BOS measured
-    perplexity 103.5 on six windows of Persuasion, 36.5 with it."""
-    full = tokenizer("a")["input_ids"]
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    return tuple(full[:len(full) - len(plain)]) if plain and full[len(full) - len(plain):] == plain else ()
+    return torch.from_numpy(heldout.token_ids(tokenizer, text, chunk_chars))
 
 
 def with_start(windows: torch.Tensor, start: tuple[int, ...]) -> torch.Tensor:
-    if not start:
-        return windows
-    return torch.cat([torch.tensor(start, dtype=windows.dtype).expand(windows.shape[0], -1), windows], dim=1)
+    return torch.from_numpy(heldout.with_start(windows.numpy(), start))
 
 
 def calibration_windows(tokens: torch.Tensor, samples: int, seq_len: int, seed: int = 0,
@@ -105,15 +62,7 @@ def mixed_windows(parts: list, weights: list[float], samples: int, seq_len: int,
 
 def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = None,
                  start: tuple[int, ...] = ()) -> torch.Tensor:
-    """Consecutive non-overlapping windows [W, seq_len] from the start of the text (the tail dropped), each
-    the sequence start, then text."""
-    body = seq_len - len(start)
-    count = tokens.numel() // body if body > 1 else 0
-    if count == 0:
-        raise EdgeqError(f"evaluation text too short: {tokens.numel()} tokens for --seq-len {seq_len}")
-    if max_windows:
-        count = min(count, max_windows)
-    return with_start(tokens[:count * body].reshape(count, body), start)
+    return torch.from_numpy(heldout.eval_windows(tokens.numpy(), seq_len, max_windows, start))
 
 
 # The default calibration mix, (--calib argument, weight) pairs.

@@ -29,6 +29,10 @@ from ..errors import EdgeqError
 BUILTIN = "builtin:"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".py")
 PACKAGED = {"novel": "pride_and_prejudice.txt.gz", "persuasion": "persuasion.txt.gz"}
+# Public-domain novels shipped in the package (Project Gutenberg texts): one for calibration, a different
+# one for held-out evaluation, so that the defaults never evaluate on calibration text.
+DEFAULT_CALIB = PACKAGED["novel"]
+DEFAULT_EVAL = PACKAGED["persuasion"]
 # Pure-Python modules present in every CPython 3.9+ standard library, so builtin:code means the same
 # kind of code everywhere (its exact bytes follow the Python version; the digest records what was used).
 CODE_MODULES = ("argparse.py", "dataclasses.py", "textwrap.py", "pathlib.py", "configparser.py", "difflib.py",
