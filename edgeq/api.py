@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, grid
+from .calib.sources import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from .errors import EdgeqError
 from .export import HEAD_WIDTHS
 from .heldout import evaluate_texts
@@ -23,8 +24,8 @@ class QuantConfig:
     bits: int = 4
     group_size: int = 128
     sym: bool = False
-    samples: int = 128
-    seq_len: int = 512
+    samples: int = DEFAULT_SAMPLES
+    seq_len: int = DEFAULT_SEQ_LEN
     batch_size: int = 2
     seed: int = 0
     device: str = "cpu"

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .calib.sources import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, SENSITIVITY_SAMPLES
 from .errors import EdgeqError
 from .mixnmatch import parse_slice
 from .nesting import DEFAULT_WIDTHS, default_weights
@@ -248,8 +249,11 @@ def add_calibration_flags(q) -> None:
                    "cached) (default: builtin:novel, the packaged Pride and Prejudice)")
     q.add_argument("--calib-mix", type=weights_arg, metavar="W1,W2,...", help="the share of the calibration "
                    "windows each --calib part gets, e.g. 2,1,1 (default: equal)")
-    q.add_argument("--samples", type=positive_int, default=128, help="calibration windows (default: 128)")
-    q.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
+    q.add_argument("--samples", type=positive_int, default=DEFAULT_SAMPLES,
+                   help=f"calibration windows (default: {DEFAULT_SAMPLES})")
+    q.add_argument("--seq-len", type=positive_int, default=DEFAULT_SEQ_LEN,
+                   help=f"tokens per calibration window (default: {DEFAULT_SEQ_LEN}: at the same tokens, more and "
+                   "shorter windows measured better on held-out text of another kind, see README)")
     q.add_argument("--batch-size", type=positive_int, default=2,
                    help="windows per forward; small keeps activations small (default: 2)")
     q.add_argument("--propagate", choices=["quantized", "float"], default="quantized",
@@ -272,8 +276,8 @@ def add_mixed_flags(q) -> None:
     m.add_argument("--sensitivity", choices=["fisher", "hessian"], default="fisher",
                    help="what a width costs a layer: fisher = 1/2 sum F dW^2, the loss change (default; one "
                    "backward pass per window through the whole model), hessian = the layer's own output error")
-    m.add_argument("--sensitivity-samples", type=positive_int, default=32,
-                   help="calibration windows for the estimates (default: 32)")
+    m.add_argument("--sensitivity-samples", type=positive_int, default=SENSITIVITY_SAMPLES,
+                   help=f"calibration windows for the estimates (default: {SENSITIVITY_SAMPLES})")
     m.add_argument("--sensitivity-from", metavar="CKPT", help="reuse the estimates stored in an earlier mixed "
                    "checkpoint (or its quantization.json; made for the same --candidates) instead of measuring them again")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import grid
 from .allocate import Allocation, allocate
+from .calib.sources import SENSITIVITY_SAMPLES
 from .errors import EdgeqError
 from .export.matmulnbits import initializer_bytes, layout_for
 
@@ -27,7 +28,7 @@ class MixedPrecision:
     unit: str = "bits"
     candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES  # (bits, group size; -1 = per channel)
     estimator: str = "fisher"
-    samples: int = 32                  # calibration windows for the sensitivity estimates
+    samples: int = SENSITIVITY_SAMPLES  # calibration windows for the sensitivity estimates
     sensitivity_from: str | None = None  # reuse the estimates of an earlier mixed checkpoint (or its JSON)
 
     def __post_init__(self):

@@ -10,9 +10,10 @@ is the exact knapsack of allocate.py over those, the one mixed precision uses.
 from __future__ import annotations
 
 from .allocate import allocate
+from .calib.sources import SENSITIVITY_SAMPLES
 from .errors import EdgeqError
 
-SAMPLES = 32  # calibration windows for the Fisher diagonal behind the estimates (mixed precision's default)
+SAMPLES = SENSITIVITY_SAMPLES  # calibration windows for the Fisher diagonal behind the estimates
 
 
 def check_budget(budget: float, widths) -> None:

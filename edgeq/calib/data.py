@@ -8,7 +8,7 @@ import torch
 from .. import heldout
 from ..errors import EdgeqError
 from ..heldout import sequence_start
-from .sources import read_part
+from .sources import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, read_part
 
 
 def tokenize(tokenizer, text: str, chunk_chars: int = 20_000) -> torch.Tensor:
@@ -69,8 +69,8 @@ def eval_windows(tokens: torch.Tensor, seq_len: int, max_windows: int | None = N
 DEFAULT_MIX = (("builtin:novel", 1.0),)
 
 
-def calibration_set(tokenizer, calib: list[str] | None = None, mix: list[float] | None = None, samples: int = 128,
-                    seq_len: int = 512, seed: int = 0, self_windows=None) -> tuple[torch.Tensor, dict]:
+def calibration_set(tokenizer, calib: list[str] | None = None, mix: list[float] | None = None, samples: int = DEFAULT_SAMPLES,
+                    seq_len: int = DEFAULT_SEQ_LEN, seed: int = 0, self_windows=None) -> tuple[torch.Tensor, dict]:
     """(windows [samples, seq_len], the record quantization.json keeps: parts, weights, windows per part,
     tokens per part, the windows' digest). calib None = DEFAULT_MIX; mix: one weight per calib part;
     self_windows(n) -> n windows sampled from the model, for the part `self`."""
