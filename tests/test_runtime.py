@@ -231,3 +231,11 @@ def test_isa_flags_are_read_from_x86_and_arm_cpuinfo():
            "CPU implementer\t: 0x41\n")
     name, flags = report.parse_cpuinfo(arm, "aarch64", "aarch64")
     assert name == "aarch64" and flags == ["asimd", "asimddp", "i8mm", "sve", "bf16", "neon"]
+
+
+def test_arm_features_under_emulation_come_from_the_auxiliary_vector():
+    import struct
+    # AT_HWCAP with fp, asimd, asimddp (bit 20); AT_HWCAP2 with i8mm (bit 13); then AT_NULL
+    auxv = struct.pack("<6Q", 16, (1 << 0) | (1 << 1) | (1 << 20), 26, 1 << 13, 0, 0)
+    assert report.hwcap_flags(auxv) == ["asimd", "asimddp", "i8mm", "neon"]
+    assert report.hwcap_flags(struct.pack("<2Q", 0, 0)) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import struct
 from pathlib import Path
 
 from ..errors import EdgeqError
@@ -14,15 +15,37 @@ SCHEMA = 1
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
              "avx512_bf16", "amx_tile", "amx_int8", "asimd", "asimddp", "i8mm", "sve", "sve2", "bf16", "fphp")
 REQUIRED = ("schema", "machine", "settings", "models")
+# Linux arm64 hwcap bits (arch/arm64/include/uapi/asm/hwcap.h) of the ARM features above, as (auxv key, bit):
+# AT_HWCAP = 16, AT_HWCAP2 = 26. What the kernel, or qemu-user emulating one, lets a process use.
+ARM_HWCAPS = {"asimd": (16, 1), "fphp": (16, 9), "asimddp": (16, 20), "sve": (16, 22), "sve2": (26, 1),
+              "i8mm": (26, 13), "bf16": (26, 14)}
+ARM_MACHINES = ("aarch64", "arm64")
 
 
 def cpu_info() -> tuple[str, list[str]]:
-    """(CPU model name, ISA flags of interest) from /proc/cpuinfo where it exists, else platform's guess."""
+    """(CPU model name, ISA flags of interest) from /proc/cpuinfo where it exists, else platform's guess.
+    Under qemu-user, /proc/cpuinfo describes the x86 host: an ARM process then says so, with the features
+    the emulator grants it (its auxiliary vector), never the host's."""
+    machine, fallback = platform.machine(), platform.processor() or platform.machine()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return platform.processor() or platform.machine(), []
-    return parse_cpuinfo(text, platform.machine(), platform.processor() or platform.machine())
+        return fallback, []
+    name, flags = parse_cpuinfo(text, machine, fallback)
+    if machine.lower() in ARM_MACHINES and "asimd" not in flags:
+        try:
+            flags = hwcap_flags(Path("/proc/self/auxv").read_bytes())
+        except OSError:
+            flags = []
+        name = f"{machine} emulated on {name}"
+    return name, flags
+
+
+def hwcap_flags(auxv: bytes) -> list[str]:
+    """The ARM features of ISA_FLAGS that a 64-bit auxiliary vector grants (plus neon, as parse_cpuinfo)."""
+    entries = dict(struct.iter_unpack("<QQ", auxv[:len(auxv) // 16 * 16]))
+    granted = {f for f, (key, bit) in ARM_HWCAPS.items() if entries.get(key, 0) >> bit & 1}
+    return [f for f in (*ISA_FLAGS, "neon") if f in granted or (f == "neon" and "asimd" in granted)]
 
 
 def parse_cpuinfo(text: str, machine: str, fallback_name: str) -> tuple[str, list[str]]:
@@ -36,7 +59,7 @@ def parse_cpuinfo(text: str, machine: str, fallback_name: str) -> tuple[str, lis
             name = value.strip()
         elif key in ("flags", "features"):
             flags.update(value.split())
-    if machine.lower() in ("aarch64", "arm64") and "asimd" in flags:
+    if machine.lower() in ARM_MACHINES and "asimd" in flags:
         flags.add("neon")
     return name, [f for f in (*ISA_FLAGS, "neon") if f in flags]
 
