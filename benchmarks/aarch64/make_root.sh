@@ -17,7 +17,9 @@ if [ ! -x "$ROOT/usr/bin/python3" ]; then
     bookworm "$ROOT" http://deb.debian.org/debian
 fi
 mountpoint -q "$ROOT/proc" || mount -t proc proc "$ROOT/proc"
-mountpoint -q "$ROOT/sys" || mount --bind /sys "$ROOT/sys"   # onnxruntime's cpuinfo reads the core lists
+# No /sys inside: with the host's /sys bind-mounted, `import onnxruntime` segfaults under qemu-aarch64 7.2
+# (its cpuinfo parses x86 cache topology as ARM); without it onnxruntime warns that cpuinfo failed and reads
+# the CPU features from the auxiliary vector instead (getauxval: dot product, i8mm, SVE, bf16 as qemu grants).
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 # the host's trust store: a proxy that inspects TLS (as on our build machines) signs with its own CA
 cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
