@@ -132,11 +132,11 @@ def merge(path: Path, record: dict) -> None:
 
 
 def table(path: Path) -> str:
-    rows = ["| layout on emulated core | x86 ppl | aarch64 ppl | rel. difference (limit) | greedy tokens equal | "
-            "verdict | emulated s / x86 s |", "|---|---|---|---|---|---|---|"]
+    rows = ["| layout on emulated core | windows | x86 ppl | aarch64 ppl | rel. difference (limit) | greedy tokens "
+            "equal | verdict | emulated s / x86 s |", "|---|---|---|---|---|---|---|---|"]
     for label, r in sorted(json.loads(path.read_text()).items()):
         equal = "yes" if r["tokens_equal"] else f"first {r['tokens_same_prefix']} of {len(r['x86']['tokens'])}"
-        rows.append(f"| {label} | {r['x86']['perplexity']:.4f} | {r['aarch64']['perplexity']:.4f} | "
+        rows.append(f"| {label} | {r['x86']['windows']} x {r['seq_len']} | {r['x86']['perplexity']:.4f} | {r['aarch64']['perplexity']:.4f} | "
                     f"{r['perplexity_relative_difference']:.1e} ({r['limit']:.0e}) | {equal} | "
                     f"{'pass' if verdict(r) else 'FAIL'} | "
                     f"{r['aarch64']['seconds']:.0f} / {r['x86']['seconds']:.0f} |")
