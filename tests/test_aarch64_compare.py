@@ -38,11 +38,15 @@ def test_float_or_level_0_exports_are_held_exact(compare, tmp_path, level, nodes
 def record(compare, label, difference, exact, tokens_arm, cpu="neoverse-n1"):
     x86 = {"perplexity": 40.0, "tokens": [1, 2, 3, 4], "seconds": 2.0, "windows": 4}
     arm = {"perplexity": 40.0 * (1 + difference), "tokens": tokens_arm, "seconds": 90.0, "windows": 4}
-    pairs = list(zip(x86["tokens"], tokens_arm))
-    return {"label": label, "qemu_cpu": cpu, "seq_len": 128, "x86": x86, "aarch64": arm, "perplexity_relative_difference": difference,
-            "exact": exact, "limit": compare.EXACT_LIMIT if exact else compare.APPROXIMATE_LIMIT,
-            "tokens_equal": x86["tokens"] == tokens_arm,
-            "tokens_same_prefix": next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))}
+    limit = compare.EXACT_LIMIT if exact else compare.APPROXIMATE_LIMIT
+    return {"label": label, "qemu_cpu": cpu, "seq_len": 128, **compare.compared(x86, arm, exact, limit)}
+
+
+def test_compared_counts_the_greedy_tokens_equal_before_the_first_difference(compare):
+    x86 = {"perplexity": 40.0, "tokens": [1, 2, 3, 4]}
+    assert compare.compared(x86, {"perplexity": 40.0, "tokens": [9, 2, 3, 4]}, True, 1e-4)["tokens_same_prefix"] == 0
+    assert compare.compared(x86, {"perplexity": 40.0, "tokens": [1, 2, 9, 4]}, True, 1e-4)["tokens_same_prefix"] == 2
+    assert compare.compared(x86, {"perplexity": 40.0, "tokens": [1, 2, 3, 4]}, True, 1e-4)["tokens_same_prefix"] == 4
 
 
 def test_verdicts_follow_the_issue_limits(compare):
@@ -61,7 +65,8 @@ def test_results_merge_per_layout_and_core_and_render_one_row_each(compare, tmp_
     lines = compare.table(path).splitlines()
     assert len(lines) == 4
     assert lines[2] == "| w4-acc0 on max | 4 x 128 | 40.0000 | 40.0020 | 5.0e-05 (1e-04) | yes | pass | 90 / 2 |"
-    assert lines[3].startswith("| w4-acc0 on neoverse-n1 | 4 x 128 | 40.0000 | 40.0004 | 1.0e-05 (1e-04) | yes | pass |")
+    assert lines[3].startswith("| w4-acc0 on neoverse-n1 | 4 x 128 | 40.0000 | 40.0004 | 1.0e-05 (1e-04) | yes | "
+                               "pass |")
 
 
 def test_a_layout_must_name_an_exported_folder(compare, tmp_path):

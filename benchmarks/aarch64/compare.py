@@ -108,20 +108,23 @@ def run_probe(command: list[str], env: dict | None = None) -> dict:
 
 
 def both_sides(args, label: str, folder: Path, bits: str) -> dict:
+    held = held_to(folder)  # before the probes: a folder without export.json fails now, not after emulation
     probe_args = [bits, str(args.seq_len), str(args.windows), str(args.tokens)]
     x86 = run_probe([sys.executable, "-c", PROBE, str(folder), *probe_args])
     with Mounted(args.root, folder, label.replace("@", "_at_")) as inside:
         arm = run_probe(["chroot", str(args.root), "/opt/venv/bin/python", "-c", PROBE, str(inside), *probe_args],
                         emulated_env(args))
-    exact, limit = held_to(folder)
-    pairs = list(zip(x86["tokens"], arm["tokens"]))
-    same_prefix = next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))
     return {"label": label, "folder": str(folder), "bits": bits, "seq_len": args.seq_len, "qemu_cpu": args.cpu,
-            "x86": x86, "aarch64": arm,
+            **compared(x86, arm, *held), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def compared(x86: dict, arm: dict, exact: bool, limit: float) -> dict:
+    """The two probes' results side by side, with how far they agree and the limit they are held to."""
+    pairs = list(zip(x86["tokens"], arm["tokens"]))
+    return {"x86": x86, "aarch64": arm, "exact": exact, "limit": limit,
             "perplexity_relative_difference": abs(arm["perplexity"] / x86["perplexity"] - 1),
-            "exact": exact, "limit": limit,
-            "tokens_equal": x86["tokens"] == arm["tokens"], "tokens_same_prefix": same_prefix,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "tokens_equal": x86["tokens"] == arm["tokens"],
+            "tokens_same_prefix": next((i for i, (a, b) in enumerate(pairs) if a != b), len(pairs))}
 
 
 def emulated_env(args) -> dict:
@@ -141,7 +144,8 @@ def table(path: Path) -> str:
             "equal | verdict | emulated s / x86 s |", "|---|---|---|---|---|---|---|---|"]
     for label, r in sorted(json.loads(path.read_text()).items()):
         equal = "yes" if r["tokens_equal"] else f"first {r['tokens_same_prefix']} of {len(r['x86']['tokens'])}"
-        rows.append(f"| {label} | {r['x86']['windows']} x {r['seq_len']} | {r['x86']['perplexity']:.4f} | {r['aarch64']['perplexity']:.4f} | "
+        rows.append(f"| {label} | {r['x86']['windows']} x {r['seq_len']} | {r['x86']['perplexity']:.4f} | "
+                    f"{r['aarch64']['perplexity']:.4f} | "
                     f"{r['perplexity_relative_difference']:.1e} ({r['limit']:.0e}) | {equal} | "
                     f"{'pass' if verdict(r) else 'FAIL'} | "
                     f"{r['aarch64']['seconds']:.0f} / {r['x86']['seconds']:.0f} |")
