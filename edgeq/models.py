@@ -124,38 +124,20 @@ def cache_root() -> Path:
 
 
 def float_folder(source: ModelSource) -> Path:
-    """A folder of float safetensors for the source. A GGUF is de-quantized once (about 20 s and 1 GB of
-    memory for the bundled model) into the cache; later loads map that file in about 2 s."""
+    """A folder of float safetensors for the source. A GGUF is de-quantized once into the cache, one block
+    at a time (gguf_float: memory near one block, ~20 s for the bundled model); later loads map it."""
     if source.gguf_file is None:
         return source.folder
+    from .checkpoint import atomic_folder
+    from .gguf_float import INDEX, convert
     gguf = source.folder / source.gguf_file
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     folder = cache_root() / "float" / f"{gguf.stem}-{key}"
-    if not (folder / WEIGHTS).exists():
-        _convert_gguf(source, folder)
+    if not (folder / WEIGHTS).exists() and not (folder / INDEX).exists():  # WEIGHTS: caches made before
+        with atomic_folder(folder) as tmp:
+            convert(gguf, tmp)
     return folder
-
-
-def _convert_gguf(source: ModelSource, folder: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    from .checkpoint import atomic_folder, save_tensors, unquantized_state
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source.folder, gguf_file=source.gguf_file,
-                                                     dtype=torch.float32)
-    finally:
-        hf_logging.enable_progress_bar()
-    del model.config.quantization_config  # de-quantized on load: what we store is a float model
-    check_finite(model)
-    tokenizer = AutoTokenizer.from_pretrained(source.folder, gguf_file=source.gguf_file)
-    with atomic_folder(folder) as tmp:
-        model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        save_tensors(tmp / WEIGHTS, unquantized_state(model, ()), {"format": "pt"})
 
 
 def tensor_names(path: Path) -> list[str]:

@@ -3,7 +3,9 @@ real tokenizer), the real bundled model, and real text files. The texts are the 
 clone has no ../shared): Pride and Prejudice to calibrate on, Persuasion held out."""
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,9 @@ import torch
 
 @functools.cache
 def _text_folder() -> Path:
-    return Path(tempfile.mkdtemp(prefix="edgeq-test-texts-"))
+    folder = Path(tempfile.mkdtemp(prefix="edgeq-test-texts-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # every run left one behind in /tmp
+    return folder
 
 
 @functools.cache
