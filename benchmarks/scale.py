@@ -34,8 +34,10 @@ def edgeq_measured(*args, cap: MemoryCap | None = None) -> tuple[float, float]:
                             stderr=subprocess.PIPE, text=True, preexec_fn=cap.enter if cap else None)
     stderr = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
-    if os.waitstatus_to_exitcode(status):
-        raise RuntimeError(f"edgeq {' '.join(map(str, args))} failed:\n{stderr[-2000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code:
+        why = f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "") if code < 0 else f"exit {code}"
+        raise RuntimeError(f"edgeq {' '.join(map(str, args))} failed ({why}):\n{stderr[-2000:]}")
     return round(time.time() - started, 1), round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
 
 

@@ -17,14 +17,19 @@ from ..qweight import QuantizedWeight
 
 
 def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64, damping x10 on failure."""
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64, damping x10 on failure.
+    At most three K x K float64 matrices alive at once besides H (the damped copy, then each factor as it
+    replaces the last): down_proj of a 1.5B model has K = 8960, 642 MB a matrix."""
     H = H.double()
-    eye = torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     mean_diag = torch.diag(H).mean()
     for attempt in range(retries):
-        L, info = torch.linalg.cholesky_ex(H + damp * 10 ** attempt * mean_diag * eye)
+        damped = H.clone()
+        damped.diagonal().add_(damp * 10 ** attempt * mean_diag)  # = H + d * I, without an identity matrix
+        L, info = torch.linalg.cholesky_ex(damped)
+        del damped
         if info == 0:
             Hinv = torch.cholesky_inverse(L)
+            del L
             U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if info == 0:
                 return U
@@ -39,10 +44,11 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     gs = spec.columns_per_group(k)
     importance = torch.diag(H).float()
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
+    factor = inverse_hessian_factor(permute_symmetric_(H, perm), damp).float()  # H: this solver's own copy
+    del H
     if act_order or gs == k:  # static groups
         scale, zero = grid.fit_params(W, spec, clip, importance)
-        q = sweep(W, permuted_factor(H, perm, damp), scale, zero, gs, spec.maxq, perm, block_size=block_size,
-                  backend=backend)
+        q = sweep(W, factor, scale, zero, gs, spec.maxq, perm, block_size=block_size, backend=backend)
         return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
     scale = torch.empty(n, grid.n_groups(k, gs), device=W.device)
@@ -52,8 +58,8 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
         scale[:, g], zero[:, g] = (t[:, 0] for t in grid.fit_params(
             W_group, spec, clip, importance[g * gs:(g + 1) * gs]))
 
-    q = sweep(W, permuted_factor(H, perm, damp), scale, zero, gs, spec.maxq, perm,
-              block_size=min(block_size, gs), backend=backend, fit_group=fit_group)
+    q = sweep(W, factor, scale, zero, gs, spec.maxq, perm, block_size=min(block_size, gs), backend=backend,
+              fit_group=fit_group)
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
 
@@ -61,15 +67,22 @@ def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor):
     """Inputs that never fire cannot matter: their weights are quantized as 0 and H gets a unit diagonal
     there so that Cholesky works. Returns float copies."""
     W = W.float().clone()
-    H = H.to(W.device, torch.float64).clone()
+    H = H.to(W.device, torch.float64, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
     return W, H
 
 
+def permute_symmetric_(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """H[perm][:, perm] written over H: one K x K buffer beside it at a time, instead of two and a copy."""
+    H.copy_(H.index_select(0, perm))
+    H.copy_(H.index_select(1, perm))
+    return H
+
+
 def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float) -> torch.Tensor:
-    return inverse_hessian_factor(H[perm][:, perm], damp).float()
+    return inverse_hessian_factor(permute_symmetric_(H.clone(), perm), damp).float()
 
 
 def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
