@@ -105,3 +105,15 @@ def test_act_order_keeps_codes_in_natural_order_with_static_groups():
         manual[:, col] = qw.scale[:, g] * (qw.q[:, col].float() - qw.zero[:, g].float())
     assert torch.equal(manual, qw.dequantize())
     assert weighted_error(W, qw.dequantize(), H) < weighted_error(W, get_solver("rtn")(W, H, grid.QuantSpec(4, 32)).dequantize(), H)
+
+
+def test_the_factor_inverts_the_damped_hessian_and_only_a_consumed_hessian_is_released():
+    X = torch.randn(200, 24, dtype=torch.float64)
+    H = X.T @ X / 200
+    kept = H.clone()
+    U = inverse_hessian_factor(H, damp=0.01)
+    assert torch.equal(H, kept)  # not consumed: left as it was
+    damped = kept + 0.01 * torch.diag(kept).mean() * torch.eye(24, dtype=torch.float64)
+    assert torch.allclose(U.T @ U @ damped, torch.eye(24, dtype=torch.float64), atol=1e-9)
+    assert torch.equal(inverse_hessian_factor(H, damp=0.01, consume=True), U)
+    assert H.numel() == 0  # consumed: its memory released

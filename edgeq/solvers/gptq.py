@@ -16,23 +16,28 @@ from ..kernels import gptq_block
 from ..qweight import QuantizedWeight
 
 
-def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5) -> torch.Tensor:
+def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5, *, consume: bool = False) -> torch.Tensor:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64, damping x10 on failure.
-    At most three K x K float64 matrices alive at once besides H (the damped copy, then each factor as it
-    replaces the last): down_proj of a 1.5B model has K = 8960, 642 MB a matrix."""
-    H = H.double()
-    mean_diag = torch.diag(H).mean()
+    consume: H is a float64 copy its caller no longer needs; it is damped in place and its memory released
+    once factored, so at most two K x K float64 matrices are alive (down_proj of a 1.5B model has
+    K = 8960: 642 MB each). Otherwise H is left as it was, at the cost of one more."""
+    A = H if consume and H.dtype == torch.float64 else H.to(torch.float64, copy=True)
+    mean_diag = torch.diag(A).mean()
+    added = 0.0
     for attempt in range(retries):
-        damped = H.clone()
-        damped.diagonal().add_(damp * 10 ** attempt * mean_diag)  # = H + d * I, without an identity matrix
-        L, info = torch.linalg.cholesky_ex(damped)
-        del damped
+        damping = damp * 10 ** attempt * mean_diag
+        A.diagonal().add_(damping - added)  # = H + damping * I: exactly so at the first attempt
+        added = damping
+        L, info = torch.linalg.cholesky_ex(A)
+        if info != 0:
+            continue
+        A.set_()  # frees the matrix (the caller's H too, when consumed)
+        Hinv = torch.cholesky_inverse(L)
+        del L
+        U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
         if info == 0:
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
-            if info == 0:
-                return U
+            return U
+        A = torch.linalg.inv(Hinv)  # rare: rebuild the damped H to damp it more
     raise EdgeqError(f"the Hessian is not positive definite even with damping {damp * 10 ** (retries - 1)}")
 
 
@@ -44,7 +49,7 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     gs = spec.columns_per_group(k)
     importance = torch.diag(H).float()
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
-    factor = inverse_hessian_factor(permute_symmetric_(H, perm), damp).float()  # H: this solver's own copy
+    factor = inverse_hessian_factor(permute_symmetric_(H, perm), damp, consume=True).float()  # H: our copy
     del H
     if act_order or gs == k:  # static groups
         scale, zero = grid.fit_params(W, spec, clip, importance)
@@ -82,7 +87,7 @@ def permute_symmetric_(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float) -> torch.Tensor:
-    return inverse_hessian_factor(permute_symmetric_(H.clone(), perm), damp).float()
+    return inverse_hessian_factor(permute_symmetric_(H.clone(), perm), damp, consume=True).float()
 
 
 def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
