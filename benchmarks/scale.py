@@ -8,8 +8,9 @@ own `edgeq` process, from os.wait4) appended to benchmarks/results/scale.jsonl t
 A phase whose output is already in --work is not run again (its row is not rewritten), so an interrupted
 run resumes. Calibration, held-out texts and windows are the method table's protocol (quality.py;
 the default calibration's by default); --windows scores fewer windows where a model is slow to evaluate.
-A capped run works in a folder of its own, so its checkpoint can be compared with the uncapped one
-(tensors_sha256 in each quantize row).
+--memory-cap caps the quantize phase (the other phases of a model too big for the cap, such as the float
+model's evaluation, run uncapped); a capped run works in a folder of its own, so its checkpoint can be
+compared with the uncapped one (tensors_sha256 in each quantize row).
 """
 import argparse
 import json
@@ -88,7 +89,7 @@ def main():
     parser.add_argument("--protocol", default="standard-512x128", choices=list(PROTOCOLS))
     parser.add_argument("--windows", type=int, help="held-out windows per text (default: the protocol's)")
     parser.add_argument("--phases", help="comma-separated phases to run now (default: all, in order)")
-    parser.add_argument("--memory-cap", help="run each phase in a cgroup v1 memory group of this size (4G)")
+    parser.add_argument("--memory-cap", help="quantize inside a cgroup v1 memory group of this size (4G; root only)")
     args = parser.parse_args()
     protocol = PROTOCOLS[args.protocol]
     windows = args.windows or protocol.windows
@@ -101,7 +102,7 @@ def main():
         if output.exists() or (chosen and phase not in chosen):
             continue
         extra = {}
-        if args.memory_cap:
+        if args.memory_cap and phase == "quantize":
             with MemoryCap(args.memory_cap) as cap:
                 seconds, peak = edgeq_measured(*edgeq_args, cap=cap)
             extra = {"memory_cap": args.memory_cap, "cgroup_max_usage_mb": cap.max_usage_mb,
