@@ -4,6 +4,11 @@ exports, in one interleaved run: prefill of the same random prompt, then greedy 
 cache, every model one run per round (edgeq's bench loop and report).
 
     pip install llama-cpp-python        # a benchmark dependency only; built from its source package
+    # On a VM whose CPU advertises AMX without the OS enabling it (this one), the default build
+    # (GGML_NATIVE=ON compiles ggml's AMX kernels) dies with SIGSEGV at its first matmul (ldtilecfg in
+    # ggml_backend_amx_mul_mat). Build for the ISA without AMX instead:
+    #   CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON
+    #   -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON" pip install llama-cpp-python
     python benchmarks/vs_llamacpp.py W4_DIR [W4_HEAD4_DIR ...] --threads 2 [--runs 10] [--json out.json]
 
 Q4_0 and Q4_K_M are re-quantized from Q4_1 (llama.cpp allows it with allow_requantize): their speed is
