@@ -255,6 +255,8 @@ def test_weights_beyond_the_inline_limit_go_to_one_data_file(tiny_checkpoint, tm
     report = export(str(tiny_checkpoint), tmp_path / "ext")
     files = {f.name: f.stat().st_size for f in (tmp_path / "ext").iterdir()}
     assert files["model.onnx.data"] > 10 * files["model.onnx"] and "parity_level0.onnx" not in files
+    modes = {name: (tmp_path / "ext" / name).stat().st_mode & 0o777 for name in ("model.onnx", "model.onnx.data")}
+    assert modes["model.onnx.data"] == modes["model.onnx"]  # readable by whoever may read the graph
     assert report["parity_relative_logit_error_level_0"] < 1e-5
     monkeypatch.undo()
     export(str(tiny_checkpoint), tmp_path / "inline")

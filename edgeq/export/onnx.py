@@ -92,6 +92,9 @@ def save_model(proto, path: Path, inline_limit: int = 1 << 30) -> None:
     weights = sum(len(init.raw_data) for init in proto.graph.initializer)
     onnx.save(proto, str(path), save_as_external_data=weights > inline_limit, all_tensors_to_one_file=True,
               location=path.name + ".data", size_threshold=1024)
+    data = path.with_name(path.name + ".data")
+    if data.exists():  # onnx creates it private (0600): a folder copied to a device would not be readable
+        data.chmod(path.stat().st_mode & 0o777)
 
 
 def parity(model, decoder: OrtDecoder, tokenizer) -> float:
