@@ -37,7 +37,9 @@ def edgeq_measured(*args, cap: MemoryCap | None = None) -> tuple[float, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code:
-        why = f"killed by signal {-code}" + (" (out of memory?)" if code == -9 else "") if code < 0 else f"exit {code}"
+        why = f"exit {code}" if code > 0 else f"killed by signal {-code}"
+        if code == -9:
+            why += " (out of memory?)"
         raise RuntimeError(f"edgeq {' '.join(map(str, args))} failed ({why}):\n{stderr[-2000:]}")
     return round(time.time() - started, 1), round(usage.ru_maxrss / 1024, 1)  # Linux: KiB
 

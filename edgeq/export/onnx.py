@@ -107,21 +107,11 @@ def parity(model, decoder: OrtDecoder, tokenizer) -> float:
 
 def check_parity(model, tokenizer, path: Path, accuracy_level: int) -> dict[int, float]:
     """{level: relative logit error against torch} for level 0 (the exact check of the weights) and the
-    level asked for; raises if either is over its limit. The level-0 twin is the saved graph read back
-    without its external data (which it shares: same folder, same location), not a copy of the whole
-    model in memory; a graph without MatMulNBits (fp32) is the same at every level and is run once."""
-    import onnx
+    level asked for; raises if either is over its limit. A graph without MatMulNBits (fp32) is the same at
+    every level and is run once, held to the exact limit."""
     errors = {}
-    twin = onnx.load(str(path), load_external_data=False)
-    nbits = [node for node in twin.graph.node if node.op_type == "MatMulNBits"]
-    if accuracy_level != 0 and nbits:
-        for node in nbits:
-            for attr in node.attribute:
-                if attr.name == "accuracy_level":
-                    attr.i = 0
-        exact = path.with_name("parity_level0.onnx")
-        onnx.save(twin, str(exact))
-        del twin
+    exact = level0_twin(path) if accuracy_level != 0 else None
+    if exact is not None:
         try:
             errors[0] = parity(model, OrtDecoder(cpu_session(exact)), tokenizer)
         finally:
@@ -129,11 +119,29 @@ def check_parity(model, tokenizer, path: Path, accuracy_level: int) -> dict[int,
     errors[accuracy_level] = parity(model, OrtDecoder(cpu_session(path)), tokenizer)
     errors.setdefault(0, errors[accuracy_level])
     for level, error in errors.items():
-        limit = EXACT_LIMIT if level == 0 or not nbits else APPROXIMATE_LIMIT
+        limit = EXACT_LIMIT if level == 0 or exact is None else APPROXIMATE_LIMIT
         if not error <= limit:
             raise EdgeqError(f"exported graph disagrees with torch at accuracy level {level}: relative logit "
                              f"error {error:.2e} > {limit}")
     return errors
+
+
+def level0_twin(path: Path) -> Path | None:
+    """The saved graph with every MatMulNBits at accuracy level 0, written beside it (None when it has no
+    MatMulNBits): read back without its external data, which the twin shares (same folder, same location),
+    rather than a copy of the whole model in memory."""
+    import onnx
+    twin = onnx.load(str(path), load_external_data=False)
+    nbits = [node for node in twin.graph.node if node.op_type == "MatMulNBits"]
+    if not nbits:
+        return None
+    for node in nbits:
+        for attr in node.attribute:
+            if attr.name == "accuracy_level":
+                attr.i = 0
+    exact = path.with_name("parity_level0.onnx")
+    onnx.save(twin, str(exact))
+    return exact
 
 
 def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 4, lm_head: str | None = None,

@@ -49,7 +49,7 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     gs = spec.columns_per_group(k)
     importance = torch.diag(H).float()
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
-    factor = inverse_hessian_factor(permute_symmetric_(H, perm), damp, consume=True).float()  # H: our copy
+    factor = permuted_factor(H, perm, damp, consume=True)  # H: this solver's own copy, released
     del H
     if act_order or gs == k:  # static groups
         scale, zero = grid.fit_params(W, spec, clip, importance)
@@ -86,8 +86,10 @@ def permute_symmetric_(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     return H
 
 
-def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float) -> torch.Tensor:
-    return inverse_hessian_factor(permute_symmetric_(H.clone(), perm), damp, consume=True).float()
+def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float, *, consume: bool = False) -> torch.Tensor:
+    """The float32 inverse factor of H permuted by perm; consume: H is a float64 copy the caller gives up
+    (permuted and factored in place), otherwise it is left as it was."""
+    return inverse_hessian_factor(permute_symmetric_(H if consume else H.clone(), perm), damp, consume=True).float()
 
 
 def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
