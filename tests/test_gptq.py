@@ -1,4 +1,7 @@
 """GPTQ against RTN on the layer objective; losslessness; dead inputs; damping; act-order without g_idx."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -107,13 +110,36 @@ def test_act_order_keeps_codes_in_natural_order_with_static_groups():
     assert weighted_error(W, qw.dequantize(), H) < weighted_error(W, get_solver("rtn")(W, H, grid.QuantSpec(4, 32)).dequantize(), H)
 
 
-def test_the_factor_inverts_the_damped_hessian_and_only_a_consumed_hessian_is_released():
+def test_the_factor_inverts_the_damped_permuted_hessian_and_leaves_h_as_it_was():
     X = torch.randn(200, 24, dtype=torch.float64)
-    H = X.T @ X / 200
+    X[:, 3] = 0  # a dead input: unit diagonal
+    H = (X.T @ X / 200).float()
     kept = H.clone()
-    U = inverse_hessian_factor(H, damp=0.01)
-    assert torch.equal(H, kept)  # not consumed: left as it was
-    damped = kept + 0.01 * torch.diag(kept).mean() * torch.eye(24, dtype=torch.float64)
+    perm = torch.randperm(24)
+    U = inverse_hessian_factor(H, damp=0.01, perm=perm)
+    assert torch.equal(H, kept)
+    damped = H.double()[perm][:, perm]
+    damped.diagonal().copy_(torch.where(damped.diagonal() == 0, 1.0, damped.diagonal()))
+    damped.diagonal().add_(0.01 * damped.diagonal().mean())
     assert torch.allclose(U.T @ U @ damped, torch.eye(24, dtype=torch.float64), atol=1e-9)
-    assert torch.equal(inverse_hessian_factor(H, damp=0.01, consume=True), U)
-    assert H.numel() == 0  # consumed: its memory released
+    composed = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(damped)), upper=True)
+    assert torch.equal(U, composed)  # the in-place steps are the same LAPACK calls
+    assert U.untyped_storage().nbytes() == 24 * 24 * 8  # one K x K float64 buffer, nothing more
+
+
+FACTOR_PEAK = """
+import resource, torch
+from edgeq.solvers.gptq import inverse_hessian_factor
+k = 4096
+H = torch.full((k, k), 0.5); H.diagonal().add_(k)  # float32, built without a K x K temporary
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+inverse_hessian_factor(H, 0.01, perm=torch.randperm(k))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / (k * k * 8))
+"""
+
+
+def test_the_factor_needs_one_float64_matrix_beside_h():
+    """Peak memory growth of a fresh process over the float32 H, in K x K float64 matrices: a 1.5B model's
+    down_proj (K = 8960) made two or more of 642 MB each before the steps wrote in place."""
+    done = subprocess.run([sys.executable, "-c", FACTOR_PEAK], capture_output=True, text=True, check=True)
+    assert float(done.stdout) < 1.4

@@ -220,6 +220,15 @@ def test_first_token_weight_counts_each_window_s_first_position_that_many_times(
     assert weighted.count == 15
 
 
+def test_a_taken_hessian_is_the_hessian_divided_in_place():
+    from edgeq.calib.capture import HessianAccumulator
+    acc = HessianAccumulator(4, "cpu")
+    acc.add(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)))
+    expected, buffer = acc.hessian(), acc.sum.data_ptr()
+    taken = acc.take_hessian()
+    assert torch.equal(taken, expected) and taken.data_ptr() == buffer and acc.sum is None
+
+
 def test_first_token_weight_is_recorded_and_a_bad_one_refused(tiny_model_dir, tmp_path):
     meta = quantize_tiny(tiny_model_dir, tmp_path / "w", api.QuantConfig(
         method="gptq", bits=4, group_size=32, samples=4, seq_len=32, first_token_weight=4.0))

@@ -97,6 +97,11 @@ class HessianAccumulator:
     def hessian(self) -> torch.Tensor:
         return self.sum / max(self.count, 1)
 
+    def take_hessian(self) -> torch.Tensor:
+        """hessian(), divided where the sum lies (no second K x K matrix); the accumulator is spent."""
+        H, self.sum = self.sum.div_(max(self.count, 1)), None
+        return H
+
 
 def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0):
     """One accumulator per input group (q/k/v share one, gate/up share one), fed by a hook on its first

@@ -195,8 +195,8 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     solver = job.method.solver()
     block_q = {}
     for group in job.arch.input_groups:
-        # popped: each accumulator's K x K sum is freed once its Hessian is taken (down_proj's are the largest)
-        H = hessians.pop(group[0]).hessian() if hessians is not None else None
+        # popped and taken: each accumulator's K x K sum becomes the Hessian (down_proj's are the largest)
+        H = hessians.pop(group[0]).take_hessian() if hessians is not None else None
         for name in group:
             job.status(name)
             W = get_module(job.block, name).weight.data

@@ -19,7 +19,7 @@ import torch
 
 from .. import grid
 from ..qweight import QuantizedWeight
-from .gptq import drop_dead_inputs, permuted_factor, sweep
+from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
 
 ROW_CHUNK = 256  # rows per batched solve: bounds the [rows, G, K] intermediate (~40 MB at K=1536, G=24)
 
@@ -32,7 +32,7 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, iters: int,
     H = H + damp * torch.diag(H).mean() * torch.eye(k, dtype=H.dtype, device=H.device)
     Hf = H.float()
     perm = torch.argsort(torch.diag(H), descending=True)
-    Hinv = permuted_factor(H, perm, 1e-6)  # H is damped already; one factor serves every sweep
+    Hinv = inverse_hessian_factor(H, 1e-6, perm=perm)  # H is damped already; one factor serves every sweep
 
     def codes_for(scale, zero):
         return sweep(W, Hinv, scale, zero, gs, spec.maxq, perm, backend=backend)

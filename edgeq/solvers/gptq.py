@@ -16,41 +16,64 @@ from ..kernels import gptq_block
 from ..qweight import QuantizedWeight
 
 
-def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5, *, consume: bool = False) -> torch.Tensor:
-    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, in float64, damping x10 on failure.
-    consume: H is a float64 copy its caller no longer needs; it is damped in place and its memory released
-    once factored, so at most two K x K float64 matrices are alive (down_proj of a 1.5B model has
-    K = 8960: 642 MB each). Otherwise H is left as it was, at the cost of one more."""
-    A = H if consume and H.dtype == torch.float64 else H.to(torch.float64, copy=True)
-    mean_diag = torch.diag(A).mean()
-    added = 0.0
+STRIP = 256  # rows of H copied at a time into the factor's buffer: bounds the temporaries to 256 x K
+
+
+def inverse_hessian_factor(H: torch.Tensor, damp: float, retries: int = 5, *,
+                           perm: torch.Tensor | None = None) -> torch.Tensor:
+    """Upper Cholesky factor U of (H' + damping * I)^-1 in float64: H' is H[perm][:, perm] with a unit
+    diagonal at dead inputs (zero diagonal), damping = damp * mean(diag H'), raised x10 on failure.
+
+    H (any float dtype) is left as it was, and one K x K float64 buffer is all this needs beside it
+    (down_proj of a 1.5B model has K = 8960: 642 MB): the three LAPACK steps (Cholesky, inverse from the
+    factor, Cholesky of the inverse) write over it in place, which torch does when `out` is the column-
+    major view of the input. U is returned as that view (strides (1, K)); its numbers are those of
+    torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H' + damping I)), upper=True)."""
+    k = H.shape[0]
+    perm = torch.arange(k, device=H.device) if perm is None else perm
+    diag = unit_dead_diagonal(H)[perm]
+    A = torch.empty(k, k, dtype=torch.float64, device=H.device)
+    F = A.mT  # column-major: LAPACK's own layout, so torch factors it where it lies
+    info = torch.empty((), dtype=torch.int32, device=H.device)
     for attempt in range(retries):
-        damping = damp * 10 ** attempt * mean_diag
-        A.diagonal().add_(damping - added)  # = H + damping * I: exactly so at the first attempt
-        added = damping
-        L, info = torch.linalg.cholesky_ex(A)
+        damping = damp * 10 ** attempt * diag.mean()
+        copy_permuted_(A, H, perm)
+        A.diagonal().copy_(diag + damping)
+        torch.linalg.cholesky_ex(F, out=(F, info))  # a failure leaves F half-written: rebuilt from H
         if info != 0:
             continue
-        A.set_()  # frees the matrix (the caller's H too, when consumed)
-        Hinv = torch.cholesky_inverse(L)
-        del L
-        U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+        torch.cholesky_inverse(F, out=F)
+        torch.linalg.cholesky_ex(F, upper=True, out=(F, info))
         if info == 0:
-            return U
-        A = torch.linalg.inv(Hinv)  # rare: rebuild the damped H to damp it more
+            return F
     raise EdgeqError(f"the Hessian is not positive definite even with damping {damp * 10 ** (retries - 1)}")
+
+
+def unit_dead_diagonal(H: torch.Tensor) -> torch.Tensor:
+    """diag(H) in float64 with 1 where an input never fired (0): Cholesky then works and the input's
+    weights, zeroed by `zero_dead_columns`, cost nothing."""
+    d = torch.diag(H).to(torch.float64, copy=True)
+    d[d == 0] = 1
+    return d
+
+
+def copy_permuted_(out: torch.Tensor, H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """out = H[perm][:, perm] in out's dtype, a strip of rows at a time (no K x K temporary)."""
+    for i in range(0, H.shape[0], STRIP):
+        out[i:i + STRIP] = H.index_select(0, perm[i:i + STRIP]).index_select(1, perm)
+    return out
 
 
 def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: bool, damp: float,
           block_size: int, clip: str, backend: str) -> QuantizedWeight:
     """Options and their defaults: GPTQOptions in solvers/__init__.py."""
-    W, H = drop_dead_inputs(W, H)
+    W, H = zero_dead_columns(W, H), H.to(W.device)  # no float64 copy of H: the factor reads it strip by strip
     n, k = W.shape
     gs = spec.columns_per_group(k)
-    importance = torch.diag(H).float()
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(k, device=W.device)
-    factor = permuted_factor(H, perm, damp, consume=True)  # H: this solver's own copy, released
-    del H
+    diag = unit_dead_diagonal(H)
+    importance = diag.float()
+    perm = torch.argsort(diag, descending=True) if act_order else torch.arange(k, device=W.device)
+    factor = inverse_hessian_factor(H, damp, perm=perm)
     if act_order or gs == k:  # static groups
         scale, zero = grid.fit_params(W, spec, clip, importance)
         q = sweep(W, factor, scale, zero, gs, spec.maxq, perm, block_size=block_size, backend=backend)
@@ -68,28 +91,19 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, act_order: 
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
 
-def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor):
-    """Inputs that never fire cannot matter: their weights are quantized as 0 and H gets a unit diagonal
-    there so that Cholesky works. Returns float copies."""
+def zero_dead_columns(W: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """A float copy of W with 0 at inputs that never fire (zero diagonal in H): they cannot matter."""
     W = W.float().clone()
+    W[:, torch.diag(H).to(W.device) == 0] = 0
+    return W
+
+
+def drop_dead_inputs(W: torch.Tensor, H: torch.Tensor):
+    """`zero_dead_columns` and a float64 copy of H with a unit diagonal at those inputs (Cholesky works)."""
     H = H.to(W.device, torch.float64, copy=True)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    W = zero_dead_columns(W, H)
+    H.diagonal().copy_(unit_dead_diagonal(H))
     return W, H
-
-
-def permute_symmetric_(H: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """H[perm][:, perm] written over H: one K x K buffer beside it at a time, instead of two and a copy."""
-    H.copy_(H.index_select(0, perm))
-    H.copy_(H.index_select(1, perm))
-    return H
-
-
-def permuted_factor(H: torch.Tensor, perm: torch.Tensor, damp: float, *, consume: bool = False) -> torch.Tensor:
-    """The float32 inverse factor of H permuted by perm; consume: H is a float64 copy the caller gives up
-    (permuted and factored in place), otherwise it is left as it was."""
-    return inverse_hessian_factor(permute_symmetric_(H if consume else H.clone(), perm), damp, consume=True).float()
 
 
 def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, gs: int, maxq: int,
@@ -97,7 +111,8 @@ def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.
           kernel=None) -> torch.Tensor:
     """GPTQ's rounding: codes [N, K] (natural column order) for the grid (scale, zero) [N, G], columns
     taken in the order `perm`, each column's error fed forward through Hinv, the upper Cholesky factor
-    of the permuted damped inverse Hessian (`permuted_factor`). With `fit_group(W_group, g)` (natural
+    of the permuted damped inverse Hessian (`inverse_hessian_factor(H, damp, perm=perm)`; float64 or
+    float32, each strip is read in W's dtype). With `fit_group(W_group, g)` (natural
     order only) a group's parameters are fitted when the sweep reaches it; blocks must then divide gs.
     `kernel(W1, Hinv1, scale, zero)` replaces the round-to-nearest block sweep (MatQuant's)."""
     if kernel is None:
@@ -112,9 +127,14 @@ def sweep(W: torch.Tensor, Hinv: torch.Tensor, scale: torch.Tensor, zero: torch.
             fit_group(W[:, i1:i1 + gs], i1 // gs)
         W1 = W[:, i1:i2].clone()
         cols = group[i1:i2]
-        Q1, Err1 = kernel(W1, Hinv[i1:i2, i1:i2], scale[:, cols].contiguous(), zero[:, cols].contiguous())
+        Q1, Err1 = kernel(W1, _strip(Hinv[i1:i2, i1:i2], W), scale[:, cols].contiguous(), zero[:, cols].contiguous())
         Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+        W[:, i2:] -= Err1 @ _strip(Hinv[i1:i2, i2:], W)
     q = torch.empty_like(Q)
     q[:, perm] = Q
     return q
+
+
+def _strip(part: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A slice of the factor in W's dtype and row-major: the whole factor is never converted at once."""
+    return part.to(like.dtype, memory_format=torch.contiguous_format)

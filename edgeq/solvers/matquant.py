@@ -16,7 +16,7 @@ from .. import grid, nesting
 from ..errors import EdgeqError
 from ..kernels import nested_block
 from ..qweight import QuantizedWeight
-from .gptq import drop_dead_inputs, permuted_factor, sweep
+from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
 
 
 def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths, weights, act_order: bool,
@@ -35,7 +35,7 @@ def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths, wei
         return nested_block(W1, Hinv1, s, z, loss, backend)
 
     widths_stacked = W.repeat(1 + len(loss.low_bits), 1)  # one compensated copy of W per width
-    q = sweep(widths_stacked, permuted_factor(H, perm, damp), scale, zero, gs, spec.maxq, perm,
+    q = sweep(widths_stacked, inverse_hessian_factor(H, damp, perm=perm), scale, zero, gs, spec.maxq, perm,
               block_size=block_size, kernel=kernel)[:W.shape[0]]  # static groups: no g_idx either way
     return QuantizedWeight.from_float_params(q, scale, zero, spec.bits, gs)
 
