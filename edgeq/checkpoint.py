@@ -230,7 +230,7 @@ def load_checkpoint(path, bits: int | float | None = None):
     """(model with dequantized weights, {linear: QuantizedWeight}, meta). The model is float32, eval mode.
     With `bits`, every quantized linear is the `bits`-bit slice of its codes (MatQuant checkpoints); a
     float is an average (Mix'n'Match): each linear group's width from the stored slice estimates."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from .models import arch_of
     path = Path(path)
@@ -248,18 +248,30 @@ def load_checkpoint(path, bits: int | float | None = None):
         qweights = {name: qw.slice(widths[name]) if name in widths else qw for name, qw in qweights.items()}
     packed = set(qweights_to_tensors_names(meta["layers"]))
     state = {k: v for k, v in tensors.items() if k not in packed}
+    del tensors  # the packed codes live on in qweights only
     state.update({f"{name}.weight": qw.dequantize() for name, qw in qweights.items()})
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # a tied pair is stored once: the float table, or (a quantized head) the head's codes alone
-    tied = {f"{arch.lm_head}.weight", f"{arch.embed}.weight"} if getattr(config, "tie_word_embeddings", False) \
-        else set()
-    if set(missing) - tied or unexpected:
-        raise EdgeqError(f"checkpoint does not match its config: missing {sorted(set(missing) - tied)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    model.tie_weights()
+    model = _model_of_state(config, arch, state)
     model.eval()
     return model, qweights, meta
+
+
+def _model_of_state(config, arch, state: dict[str, torch.Tensor]):
+    """The model with `state`'s tensors as its weights (assigned, not copied: no second copy of the model)."""
+    from .models import empty_model, rebuild_non_weights
+    # a tied pair is stored once: the float table, or (a quantized head) the head's codes alone
+    tied = (f"{arch.lm_head}.weight", f"{arch.embed}.weight") if getattr(config, "tie_word_embeddings", False) \
+        else ()
+    stored = [key for key in tied if key in state]
+    for key in tied:
+        if stored:
+            state.setdefault(key, state[stored[0]])
+    model = empty_model(config)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:
+        raise EdgeqError(f"checkpoint does not match its config: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    rebuild_non_weights(model, arch)
+    return model
 
 
 def slice_plan(meta: dict, config, budget: float) -> dict[str, int]:

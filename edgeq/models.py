@@ -203,17 +203,32 @@ def load_model(source: ModelSource, stream_blocks: bool = False):
     else:
         _check_files_finite(files)
         arch = arch_of(config)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = empty_model(config)
         prefix = arch.blocks + "."
         _assign(model, {n: f for n, f in files.items() if not n.startswith(prefix)}, mapped=True)
-        rotary = get_module(model, arch.rotary)
-        _set_module(model, arch.rotary, type(rotary)(config=model.config))
-        _restore_scalar_buffers(model, prefix)
-        model.tie_weights()
+        rebuild_non_weights(model, arch, blocks_prefix=prefix)
         model.edgeq_weight_files = files
     model.eval()
     return model, config
+
+
+def empty_model(config):
+    """The model's modules on the meta device: no weight allocated or initialised (a float32 1.5B model
+    built the usual way is 6.8 GB of random numbers, overwritten at once). Weights are then assigned and
+    `rebuild_non_weights` completes it."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
+def rebuild_non_weights(model, arch: Arch, blocks_prefix: str = "") -> None:
+    """What an empty model lacks once its stored tensors are assigned: the rotary tables (computed, never
+    stored), scalar buffers, the tied head. blocks_prefix: blocks still to be loaded, not checked."""
+    rotary = get_module(model, arch.rotary)
+    _set_module(model, arch.rotary, type(rotary)(config=model.config))
+    _restore_scalar_buffers(model, blocks_prefix)
+    model.tie_weights()
 
 
 def _restore_scalar_buffers(model, blocks_prefix: str) -> None:
@@ -221,7 +236,7 @@ def _restore_scalar_buffers(model, blocks_prefix: str) -> None:
     Gemma 3's embedding scale (sqrt(hidden), kept as a float beside its buffer)."""
     import torch
     for name, buffer in list(model.named_buffers()):
-        if not buffer.is_meta or name.startswith(blocks_prefix):
+        if not buffer.is_meta or (blocks_prefix and name.startswith(blocks_prefix)):
             continue
         owner, _, leaf = name.rpartition(".")
         module = get_module(model, owner)
