@@ -6,6 +6,7 @@ nothing. Refusals (bad widths/blocks) happen before any work starts.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
 from pathlib import Path
@@ -97,26 +98,34 @@ def save_model(proto, path: Path, inline_limit: int = 1 << 30) -> None:
         data.chmod(path.stat().st_mode & 0o777)
 
 
-def parity(model, decoder: OrtDecoder, tokenizer) -> float:
-    ids = tokenizer(PARITY_PROMPT, add_special_tokens=False)["input_ids"]
+def parity_ids(tokenizer) -> np.ndarray:
+    return np.array([tokenizer(PARITY_PROMPT, add_special_tokens=False)["input_ids"]])
+
+
+def reference_logits(model, tokenizer) -> np.ndarray:
+    """torch's logits on the parity prompt: taken before the graph is built, so that the torch model can be
+    let go before any onnxruntime session exists (a 1.5B model's float copy is 6.8 GB)."""
     with torch.no_grad():
-        ref = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0].numpy()
-    got, _ = decoder.forward(np.array([ids]), decoder.empty_past())
-    return float(np.linalg.norm(got[0] - ref) / np.linalg.norm(ref))
+        return model(input_ids=torch.from_numpy(parity_ids(tokenizer)), use_cache=False).logits[0].numpy()
 
 
-def check_parity(model, tokenizer, path: Path, accuracy_level: int) -> dict[int, float]:
-    """{level: relative logit error against torch} for level 0 (the exact check of the weights) and the
-    level asked for; raises if either is over its limit. A graph without MatMulNBits (fp32) is the same at
-    every level and is run once, held to the exact limit."""
+def parity(reference: np.ndarray, decoder: OrtDecoder, tokenizer) -> float:
+    got, _ = decoder.forward(parity_ids(tokenizer), decoder.empty_past())
+    return float(np.linalg.norm(got[0] - reference) / np.linalg.norm(reference))
+
+
+def check_parity(reference: np.ndarray, tokenizer, path: Path, accuracy_level: int) -> dict[int, float]:
+    """{level: relative logit error against torch's `reference_logits`} for level 0 (the exact check of the
+    weights) and the level asked for; raises if either is over its limit. A graph without MatMulNBits (fp32)
+    is the same at every level and is run once, held to the exact limit."""
     errors = {}
     exact = level0_twin(path) if accuracy_level != 0 else None
     if exact is not None:
         try:
-            errors[0] = parity(model, OrtDecoder(cpu_session(exact)), tokenizer)
+            errors[0] = parity(reference, OrtDecoder(cpu_session(exact)), tokenizer)
         finally:
             exact.unlink()
-    errors[accuracy_level] = parity(model, OrtDecoder(cpu_session(path)), tokenizer)
+    errors[accuracy_level] = parity(reference, OrtDecoder(cpu_session(path)), tokenizer)
     errors.setdefault(0, errors[accuracy_level])
     for level, error in errors.items():
         limit = EXACT_LIMIT if level == 0 or exact is None else APPROXIMATE_LIMIT
@@ -171,31 +180,36 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     lm_head = lm_head or "fp"
     if HEAD_WIDTHS[lm_head]:
         qweights = {**qweights, arch.lm_head: quantize_lm_head(loaded, arch, HEAD_WIDTHS[lm_head])}
+    config = loaded.config
+    stored_bits = {name: qw.bits for name, qw in qweights.items()}
     with atomic_folder(out) as tmp:
-        write_genai_config(loaded.config, tokenizer, tmp)  # first: it refuses what genai cannot load
+        write_genai_config(config, tokenizer, tmp)  # first: it refuses what genai cannot load
         path = tmp / MODEL_FILE
+        reference = reference_logits(loaded, tokenizer)
         proto, layouts = build_decoder(loaded, qweights, accuracy_level, arch)
+        del loaded, qweights  # the graph holds every weight now: the torch model and codes are let go
+        gc.collect()
         head = arch.lm_head.replace(".", "_")
-        sliceable_metadata(proto, head, served_widths(meta), node_estimates(meta, loaded.config) if bits is None else None)
+        sliceable_metadata(proto, head, served_widths(meta), node_estimates(meta, config) if bits is None else None)
         save_model(proto, path)
         ops = [node.op_type for node in proto.graph.node]
         del proto  # its weights are in the file now; a 1.5B model's are gigabytes
         onnx.checker.check_model(str(path))
-        errors = check_parity(loaded, tokenizer, path, accuracy_level)
+        errors = check_parity(reference, tokenizer, path, accuracy_level)
         if ort_format:
             cpu_session(path, optimized_path=tmp / "model.ort", save_format="ORT")
         tokenizer.save_pretrained(tmp)
-        loaded.config.save_pretrained(tmp)
+        config.save_pretrained(tmp)
         report = {
             "source": label, "fp32": fp32, "sliced_to_bits": bits, "accuracy_level": accuracy_level,
-            "lm_head": f"{qweights[arch.lm_head].bits}, calibrated" if calibrated_head else lm_head,
+            "lm_head": f"{stored_bits[arch.lm_head]}, calibrated" if calibrated_head else lm_head,
             "graph_nodes": len(ops), "matmulnbits_nodes": ops.count("MatMulNBits"),
             "tied_head_shares_embedding": "FusedMatMul" in ops,
-            "embedding": f"{qweights[arch.lm_head].bits}-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
+            "embedding": f"{stored_bits[arch.lm_head]}-bit, shares the head's codes" if "GatherBlockQuantized" in ops else "float32",
             "parity_relative_logit_error": errors[accuracy_level],
             "parity_relative_logit_error_level_0": errors[0],
             "layers": {name: {"bits": lay.bits, "block_size": lay.block,
-                              "stored_bits": qweights[name].bits} for name, lay in layouts.items()},
+                              "stored_bits": stored_bits[name]} for name, lay in layouts.items()},
             "bytes": {f.name: f.stat().st_size for f in tmp.iterdir()},
             "seconds": round(time.perf_counter() - t0, 1),
         }
