@@ -39,15 +39,6 @@ def family_checkpoint(family, folder, tokenizer):
     return folder / "w4"
 
 
-def our_step_logits(decoder: OrtDecoder, prompt, forced) -> np.ndarray:
-    logits, past = decoder.forward(np.array([prompt]), decoder.empty_past())
-    steps = [logits[0, -1]]
-    for token in forced:
-        logits, past = decoder.forward(np.array([[token]]), past)
-        steps.append(logits[0, -1])
-    return np.stack(steps)
-
-
 def without_buffer_sharing(folder, tmp_path):
     import shutil
     copy = tmp_path / "unshared"
@@ -68,7 +59,7 @@ def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenize
     assert config["model"]["type"] == family and config["search"]["past_present_share_buffer"] is True
     ours = OrtDecoder.from_folder(folder)
     assert config["model"]["decoder"]["head_size"] == ours.head_dim
-    expected = our_step_logits(ours, PROMPT, FORCED)
+    expected = ours.forced_logits(PROMPT, FORCED)
     for variant in (folder, without_buffer_sharing(folder, tmp_path)):
         got = GenaiDecoder(variant).forced_logits(PROMPT, FORCED)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
@@ -86,7 +77,7 @@ def test_matquant_export_sliced_to_4_bits_runs_in_genai(tmp_path, tiny_model_dir
     export(str(checkpoint), folder, bits=4, accuracy_level=0)
     ours = OrtDecoder.from_folder(folder)
     np.testing.assert_allclose(GenaiDecoder(folder).forced_logits(PROMPT, FORCED),
-                               our_step_logits(ours, PROMPT, FORCED), rtol=1e-4, atol=1e-4)
+                               ours.forced_logits(PROMPT, FORCED), rtol=1e-4, atol=1e-4)
 
 
 def test_a_folder_without_genai_config_is_refused(tmp_path):
@@ -110,7 +101,7 @@ def builder_folder(tiny_model_dir, tmp_path_factory):
 def test_our_loop_reads_a_folder_made_by_genais_builder(builder_folder):
     ours = OrtDecoder.from_folder(builder_folder)
     assert not ours.feeds_positions and (ours.kv_heads, ours.head_dim) == (2, 16)
-    np.testing.assert_allclose(our_step_logits(ours, PROMPT, FORCED),
+    np.testing.assert_allclose(ours.forced_logits(PROMPT, FORCED),
                                GenaiDecoder(builder_folder).forced_logits(PROMPT, FORCED), rtol=1e-4, atol=1e-4)
 
 

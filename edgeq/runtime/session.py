@@ -169,6 +169,16 @@ class OrtDecoder:
     def greedy(self, prompt: list[int], new_tokens: int, eos: int | None = None) -> list[int]:
         return greedy_decode(self, np.array([prompt]), new_tokens, eos)[0]
 
+    def forced_logits(self, prompt: list[int], forced: list[int]) -> np.ndarray:
+        """[1 + len(forced), V]: the last position's logits after the prompt, then after each forced token on
+        the cache (the same as GenaiDecoder.forced_logits, for comparing the two engines)."""
+        logits, past = self.forward(np.array([prompt]), self.empty_past())
+        steps = [logits[0, -1]]
+        for token in forced:
+            logits, past = self.forward(np.array([[token]]), past)
+            steps.append(logits[0, -1])
+        return np.stack(steps)
+
 
 def greedy_decode(decoder, prompt: np.ndarray, new_tokens: int, eos: int | None = None, clock=time.perf_counter):
     """(tokens, prefill seconds, [seconds per decode step]): the prompt [1, P] prefilled, then greedy tokens,
