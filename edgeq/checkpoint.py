@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import shutil
-import struct
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,25 +79,9 @@ def qweights_from_tensors(tensors: dict[str, torch.Tensor], layout: dict[str, di
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
-    if metadata:
-        canonical_metadata_order(path)
-
-
-def canonical_metadata_order(path: Path) -> None:
-    """safetensors writes its __metadata__ map in hash order, so two identical runs gave files with different
-    bytes. Rewrite the header with the metadata keys sorted: the same JSON, so the same length, in place."""
-    with open(path, "r+b") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        raw = f.read(length)
-        header = json.loads(raw)
-        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
-        canonical = json.dumps(header, separators=(",", ":")).encode()
-        if len(canonical) > length:  # never grow the header: that would move every tensor
-            return
-        f.seek(8)
-        f.write(canonical + b" " * (length - len(canonical)))  # safetensors pads its header with spaces
+    """A safetensors file, the same bytes for the same tensors (sorted header), written a chunk at a time."""
+    from .safetensors_write import write_safetensors
+    write_safetensors(path, tensors, metadata)
 
 
 def save_tensor_file(path: Path, tensor: torch.Tensor) -> None:
@@ -161,13 +144,17 @@ def unquantized_state(model, quantized_linears) -> dict[str, torch.Tensor]:
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (read a chunk at a time, so a
+    mapped float table is not made resident whole)."""
     import hashlib
+
+    from .safetensors_write import byte_chunks
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        t = tensors[name].detach().contiguous()
+        t = tensors[name]
         digest.update(f"{name}:{t.dtype}:{list(t.shape)};".encode())
-        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        for chunk in byte_chunks(t):
+            digest.update(chunk)
     return digest.hexdigest()
 
 

@@ -45,6 +45,25 @@ def non_finite_tensors(path: Path, chunk_bytes: int = 1 << 24):
     return bad
 
 
+_MAPPED: list[tuple[int, int]] = []  # address ranges of map_float32's mappings (they live as long as the process)
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now; a clean file page is dropped, nothing is lost
+
+
+def release_mapped(address: int, nbytes: int) -> None:
+    """Hand back to the kernel the whole pages of [address, address + nbytes) that lie in a mapped table,
+    once read (a copy-on-write page that was written is not dropped: PAGEOUT only reclaims what it may).
+    A no-op for any other memory, and where the kernel refuses the advice."""
+    import ctypes
+    import mmap
+    for begin, end in _MAPPED:
+        lo = max(address, begin)
+        lo += -lo % mmap.PAGESIZE
+        hi = min(address + nbytes, end)
+        hi -= hi % mmap.PAGESIZE
+        if hi > lo:
+            ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT)
+
+
 def map_float32(path: Path, names) -> dict:
     """{name: tensor} for the float32 tensors among `names`, backed by a private (copy-on-write) mapping of
     the file instead of a copy in memory: a table read a few rows at a time (the embedding, during
@@ -59,6 +78,8 @@ def map_float32(path: Path, names) -> dict:
         return {}
     with open(path, "rb") as f:
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # stays open while a tensor uses it
+    base = torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
+    _MAPPED.append((base, base + len(mapping)))
     out = {}
     for name in wanted:
         begin, end = meta[name]["data_offsets"]
