@@ -25,6 +25,7 @@ from .. import grid
 from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..memory import release_freed_memory
 from ..progress import progress_bar
+from ..safetensors_scan import release_mapped_tables
 from ..qweight import QuantizedWeight
 from ..solvers import Method, get_method, weighted_error
 from .batches import Batches
@@ -122,6 +123,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
         batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, recipe.batch_size, device)
         del captured
+        release_mapped_tables()  # the embedding's pages: the block loop never reads it
         timings.forward += time.perf_counter() - t
     if method.learned:  # the float model's own states at the current block's input: the training targets
         fp_states = resume.load_hidden("fp_hidden") if start else batches.hidden.clone()
