@@ -145,8 +145,11 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
                                                 resume=resume, progress=progress, on_block_done=on_block_done)
     t_quant = time.perf_counter() - t1
     t_slices = time.perf_counter()
-    slice_record = _slice_estimates(source, arch, windows, qweights, config, progress) \
-        if get_method(config.method).nested else None
+    slice_record = None
+    if get_method(config.method).nested:
+        unpacked = qweights.unpacked() if isinstance(qweights, checkpoint.PackedCodes) else qweights
+        slice_record = _slice_estimates(source, arch, windows, unpacked, config, progress)
+        del unpacked
     t_slices = time.perf_counter() - t_slices
     meta = {
         "edgeq_version": __version__, "method": config.method, "bits": spec.bits,

@@ -66,6 +66,28 @@ def test_streamed_and_fully_loaded_runs_agree(tiny_model_dir, bundled_tokenizer)
         assert torch.equal(results[0][name].scale, results[1][name].scale)
 
 
+def test_a_run_through_a_resume_folder_writes_the_same_checkpoint_as_one_in_memory(tiny_model_dir, bundled_tokenizer,
+                                                                                    tmp_path):
+    """With a resume folder the codes reach the checkpoint as that folder stores them (packed, never unpacked
+    whole); the file is byte for byte the one written from the codes held in memory, head included."""
+    from edgeq.calib.resume import ResumeState
+    source = models.resolve_source(str(tiny_model_dir))
+    text, _ = heldout.read_text(str(calibration_text()))
+    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    recipe = pipeline.Recipe("gptq", grid.QuantSpec(3, 32), {}, 4, head_bits=8)
+    written = []
+    for resume in (None, ResumeState(tmp_path / "resume", "run")):
+        model, config = models.load_model(source, stream_blocks=True)
+        qweights, _ = pipeline.quantize_model(model, models.arch_of(config), recipe, windows, resume=resume,
+                                              progress=False)
+        assert isinstance(qweights, checkpoint.PackedCodes) == (resume is not None)
+        out = tmp_path / f"ckpt{len(written)}"
+        checkpoint.save_checkpoint(out, model, bundled_tokenizer, qweights, {"method": "gptq"})
+        written.append((out / checkpoint.WEIGHTS_FILE).read_bytes())
+    assert written[0] == written[1]
+    assert "lm_head" in checkpoint.read_meta(tmp_path / "ckpt1")["layers"]
+
+
 class Interrupt(Exception):
     pass
 

@@ -23,6 +23,7 @@ import torch
 
 from .. import grid
 from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
+from ..checkpoint import PackedCodes
 from ..memory import release_freed_memory
 from ..progress import progress_bar
 from ..safetensors_scan import release_mapped_tables
@@ -103,7 +104,8 @@ class BlockJob:
 
 def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | None, *, device="cpu",
                    resume: ResumeState | None = None, progress: bool = True, on_block_done=None):
-    """Quantize every linear of every block in place; return ({qualified name: QuantizedWeight}, Timings).
+    """Quantize every linear of every block in place; return ({qualified name: QuantizedWeight}, Timings), or
+    with a resume folder (PackedCodes, Timings): the finished blocks' codes as that folder stores them.
 
     windows: calibration token windows [S, L]; None for methods that need no calibration (RTN).
     on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
@@ -153,7 +155,9 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         return {**in_memory, **head}, timings
     del batches, fp_states
     release_freed_memory()  # the hidden states go before the codes come back
-    return {**resume.load_qweights(len(blocks)), **head}, timings
+    packed = resume.load_packed(len(blocks))  # as the checkpoint stores them: never unpacked whole
+    packed.update(PackedCodes.of(head))
+    return packed, timings
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (load_tensor_file, load_tensors, qweights_from_tensors, qweights_layout, qweights_to_tensors,
+from ..checkpoint import (PackedCodes, load_tensor_file, load_tensors, qweights_layout, qweights_to_tensors,
                           save_tensor_file, save_tensors)
 from ..qweight import QuantizedWeight
 
@@ -46,15 +46,19 @@ class ResumeState:
         (self.folder / "state.tmp").write_text(json.dumps({"run": self.run_digest, "next_block": next_block}))
         os.replace(self.folder / "state.tmp", self.folder / "state.json")  # the commit point of the block
 
-    def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
+    def load_packed(self, blocks: int) -> PackedCodes:
+        """The first `blocks` blocks' quantized weights as stored (packed)."""
         from safetensors import safe_open
-        qweights = {}
+        packed = PackedCodes({}, {})
         for b in range(blocks):
             path = self.folder / f"block_{b:04d}.safetensors"
             with safe_open(str(path), "pt") as f:
                 layout = json.loads(f.metadata()["layout"])
-            qweights.update(qweights_from_tensors(load_tensors(path), layout))
-        return qweights
+            packed.update(PackedCodes(load_tensors(path), layout))
+        return packed
+
+    def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
+        return self.load_packed(blocks).unpacked()
 
     def load_hidden(self, name: str = "hidden") -> torch.Tensor | None:
         path = self.folder / f"{name}.safetensors"
