@@ -3,6 +3,7 @@ over every weight then costs one tensor of memory, where a mapped read keeps the
 closed), and float32 tables mapped copy-on-write where only the rows read should become resident."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import struct
@@ -50,11 +51,17 @@ _MAPPED: list[tuple[int, int]] = []  # address ranges of map_float32's live mapp
 _MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now; a clean file page is dropped, nothing is lost
 
 
+@functools.cache
+def _madvise():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    return lambda address, nbytes, advice: libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), advice)
+
+
 def release_mapped(address: int, nbytes: int) -> None:
     """Hand back to the kernel the whole pages of [address, address + nbytes) that lie in a mapped table,
     once read (a copy-on-write page that was written is not dropped: PAGEOUT only reclaims what it may).
     A no-op for any other memory, and where the kernel refuses the advice."""
-    import ctypes
     import mmap
     for begin, end in _MAPPED:
         lo = max(address, begin)
@@ -62,7 +69,7 @@ def release_mapped(address: int, nbytes: int) -> None:
         hi = min(address + nbytes, end)
         hi -= hi % mmap.PAGESIZE
         if hi > lo:
-            ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT)
+            _madvise()(lo, hi - lo, _MADV_PAGEOUT)
 
 
 def release_mapped_tables() -> None:

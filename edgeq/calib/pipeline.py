@@ -22,12 +22,12 @@ from typing import Callable
 import torch
 
 from .. import grid
-from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..checkpoint import PackedCodes
 from ..memory import release_freed_memory
+from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..progress import progress_bar
-from ..safetensors_scan import release_mapped_tables
 from ..qweight import QuantizedWeight
+from ..safetensors_scan import release_mapped_tables
 from ..solvers import Method, get_method, weighted_error
 from .batches import Batches
 from .blockwise import refine_scales
