@@ -147,7 +147,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     t_slices = time.perf_counter()
     slice_record = None
     if get_method(config.method).nested:
-        unpacked = qweights.unpacked() if isinstance(qweights, checkpoint.PackedCodes) else qweights
+        unpacked = qweights.unpacked()
         slice_record = _slice_estimates(source, arch, windows, unpacked, config, progress)
         del unpacked
     t_slices = time.perf_counter() - t_slices

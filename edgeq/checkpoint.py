@@ -119,9 +119,15 @@ def load_tensor_file(path: Path) -> torch.Tensor:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
+    return load_tensors_and_metadata(path)[0]
+
+
+def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and its header's metadata, from one opening of the file."""
+    from safetensors import safe_open
     try:
-        return load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            return {name: f.get_tensor(name) for name in f.keys()}, f.metadata() or {}
     except FileNotFoundError:
         raise EdgeqError(f"missing file: {path}") from None
     except Exception as err:  # safetensors raises its own error types for truncated/garbled files
@@ -184,11 +190,9 @@ def layout_json(layout: dict) -> str:
     return json.dumps(layout, sort_keys=True, separators=(",", ":"))
 
 
-def save_checkpoint(destination: Path, model, tokenizer, qweights: dict[str, QuantizedWeight] | PackedCodes,
-                    meta: dict):
+def save_checkpoint(destination: Path, model, tokenizer, packed: PackedCodes, meta: dict):
     """The tensors carry their own layout (in the safetensors header) and quantization.json their digest,
     so that load_checkpoint notices either file edited, swapped or corrupted."""
-    packed = qweights if isinstance(qweights, PackedCodes) else PackedCodes.of(qweights)
     tensors = dict(packed.tensors)
     tensors.update(unquantized_state(model, packed.layout))
     layout = packed.layout

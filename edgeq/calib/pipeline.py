@@ -104,12 +104,13 @@ class BlockJob:
 
 def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | None, *, device="cpu",
                    resume: ResumeState | None = None, progress: bool = True, on_block_done=None):
-    """Quantize every linear of every block in place; return ({qualified name: QuantizedWeight}, Timings), or
-    with a resume folder (PackedCodes, Timings): the finished blocks' codes as that folder stores them.
+    """Quantize every linear of every block in place; return (PackedCodes, Timings): every linear's codes as the
+    checkpoint stores them, packed (`.unpacked()` gives {qualified name: QuantizedWeight}).
 
     windows: calibration token windows [S, L]; None for methods that need no calibration (RTN).
     on_block_done(i): called after block i is committed (tests use it to simulate an interruption).
-    With a resume folder, finished blocks' codes live only there (not in memory) until the end.
+    With a resume folder, finished blocks' codes live only there (not in memory) until the end; without one
+    they are packed as each block finishes (half the bytes of one code a byte).
     """
     method = get_method(recipe.method)
     blocks = get_module(model, arch.blocks)
@@ -129,7 +130,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         timings.forward += time.perf_counter() - t
     if method.learned:  # the float model's own states at the current block's input: the training targets
         fp_states = resume.load_hidden("fp_hidden") if start else batches.hidden.clone()
-    in_memory = {}  # codes of finished blocks, kept here only when there is no resume folder
+    in_memory = PackedCodes({}, {})  # codes of finished blocks, kept here only when there is no resume folder
     kinds = layer_kinds(model.config)
     bar = progress_bar(range(start, len(blocks)), desc="quantize", unit="block", enabled=progress,
                        initial=start, total=len(blocks))
@@ -142,7 +143,7 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         block_q = BLOCK_QUANTIZERS[method.kind](job)
         blocks[i] = job.block.to("cpu")
         if resume.folder is None:
-            in_memory.update(block_q)
+            in_memory.update(PackedCodes.of(block_q))
         resume.save(i + 1, batches.hidden if batches else None, block_q, fp_states)
         if is_streamed(model):
             release_weights(model, block_q)
@@ -152,10 +153,11 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     bar.close()
     head = {arch.lm_head: quantize_head(model, arch, recipe, batches, timings)} if recipe.head_bits else {}
     if resume.folder is None:
-        return {**in_memory, **head}, timings
-    del batches, fp_states
-    release_freed_memory()  # the hidden states go before the codes come back
-    packed = resume.load_packed(len(blocks))  # as the checkpoint stores them: never unpacked whole
+        packed = in_memory
+    else:
+        del batches, fp_states
+        release_freed_memory()  # the hidden states go before the codes come back
+        packed = resume.load_packed(len(blocks))  # as the checkpoint stores them: never unpacked whole
     packed.update(PackedCodes.of(head))
     return packed, timings
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (PackedCodes, load_tensor_file, load_tensors, qweights_layout, qweights_to_tensors,
-                          save_tensor_file, save_tensors)
+from ..checkpoint import (PackedCodes, load_tensor_file, load_tensors_and_metadata, qweights_layout,
+                          qweights_to_tensors, save_tensor_file, save_tensors)
 from ..qweight import QuantizedWeight
 
 
@@ -48,13 +48,10 @@ class ResumeState:
 
     def load_packed(self, blocks: int) -> PackedCodes:
         """The first `blocks` blocks' quantized weights as stored (packed)."""
-        from safetensors import safe_open
         packed = PackedCodes({}, {})
         for b in range(blocks):
-            path = self.folder / f"block_{b:04d}.safetensors"
-            with safe_open(str(path), "pt") as f:
-                layout = json.loads(f.metadata()["layout"])
-            packed.update(PackedCodes(load_tensors(path), layout))
+            tensors, metadata = load_tensors_and_metadata(self.folder / f"block_{b:04d}.safetensors")
+            packed.update(PackedCodes(tensors, json.loads(metadata["layout"])))
         return packed
 
     def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
