@@ -2,7 +2,9 @@
 bundled SmolLM2-135M, put that one linear at its 2-bit weight from a uniform checkpoint (all others fp32),
 measure the held-out NLL increase, and rank-correlate it with each estimator's figure for that width.
 
-    python benchmarks/sensitivity_check.py --estimates runs/mixed/fisher-3.0 --reference runs/mixed/gptq-w2-g64
+    edgeq quantize --method gptq --budget 3.0 --out runs/mixed/gptq-3.0
+    edgeq quantize --method gptq --bits 2 --group-size 64 --out runs/mixed/gptq-w2-g64
+    python benchmarks/sensitivity_check.py --estimates runs/mixed/gptq-3.0 --reference runs/mixed/gptq-w2-g64
 
 --estimates: a mixed checkpoint (its quantization.json holds both estimators' figures per layer and width);
 --reference: a uniform checkpoint whose width is one of the candidates. ~1 s per window and layer here.
@@ -14,8 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from quality import SHARED_TEXT
 
 from edgeq import checkpoint, heldout, models
 from edgeq.calib import data
@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--reference", required=True)
     parser.add_argument("--blocks", nargs="*", type=int, default=[0, 5, 10, 15, 20, 25, 29])
     parser.add_argument("--max-windows", type=int, default=8)
-    parser.add_argument("--text", default=str(SHARED_TEXT))
+    parser.add_argument("--text", default="builtin:persuasion", help="a file or builtin:NAME")
     args = parser.parse_args()
     record = json.loads((Path(args.estimates) / "quantization.json").read_text())["sensitivity"]
     meta = checkpoint.read_meta(args.reference)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -125,6 +126,34 @@ def test_quantize_seconds_do_not_count_the_parts_twice(quality):
     stats = {"seconds_load": 10.0, "seconds_sensitivity": 0.0, "seconds_quantize": 100.0, "seconds_forward": 40.0,
              "seconds_hessian": 20.0, "seconds_solver": 30.0, "seconds_block_training": 0.0}
     assert quality.quantize_seconds(stats) == 110.0
+
+
+def test_printed_commands_are_the_ones_run_row_runs(quality, tmp_path, monkeypatch, capsys):
+    """--commands prints what run_row executes: a fake edgeq records the calls and writes what they would."""
+    calls = []
+
+    def fake_edgeq(*args):
+        calls.append(list(args))
+        if args[0] == "quantize":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True)
+            stats = {"seconds_load": 1.0, "seconds_quantize": 2.0, "peak_rss_mb": 9.0}
+            (out / "quantization.json").write_text(json.dumps({"stats": stats}))
+        else:
+            Path(args[args.index("--json") + 1]).write_text(json.dumps([{"perplexity": 5.0, "windows": 40,
+                                                                        "text": "t"}] * 2))
+
+    monkeypatch.setattr(quality, "edgeq", fake_edgeq)
+    protocol = quality.PROTOCOLS["standard-512x128"]
+    row = quality.Row.parse("matquant 8 64 @4")
+    quality.run_row(row, protocol, tmp_path, None)
+    quality.main(["--commands", "--row", "matquant 8 64 @4", "--work", str(tmp_path)])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "# matquant W8 g64 @4"
+    assert [shlex.split(line)[1:] for line in printed[1:]] == calls
+    assert calls[1][-2:] == ["--bits", "4"] and "--bits" not in calls[1][:-2]  # the slice is evaluated
+    quality.main(["--commands", "--row", "fp32", "--work", str(tmp_path)])
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]] == ["eval"]  # no quantize
 
 
 def test_vs_genai_builder_table_joins_quality_rows_with_each_engines_bench():
