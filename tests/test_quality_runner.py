@@ -174,3 +174,32 @@ def test_vs_genai_builder_table_joins_quality_rows_with_each_engines_bench():
     assert lines[2] == f"| {first.name} | 40.00 (1.080) | 33.00 (1.070) | 82.5 | 3.25 | - | - |"  # the latest bench
     assert lines[3].endswith("| 76.6 | - | - | 21 |")
     del sys.modules[spec.name]
+
+
+@pytest.fixture
+def targets(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports quality.py as its neighbour
+    spec = importlib.util.spec_from_file_location("quality_targets", ROOT / "benchmarks" / "quality_targets.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_target_compares_rows_of_the_standard_table(quality, targets):
+    """A label typed wrong would leave its target pending forever."""
+    labels = {row.label for row in quality.standard_rows()}
+    for target in targets.TARGETS:
+        assert target.row in labels and target.reference in labels, target
+
+
+def test_targets_are_met_only_below_the_limit_on_every_text(quality, targets):
+    Row, texts = quality.Row, ["persuasion", "news"]
+    target = targets.Target("x below gptq", "decoupleq W2 g64", "gptq W2 g64", 0.7)
+    ref = fake_record(quality, Row("gptq", 2, "64"), "p", {"persuasion": 100.0, "news": 300.0})
+    one_text = fake_record(quality, Row("decoupleq", 2, "64"), "p", {"persuasion": 60.0, "news": 240.0})
+    both = fake_record(quality, Row("decoupleq", 2, "64"), "p", {"persuasion": 60.0, "news": 200.0})
+    line = targets.verdict(target, {ref["label"]: ref, one_text["label"]: one_text}, texts)
+    assert line == "- x below gptq: **MISSED**: persuasion 0.600 x (60.00 vs 100.00), news 0.800 x (240.00 vs 300.00)"
+    assert "**MET**" in targets.verdict(target, {ref["label"]: ref, both["label"]: both}, texts)
+    assert "pending (`decoupleq W2 g64` not measured yet)" in targets.verdict(target, {ref["label"]: ref}, texts)
