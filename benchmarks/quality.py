@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -343,9 +344,15 @@ def main(argv=None):
     if args.commands:
         return print("\n".join(row_commands(row, protocol, args.work) for row in rows))
     args.work.mkdir(parents=True, exist_ok=True)
+    remade = set()  # checkpoints --again has already redone in this run (slices of one file share it)
     for row in [Row("fp32")] + [r for r in rows if r.method != "fp32"]:
         if is_done(records, row, protocol.name) and not (args.again and row in rows):
             continue
+        if args.again and row.method != "fp32":  # again means quantize again, not re-score the old file
+            ckpt = checkpoint_dir(args.work, row, protocol)
+            if ckpt not in remade:
+                shutil.rmtree(ckpt, ignore_errors=True)
+                remade.add(ckpt)
         fp = latest(read_results(args.results), protocol.name).get("fp32")
         print(f"row: {row.label} ...", file=sys.stderr, flush=True)
         try:

@@ -80,6 +80,29 @@ def test_append_then_skip_unless_again(quality, tmp_path, monkeypatch):
     assert ran[-2:] == ["fp32", "gptq W4 g128"]
 
 
+def test_again_quantizes_again_once_per_checkpoint(quality, tmp_path, monkeypatch):
+    """--again redoes the checkpoint (not just the scoring of the old file), and slices of one file share
+    the new one."""
+    results, work = tmp_path / "quality.jsonl", tmp_path / "work"
+    protocol = quality.PROTOCOLS["standard-512x128"]
+    seen = []
+
+    def fake_run(row, protocol, work, fp):
+        ckpt = quality.checkpoint_dir(work, row, protocol)
+        seen.append((row.label, (ckpt / "old").exists(), ckpt.exists()))
+        ckpt.mkdir(parents=True, exist_ok=True)
+        return {**fake_record(quality, row, protocol.name, {"persuasion": 20.0, "news": 30.0}), "row_seconds": 1}
+
+    monkeypatch.setattr(quality, "run_row", fake_run)
+    argv = ["--results", str(results), "--work", str(work), "--row", "matquant 8 64 @4", "--row", "matquant 8 64 @2"]
+    quality.main(argv)
+    ckpt = quality.checkpoint_dir(work, quality.Row.parse("matquant 8 64 @4"), protocol)
+    (ckpt / "old").mkdir()
+    seen.clear()
+    quality.main(argv + ["--again"])
+    assert seen == [("matquant W8 g64 @4", False, False), ("matquant W8 g64 @2", False, True)]
+
+
 def test_a_failed_row_is_reported_and_not_written(quality, tmp_path, monkeypatch, capsys):
     results = tmp_path / "quality.jsonl"
 
