@@ -67,12 +67,14 @@ def width_weighted_loss(block, weights_of, widths: list[tuple[int | None, float]
 
 @torch.no_grad()
 def calibration_loss(block, weights_of, widths, batches, targets: torch.Tensor) -> float:
-    """The width-weighted block output MSE over every calibration window (batches weighted by their rows)."""
+    """The width-weighted block output MSE over every calibration window (batches weighted by their rows).
+    The weights are built once, not per batch: a rounding's weight() costs as much as a batch's forward."""
+    fixed = {bits: weights_of(bits) for bits, _ in widths}
     total, rows = 0.0, 0
     for b, _ in batches:
         x, kwargs = batches.inputs(b)
         n = x.shape[0]  # the last batch may be short
-        total += n * float(width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs))
+        total += n * float(width_weighted_loss(block, fixed.get, widths, x, batches.take(b, targets), kwargs))
         rows += n
     return total / rows
 
