@@ -130,6 +130,9 @@ def standard_rows() -> list[Row]:
     rows += [Row("gptq", b, "64", ("--sym",)) for b in (8, 4, 2)]  # each width trained alone
     rows.append(Row("gptq", 4, "64"))  # asymmetric, as the nested methods' default grid (W2 g64 is above)
     rows += [Row("gptq", 4, "128", ("--budget", b)) for b in ("2.5", "3.0", "3.5")]
+    # the default candidates have no 3-bit grid (onnxruntime stores 3-bit in a 4-bit container), so 3.0 bits
+    # is a 2/4 mix; with a 3-bit candidate the knapsack can keep uniform W3 g128 when that is best
+    rows.append(Row("gptq", 4, "128", ("--budget", "3.0", "--candidates", "2:64,3:128,4:128,8:128")))
     # W2 g64 with hand-kept 4-bit layers of the same code size as --budget 3.0: attention and down_proj are
     # half of SmolLM2-135M's linear weights (0.88M + 0.88M of 3.54M per block), the usual picks
     rows.append(Row("gptq", 2, "64", ("--layer-grid", "self_attn=4:128", "--layer-grid", "down_proj=4:128")))
