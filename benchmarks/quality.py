@@ -123,6 +123,9 @@ def standard_rows() -> list[Row]:
         rows += [Row(method, bits, group, flags) for bits, group in specs]
     rows.append(Row("gptq", 2, "64", ("--block-epochs", "2")))
     rows.append(Row("flexround", 3, "128", ("--rounding-rule", "addition")))  # division vs addition
+    # the block loss: each token's relative error instead of the MSE that the attention sink dominates
+    rows.append(Row("flexround", 3, "128", ("--block-loss", "relative")))
+    rows.append(Row("gptq", 2, "64", ("--block-epochs", "2", "--block-loss", "relative")))
     for method in ("matquant", "matround"):
         rows += [Row(method, 8, "64", (), b) for b in (8, 4, 2)]
         rows += [Row(method, 8, "64", (), b) for b in (3.0, 4.0, 5.0, 6.0)]  # Mix'n'Match from the same file

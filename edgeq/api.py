@@ -40,6 +40,7 @@ class QuantConfig:
     # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
     # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
     first_token_weight: float = 1.0
+    block_loss: str = "mse"    # block training's output error (solvers.method.BLOCK_LOSSES)
 
     @property
     def spec(self) -> grid.QuantSpec:
@@ -77,7 +78,8 @@ def check_device(device: str) -> None:
 
 
 def check_training_options(config: QuantConfig, calibrated: bool, learned: bool) -> None:
-    """Refusals of --block-epochs, --block-lr and --propagate that need no model."""
+    """Refusals of --block-epochs, --block-lr, --block-loss and --propagate that need no model."""
+    from .solvers.method import BLOCK_LOSSES, get_method, method_names
     if config.block_epochs < 0 or not config.block_lr > 0:
         raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
     if config.block_epochs and not calibrated:
@@ -89,6 +91,12 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
     if config.propagate == "float" and (config.block_epochs or learned):
         raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
                          "training already has the float targets)")
+    if config.block_loss not in BLOCK_LOSSES:
+        raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
+    if config.block_loss != "mse" and not (config.block_epochs or learned):
+        learned_methods = ", ".join(name for name in method_names() if get_method(name).learned)
+        raise EdgeqError(f"--block-loss applies to block training: a learned method ({learned_methods}) or "
+                         "--block-epochs")
     if config.block_epochs and learned:
         raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
 
@@ -138,7 +146,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
                              config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head,
-                             config.first_token_weight)
+                             config.first_token_weight, config.block_loss)
     resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -161,6 +169,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     }
     if calibrated and config.first_token_weight != 1.0:  # how the calibration was used, where not as GPTQ's
         meta["calibration"]["first_token_weight"] = config.first_token_weight
+    if calibrated and config.block_loss != "mse":
+        meta["calibration"]["block_loss"] = config.block_loss
     if calibrated and config.propagate != "quantized":
         meta["calibration"]["propagate"] = config.propagate
     if config.layer_grids:

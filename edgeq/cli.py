@@ -201,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_quantize_parser(sub) -> None:
     from .solvers import get_method, method_names
+    from .solvers.method import BLOCK_LOSSES
     q = sub.add_parser("quantize", help="quantize a model into a checkpoint folder",
                        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
@@ -235,6 +236,10 @@ def add_quantize_parser(sub) -> None:
                    "method one pass per width; default: 0, off)")
     q.add_argument("--block-lr", type=float, default=5e-3,
                    help="Adam learning rate of that training, on log(scale) (default: 5e-3)")
+    q.add_argument("--block-loss", choices=BLOCK_LOSSES, default="mse",
+                   help="the block output error that block training (learned methods, --block-epochs) lowers: "
+                   "mse (default, AutoRound's and FlexRound's) or relative (each token's error over its norm, "
+                   "so that the attention sink's huge hidden state does not outweigh every other token)")
     add_mixed_flags(q)
     q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
                    help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
@@ -414,7 +419,7 @@ def cmd_quantize(args) -> None:
                          samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size,
                          seed=args.seed, device=args.device, solver_opts=opts, block_epochs=args.block_epochs,
                          block_lr=args.block_lr, propagate=args.propagate,
-                         first_token_weight=args.first_token_weight, mixed=mixed_config(args),
+                         first_token_weight=args.first_token_weight, block_loss=args.block_loss, mixed=mixed_config(args),
                          layer_grids=tuple(args.layer_grid), lm_head=HEAD_WIDTHS[args.lm_head])
     meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]

@@ -9,6 +9,7 @@ import torch
 
 from ..models import SINGLE_KIND
 from .capture import block_output, to_device
+from .reconstruct import token_errors
 
 
 @dataclass
@@ -48,13 +49,13 @@ class Batches:
         return replace(self, kind=kind)
 
     @torch.no_grad()
-    def run(self, block, targets: torch.Tensor | None = None) -> float:
+    def run(self, block, targets: torch.Tensor | None = None, loss: str = "mse") -> float:
         """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
-        With targets, returns the mean squared error of the outputs against them."""
-        squared = 0.0
+        With targets, returns the block loss of the outputs against them (reconstruct.BLOCK_LOSSES)."""
+        total = 0.0
         for b, rows in self:
             out = block_output(block, *self.inputs(b))
             if targets is not None:
-                squared += float(torch.nn.functional.mse_loss(out, self.take(b, targets), reduction="sum"))
+                total += float(token_errors(out, self.take(b, targets), loss).sum())
             self.hidden[rows] = out.to(self.hidden.device)
-        return squared / self.hidden.numel()
+        return total / self.hidden[..., 0].numel()

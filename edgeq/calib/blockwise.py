@@ -16,7 +16,7 @@ from .reconstruct import frozen, width_weighted_loss
 
 
 def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets: torch.Tensor, epochs: int,
-                  lr: float, widths: list[tuple[int, float]] | None = None) -> tuple[dict, list]:
+                  lr: float, widths: list[tuple[int, float]] | None = None, loss: str = "mse") -> tuple[dict, list]:
     """Return ({local linear name: QuantizedWeight with trained scales}, [mean loss of each epoch]), trained on
     `batches` (calib.batches.Batches: the quantized model's states) against the same rows of `targets`.
     `widths` [(bits, weight)...]: train for the weighted loss of those slices (default: each linear's own
@@ -38,11 +38,11 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets:
             total = 0.0
             for b, _ in batches:
                 x, kwargs = batches.inputs(b)
-                loss = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs)
+                error = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs, loss)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                error.backward()
                 optimizer.step()
-                total += float(loss.detach()) * x.shape[0]
+                total += float(error.detach()) * x.shape[0]
             losses.append(total / batches.hidden.shape[0])
     trained = {name: QuantizedWeight(qw.q, (base[name] * log_ratio[name].detach().exp()).cpu(), qw.zero, qw.bits,
                                      qw.group_size) for name, qw in qweights.items()}

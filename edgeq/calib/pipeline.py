@@ -49,6 +49,7 @@ class Recipe:
     propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
     head_bits: int | None = None  # the output head too, on the final norm's outputs (None: it stays float)
     first_token_weight: float = 1.0  # Hessian weight of each window's first position (api.QuantConfig)
+    block_loss: str = "mse"  # block training's output error (reconstruct.BLOCK_LOSSES)
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
@@ -60,7 +61,8 @@ class Recipe:
                            self.batch_size, self.block_epochs, self.block_lr, layers]
                           + ([self.propagate] if self.propagate != "quantized" else [])
                           + ([f"head {self.head_bits}"] if self.head_bits else [])
-                          + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else []),
+                          + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else [])
+                          + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else []),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -220,7 +222,7 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
         block_q, timings.block_losses[str(job.index)] = _train_block_scales(job, block_q, targets)
     if batches is not None and not float_inputs and (not job.last or targets is not None):  # last: feeds nothing
         t = time.perf_counter()
-        loss = batches.run(job.block, targets)
+        loss = batches.run(job.block, targets, recipe.block_loss)
         if targets is not None:
             timings.block_losses[str(job.index)].append(loss)
         timings.forward += time.perf_counter() - t
@@ -245,7 +247,7 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
             job.status(f"step {step + 1}/{schedule.steps} loss {loss:.3g} best {best:.3g} "
                        f"{time.perf_counter() - t:.0f}s")
 
-    record = reconstruct_block(job.block, roundings, batches, job.fp_states, schedule, report)
+    record = reconstruct_block(job.block, roundings, batches, job.fp_states, schedule, report, job.recipe.block_loss)
     block_q = {}
     for name, rounding in roundings.items():
         qw = rounding.result()
@@ -253,7 +255,7 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
         block_q[job.prefix + name] = qw
     timings.block_training += time.perf_counter() - t
     t = time.perf_counter()
-    record["after"] = batches.run(job.block, job.fp_states)
+    record["after"] = batches.run(job.block, job.fp_states, job.recipe.block_loss)
     timings.block_losses[str(job.index)] = record
     timings.forward += time.perf_counter() - t
     return block_q
@@ -305,7 +307,7 @@ def _train_block_scales(job: BlockJob, block_q, targets):
     recipe, prefix = job.recipe, job.prefix
     local = {name[len(prefix):]: qw for name, qw in block_q.items()}
     trained, losses = refine_scales(job.block, local, job.batches, targets, recipe.block_epochs, recipe.block_lr,
-                                    _trained_widths(job.method, recipe.solver_opts))
+                                    _trained_widths(job.method, recipe.solver_opts), recipe.block_loss)
     for name, qw in trained.items():
         get_module(job.block, name).weight.data = qw.dequantize().to(job.batches.device)
     job.timings.block_training += time.perf_counter() - t

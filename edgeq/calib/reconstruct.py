@@ -22,8 +22,21 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call
 
+from ..solvers.method import BLOCK_LOSSES
+
 
 OPTIMIZERS = ("adam", "sign")
+
+
+def token_errors(out: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> torch.Tensor:
+    """Each token's error [..., L] of block outputs [..., L, D] against their targets (see BLOCK_LOSSES);
+    their mean is the block loss."""
+    squared = (out - target).square()
+    if loss == "mse":
+        return squared.mean(dim=-1)
+    if loss == "relative":
+        return squared.sum(dim=-1) / target.square().sum(dim=-1).clamp(min=torch.finfo(target.dtype).tiny)
+    raise ValueError(f"block loss must be one of {BLOCK_LOSSES}, got {loss!r}")
 
 
 @dataclass
@@ -54,27 +67,27 @@ def forward_with(block, weights: dict[str, torch.Tensor], x: torch.Tensor, kwarg
 
 
 def width_weighted_loss(block, weights_of, widths: list[tuple[int | None, float]], x: torch.Tensor,
-                        target: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    """sum_r w_r / sum(w) * MSE(block with weights_of(bits_r) on x, target): MatQuant's loss over the widths
+                        target: torch.Tensor, kwargs: dict, loss: str = "mse") -> torch.Tensor:
+    """sum_r w_r / sum(w) * error(block with weights_of(bits_r) on x, target): MatQuant's loss over the widths
     its codes serve, one forward each; widths [(None, 1.0)] is the plain block output error."""
     total = sum(weight for _, weight in widths)
-    loss = 0.0
+    value = 0.0
     for bits, weight in widths:
         out = forward_with(block, weights_of(bits), x, kwargs)
-        loss = loss + weight / total * torch.nn.functional.mse_loss(out, target)
-    return loss
+        value = value + weight / total * token_errors(out, target, loss).mean()
+    return value
 
 
 @torch.no_grad()
-def calibration_loss(block, weights_of, widths, batches, targets: torch.Tensor) -> float:
-    """The width-weighted block output MSE over every calibration window (batches weighted by their rows).
+def calibration_loss(block, weights_of, widths, batches, targets: torch.Tensor, loss: str = "mse") -> float:
+    """The width-weighted block output error over every calibration window (batches weighted by their rows).
     The weights are built once, not per batch: a rounding's weight() costs as much as a batch's forward."""
     fixed = {bits: weights_of(bits) for bits, _ in widths}
     total, rows = 0.0, 0
     for b, _ in batches:
         x, kwargs = batches.inputs(b)
         n = x.shape[0]  # the last batch may be short
-        total += n * float(width_weighted_loss(block, fixed.get, widths, x, batches.take(b, targets), kwargs))
+        total += n * float(width_weighted_loss(block, fixed.get, widths, x, batches.take(b, targets), kwargs, loss))
         rows += n
     return total / rows
 
@@ -90,7 +103,7 @@ def make_optimizer(params: list[torch.Tensor], schedule: Schedule):
 
 
 def reconstruct_block(block, roundings: dict, batches, targets: torch.Tensor, schedule: Schedule,
-                      report=None) -> dict:
+                      report=None, loss: str = "mse") -> dict:
     """Train `roundings` ({local linear name: Rounding}) for `schedule.steps` steps, each on one batch of
     `batches` (calib.batches.Batches: the quantized model's states) against the same rows of `targets`,
     batches drawn in shuffled epochs; leave each at the candidate (start, lowest batch loss, last step) with
@@ -109,14 +122,14 @@ def reconstruct_block(block, roundings: dict, batches, targets: torch.Tensor, sc
     with frozen(block):
         for step, b in enumerate(order):
             x, kwargs = batches.inputs(b)
-            loss = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs)
-            value = float(loss.detach())
+            error = width_weighted_loss(block, weights_of, widths, x, batches.take(b, targets), kwargs, loss)
+            value = float(error.detach())
             first = value if first is None else first
             if value < best:  # the loss of the parameters before this step's update
                 best, best_step = value, step
                 best_params = [p.detach().clone() for p in params]
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            error.backward()
             if schedule.optimizer == "sign":
                 for p in params:
                     p.grad.sign_()
@@ -130,7 +143,7 @@ def reconstruct_block(block, roundings: dict, batches, targets: torch.Tensor, sc
         if best_step > 0:  # at step 0 the lowest batch loss is the start's
             candidates["best_batch"] = best_params
         whole = keep_lowest(params, candidates,
-                            lambda: calibration_loss(block, weights_of, widths, batches, targets))
+                            lambda: calibration_loss(block, weights_of, widths, batches, targets, loss))
     return {"first": first, "best": best, "best_step": best_step, "steps": schedule.steps,
             "whole_set": {name: float(f"{v:.6g}") for name, v in whole.items()}, "kept": min(whole, key=whole.get),
             "seconds": round(time.perf_counter() - t, 2)}

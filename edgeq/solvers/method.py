@@ -19,6 +19,13 @@ from dataclasses import dataclass
 from ..errors import EdgeqError
 
 KINDS = ("layer", "learned")
+# Block training (learned methods, --block-epochs): how a block's output error is measured. "mse": the mean
+# squared error (AutoRound's and FlexRound's loss). "relative": each token's squared error over its target's
+# squared norm, averaged over tokens. From block 11 on, SmolLM2-135M holds each window's first token (the
+# attention sink) at a hidden norm of ~23,000 against ~130-700 for the others, so under "mse" that one token
+# is >99% of the loss and the other 127 of a window barely train; the next block reads the states through
+# RMSNorm, which sees relative errors.
+BLOCK_LOSSES = ("mse", "relative")
 
 
 @dataclass(frozen=True)
