@@ -51,7 +51,7 @@ class Batches:
     @torch.no_grad()
     def run(self, block, targets: torch.Tensor | None = None, loss: str = "mse") -> float:
         """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
-        With targets, returns the block loss of the outputs against them (reconstruct.BLOCK_LOSSES)."""
+        With targets, returns the block loss of the outputs against them (solvers.method.BLOCK_LOSSES)."""
         total = 0.0
         for b, rows in self:
             out = block_output(block, *self.inputs(b))

@@ -49,7 +49,7 @@ class Recipe:
     propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
     head_bits: int | None = None  # the output head too, on the final norm's outputs (None: it stays float)
     first_token_weight: float = 1.0  # Hessian weight of each window's first position (api.QuantConfig)
-    block_loss: str = "mse"  # block training's output error (reconstruct.BLOCK_LOSSES)
+    block_loss: str = "mse"  # block training's output error (solvers.method.BLOCK_LOSSES)
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
