@@ -34,6 +34,9 @@ TARGETS = [
     Target("MatQuant int4 slice within 10% of GPTQ trained for 4 bits", "matquant W8 g64 @4", "gptq W4 g64", 1.1),
     Target("mixed precision at 3.0 bits below uniform W3 g128", "gptq mixed 3.0 bits --budget 3.0",
            "gptq W3 g128", 1.0),
+    # the default candidates have no 3-bit grid, so the knapsack above can only mix 2 and 4 bits
+    Target("mixed precision at 3.0 bits with a 3-bit candidate below uniform W3 g128",
+           "gptq mixed 3.0 bits --budget 3.0 --candidates 2:64,3:128,4:128,8:128", "gptq W3 g128", 1.0),
 ]
 
 
