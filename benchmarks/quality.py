@@ -255,6 +255,12 @@ def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
 
 # ---- the table ----
 
+def table_spec(record: dict) -> str:
+    """The group a row is ranked in: rows with --layer-grid keep some layers wider than their spec, so they
+    are larger than the rows of that spec and are not ranked against them."""
+    return record["spec"] + (" + layers by hand" if "--layer-grid" in record["flags"] else "")
+
+
 def render_table(records: list[dict], protocol: Protocol) -> str:
     """Markdown: per spec, rows in the order first measured; the lowest perplexity per text in bold."""
     rows = latest(records, protocol.name)
@@ -267,7 +273,7 @@ def render_table(records: list[dict], protocol: Protocol) -> str:
     by_spec: dict[str, list[dict]] = {}
     for r in rows.values():
         if r["method"] != "fp32":
-            by_spec.setdefault(r["spec"], []).append(r)
+            by_spec.setdefault(table_spec(r), []).append(r)
     for spec, group in by_spec.items():
         best = {t: min(r["eval"][t]["perplexity"] for r in group) for t in labels}
         for r in group:

@@ -136,6 +136,18 @@ def test_table_bolds_the_best_of_each_spec_and_uses_the_latest_rerun(quality):
     assert "99.00" not in table and "(4 rows)" in table  # the older gptq run and the other protocol are not shown
 
 
+def test_rows_with_hand_kept_layers_are_not_ranked_against_their_smaller_spec(quality):
+    protocol = quality.PROTOCOLS["standard"]
+    Row = quality.Row
+    records = [fake_record(quality, Row("gptq", 2, "64"), "standard", {"persuasion": 90.0, "news": 300.0}),
+               fake_record(quality, Row("rtn", 2, "64"), "standard", {"persuasion": 99.0, "news": 400.0}),
+               fake_record(quality, Row("gptq", 2, "64", ("--layer-grid", "down_proj=4:128")), "standard",
+                           {"persuasion": 60.0, "news": 100.0})]
+    lines = quality.render_table(records, protocol).splitlines()
+    assert "| W2 g64 | gptq | **90.00** | **300.00** | 1.0 | 1000 |" in lines
+    assert "| W2 g64 + layers by hand | gptq --layer-grid down_proj=4:128 | 60.00 | 100.00 | 1.0 | 1000 |" in lines
+
+
 def test_readme_markers_are_replaced_and_required(quality):
     doc = "intro\n<!-- quality-table:standard:begin -->\nold\n<!-- quality-table:standard:end -->\nrest\n"
     out = quality.replace_between_markers(doc, "NEW", "standard")
