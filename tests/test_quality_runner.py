@@ -238,3 +238,24 @@ def test_targets_are_met_only_below_the_limit_on_every_text(quality, targets):
     assert line == "- x below gptq: **MISSED**: persuasion 0.600 x (60.00 vs 100.00), news 0.800 x (240.00 vs 300.00)"
     assert "**MET**" in targets.verdict(target, {ref["label"]: ref, both["label"]: both}, texts)
     assert "pending (`decoupleq W2 g64` not measured yet)" in targets.verdict(target, {ref["label"]: ref}, texts)
+
+
+def test_a_method_is_outclassed_only_by_another_cheaper_method_better_at_each_of_its_specs(quality, targets):
+    Row, texts = quality.Row, ["persuasion", "news"]
+
+    def rec(row, persuasion, news, minutes):
+        return fake_record(quality, row, "p", {"persuasion": persuasion, "news": news}, seconds=minutes * 60)
+    records = [rec(Row("gptq", 4, "128"), 38.0, 35.0, 3), rec(Row("gptq", 3, "128"), 46.0, 53.0, 3),
+               rec(Row("lrq", 4, "128"), 40.0, 38.0, 10), rec(Row("lrq", 3, "128"), 48.0, 61.0, 12),
+               # better on one text only: not outclassed
+               rec(Row("signround", 4, "128"), 37.0, 36.0, 12),
+               # better than gptq but slower; its own cheaper ablation does not count as a rival
+               rec(Row("flexround", 3, "128"), 45.0, 52.0, 15),
+               rec(Row("flexround", 3, "128", ("--block-loss", "relative")), 44.0, 47.0, 12),
+               # a larger row (hand-kept 4-bit layers) is not a rival of W2 g64
+               rec(Row("gptq", 2, "64", ("--layer-grid", "down_proj=4:128")), 60.0, 100.0, 3),
+               rec(Row("cdquant", 2, "64"), 90.0, 270.0, 4)]
+    rows = {r["label"]: r for r in records}
+    lines = targets.outclassed(rows, texts)
+    assert lines == ["- `lrq` loses to `gptq` at every spec it was measured at (W4 g128: 40.00 / 38.00 vs 38.00 / "
+                     "35.00 in 10.0 vs 3.0 min; W3 g128: 48.00 / 61.00 vs 46.00 / 53.00 in 12.0 vs 3.0 min)"]
