@@ -125,6 +125,7 @@ def standard_rows() -> list[Row]:
     rows.append(Row("flexround", 3, "128", ("--rounding-rule", "addition")))  # division vs addition
     # the block loss: each token's relative error instead of the MSE that the attention sink dominates
     rows += [Row(m, 3, "128", ("--block-loss", "relative")) for m in ("flexround", "lrq", "signround")]
+    rows.append(Row("flexround", 4, "channel", ("--block-loss", "relative")))  # does it hold at 4 bits?
     rows.append(Row("gptq", 2, "64", ("--block-epochs", "2", "--block-loss", "relative")))
     for method in ("matquant", "matround"):
         rows += [Row(method, 8, "64", (), b) for b in (8, 4, 2)]
