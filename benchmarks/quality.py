@@ -123,9 +123,10 @@ def standard_rows() -> list[Row]:
         rows += [Row(method, bits, group, flags) for bits, group in specs]
     rows.append(Row("gptq", 2, "64", ("--block-epochs", "2")))
     rows.append(Row("flexround", 3, "128", ("--rounding-rule", "addition")))  # division vs addition
-    # the block loss: each token's relative error instead of the MSE that the attention sink dominates
-    rows += [Row(m, 3, "128", ("--block-loss", "relative")) for m in ("flexround", "lrq", "signround")]
-    rows.append(Row("flexround", 4, "channel", ("--block-loss", "relative")))  # does it hold at 4 bits?
+    # the block loss: the learned methods' default is each token's relative error, the other one is MSE
+    # (which the attention sink dominates); --block-epochs' default is MSE (solvers.method.DEFAULT_BLOCK_LOSS)
+    rows += [Row(m, 3, "128", ("--block-loss", "mse")) for m in ("flexround", "lrq", "signround")]
+    rows.append(Row("flexround", 4, "channel", ("--block-loss", "mse")))
     rows.append(Row("gptq", 2, "64", ("--block-epochs", "2", "--block-loss", "relative")))
     for method in ("matquant", "matround"):
         rows += [Row(method, 8, "64", (), b) for b in (8, 4, 2)]

@@ -40,11 +40,18 @@ class QuantConfig:
     # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
     # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
     first_token_weight: float = 1.0
-    block_loss: str = "mse"    # block training's output error (solvers.method.BLOCK_LOSSES)
+    block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
+                                   # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
 
     @property
     def spec(self) -> grid.QuantSpec:
         return grid.QuantSpec(self.bits, self.group_size, self.sym)
+
+    @property
+    def trained_block_loss(self) -> str:
+        """The block loss that block training (a learned method or --block-epochs) lowers."""
+        from .solvers.method import DEFAULT_BLOCK_LOSS, get_method
+        return self.block_loss or DEFAULT_BLOCK_LOSS[get_method(self.method).kind]
 
     def validate(self) -> None:
         """Every refusal that needs no file and no model: run before anything is read or loaded."""
@@ -91,9 +98,9 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
     if config.propagate == "float" and (config.block_epochs or learned):
         raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
                          "training already has the float targets)")
-    if config.block_loss not in BLOCK_LOSSES:
+    if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
         raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
-    if config.block_loss != "mse" and not (config.block_epochs or learned):
+    if config.block_loss is not None and not (config.block_epochs or learned):
         learned_methods = ", ".join(name for name in method_names() if get_method(name).learned)
         raise EdgeqError(f"--block-loss applies to block training: a learned method ({learned_methods}) or "
                          "--block-epochs")
@@ -146,7 +153,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
     recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
                              config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head,
-                             config.first_token_weight, config.block_loss)
+                             config.first_token_weight, config.trained_block_loss)
     resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -169,8 +176,8 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     }
     if calibrated and config.first_token_weight != 1.0:  # how the calibration was used, where not as GPTQ's
         meta["calibration"]["first_token_weight"] = config.first_token_weight
-    if calibrated and config.block_loss != "mse":
-        meta["calibration"]["block_loss"] = config.block_loss
+    if calibrated and (config.block_epochs or get_method(config.method).learned):
+        meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":
         meta["calibration"]["propagate"] = config.propagate
     if config.layer_grids:

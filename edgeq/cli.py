@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_quantize_parser(sub) -> None:
     from .solvers import get_method, method_names
-    from .solvers.method import BLOCK_LOSSES
+    from .solvers.method import BLOCK_LOSSES, DEFAULT_BLOCK_LOSS
     q = sub.add_parser("quantize", help="quantize a model into a checkpoint folder",
                        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
     q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
@@ -236,10 +236,12 @@ def add_quantize_parser(sub) -> None:
                    "method one pass per width; default: 0, off)")
     q.add_argument("--block-lr", type=float, default=5e-3,
                    help="Adam learning rate of that training, on log(scale) (default: 5e-3)")
-    q.add_argument("--block-loss", choices=BLOCK_LOSSES, default="mse",
+    q.add_argument("--block-loss", choices=BLOCK_LOSSES, default=None,
                    help="the block output error that block training (learned methods, --block-epochs) lowers: "
-                   "mse (default, AutoRound's and FlexRound's) or relative (each token's error over its norm, "
-                   "so that the attention sink's huge hidden state does not outweigh every other token)")
+                   "mse (AutoRound's and FlexRound's) or relative (each token's error over its norm, so that "
+                   "the attention sink's huge hidden state does not outweigh every other token; default: "
+                   f"{DEFAULT_BLOCK_LOSS['learned']} for learned methods, {DEFAULT_BLOCK_LOSS['layer']} for "
+                   "--block-epochs, the better of the two in the method table)")
     add_mixed_flags(q)
     q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
                    help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "

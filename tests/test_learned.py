@@ -12,6 +12,7 @@ from edgeq.errors import EdgeqError
 from edgeq.models import SINGLE_KIND
 from edgeq.export.onnx import export
 from edgeq.solvers import get_method, get_solver, method_names
+from edgeq.solvers.method import DEFAULT_BLOCK_LOSS
 from tests.conftest import calibration_text
 
 SPECS = [grid.QuantSpec(3, 32), grid.QuantSpec(4, -1), grid.QuantSpec(2, 16, sym=True)]
@@ -203,6 +204,15 @@ def test_the_kept_candidate_is_the_lowest_under_either_block_loss(loss):
     assert record["kept"] == min(record["whole_set"], key=record["whole_set"].get)
 
 
+@pytest.mark.parametrize("method, epochs, chosen, trained", [
+    ("flexround", 0, None, DEFAULT_BLOCK_LOSS["learned"]), ("gptq", 2, None, DEFAULT_BLOCK_LOSS["layer"]),
+    ("flexround", 0, "mse", "mse"), ("gptq", 2, "relative", "relative")])
+def test_the_block_loss_defaults_by_kind_of_training(method, epochs, chosen, trained):
+    config = api.QuantConfig(method=method, block_epochs=epochs, block_loss=chosen)
+    config.validate()
+    assert config.trained_block_loss == trained
+
+
 def test_the_block_loss_is_part_of_the_resume_identity():
     spec = grid.QuantSpec(3, 32)
     assert (Recipe("flexround", spec).digest("m", "c") == Recipe("flexround", spec, block_loss="mse").digest("m", "c")
@@ -276,6 +286,7 @@ def test_block_epochs_are_refused_for_learned_methods(tiny_model_dir, tmp_path):
     (["--method", "signround", "--clip", "mse"], "--clip does not apply to signround"),
     (["--method", "signround", "--lr", "0"], "--lr must be > 0"),
     (["--method", "gptq", "--block-loss", "relative"], "--block-loss applies to block training: a learned method"),
+    (["--method", "gptq", "--block-loss", "mse"], "--block-loss applies to block training: a learned method"),
 ])
 def test_cli_refuses_flags_the_method_would_ignore(argv, message, tmp_path, capsys):
     assert cli.main(["quantize", "--out", str(tmp_path / "x"), *argv]) == 2
@@ -288,3 +299,4 @@ def test_cli_passes_learned_options_into_the_checkpoint(tiny_model_dir, tmp_path
                      "--seq-len", "64", "--calib", str(calibration_text()), "--quiet"]) == 0
     meta = json.loads((tmp_path / "ck" / "quantization.json").read_text())
     assert meta["method"] == "lrq" and meta["solver_opts"] == {"steps": 3, "lr": 0.01, "rank": 4}
+    assert meta["calibration"]["block_loss"] == DEFAULT_BLOCK_LOSS["learned"]  # the default, recorded

@@ -26,6 +26,12 @@ KINDS = ("layer", "learned")
 # that token is 98.7% of RTN W3's output MSE, and in later blocks the error it carries in from block 11
 # dominates the learned loss. The next block reads the states through RMSNorm, which sees relative errors.
 BLOCK_LOSSES = ("mse", "relative")
+# The default per kind of training, chosen from the method table (benchmarks/results/quality.jsonl, protocol
+# standard-512x128, persuasion / news perplexity, mse -> relative). The learned methods gained on both texts:
+# W3 g128 flexround 46.43 / 53.31 -> 44.23 / 47.33, lrq 48.14 / 61.69 -> 46.69 / 55.22, signround 48.10 / 64.17
+# -> 44.89 / 50.81; W4 per-channel flexround 40.33 / 38.75 -> 39.34 / 36.86. --block-epochs ("layer") lost:
+# gptq W2 g64 --block-epochs 2 77.24 / 214.61 -> 80.66 / 223.63.
+DEFAULT_BLOCK_LOSS = {"learned": "relative", "layer": "mse"}
 
 
 @dataclass(frozen=True)
