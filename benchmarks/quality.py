@@ -199,9 +199,11 @@ def edgeq(*args) -> None:
         raise RuntimeError(f"edgeq {shlex.join(map(str, args))} failed:\n{result.stderr[-2000:]}")
 
 
-def checkpoint_dir(work: Path, row: Row, protocol: Protocol) -> Path:
-    """Rows that differ only in the slice they evaluate share one checkpoint."""
-    blob = json.dumps(row.quantize_args(protocol))
+def checkpoint_dir(work: Path, row: Row, protocol: Protocol, commit: str | None = None) -> Path:
+    """Rows that differ only in the slice they evaluate share one checkpoint. The commit is part of the name:
+    the same arguments quantize differently once a default changes (97d4d9b made the learned methods train
+    another block loss, and two rows re-scored checkpoints of the old default under the new label)."""
+    blob = json.dumps([commit or git_commit(), *row.quantize_args(protocol)])
     return work / f"{row.method}-w{row.bits}-g{row.group}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
@@ -240,7 +242,7 @@ def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
     if row.method == "fp32":
         record["eval"] = evaluate(row, protocol, work, None)
     else:
-        ckpt = checkpoint_dir(work, row, protocol)
+        ckpt = checkpoint_dir(work, row, protocol, record["commit"])
         if not (ckpt / "quantization.json").is_file():
             edgeq(*quantize_command(row, protocol, ckpt))
         stats = json.loads((ckpt / "quantization.json").read_text())["stats"]

@@ -103,6 +103,16 @@ def test_again_quantizes_again_once_per_checkpoint(quality, tmp_path, monkeypatc
     assert seen == [("matquant W8 g64 @4", False, False), ("matquant W8 g64 @2", False, True)]
 
 
+def test_a_checkpoint_is_shared_by_slices_but_not_across_commits(quality):
+    """The same arguments quantize differently once a default changes: a checkpoint of another commit is never
+    re-scored under a row's label."""
+    protocol, work = quality.PROTOCOLS["standard-512x128"], Path("/w")
+    a4, a2 = quality.Row.parse("matquant 8 64 @4"), quality.Row.parse("matquant 8 64 @2")
+    assert quality.checkpoint_dir(work, a4, protocol, "abc1234") == quality.checkpoint_dir(work, a2, protocol, "abc1234")
+    assert quality.checkpoint_dir(work, a4, protocol, "abc1234") != quality.checkpoint_dir(work, a4, protocol, "def5678")
+    assert quality.checkpoint_dir(work, a4, protocol) == quality.checkpoint_dir(work, a4, protocol, quality.git_commit())
+
+
 def test_a_failed_row_is_reported_and_not_written(quality, tmp_path, monkeypatch, capsys):
     results = tmp_path / "quality.jsonl"
 
