@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from quality import PROTOCOLS, README, RESULTS, latest, read_results, replace_between_markers
+from quality import PROTOCOLS, README, RESULTS, latest, read_results, replace_between_markers, table_spec
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,13 @@ def verdict(target: Target, rows: dict[str, dict], texts: list[str]) -> str:
 
 
 def uniform_rows(rows: dict[str, dict]) -> dict[str, dict[str, dict]]:
-    """{method and flags: {spec: row}} of the rows that quantize every linear on one grid and are scored
-    whole (no slice, no --budget, no hand-kept layers): the rows whose size only their spec decides."""
+    """{method and flags: {spec as the table ranks it: row}} of the rows scored whole (no slice, no --budget);
+    rows with hand-kept layers rank under a spec of their own (quality.table_spec), so only equal sizes meet."""
     out: dict[str, dict[str, dict]] = {}
     for r in rows.values():
-        if r["method"] == "fp32" or r.get("slice_bits") or {"--budget", "--layer-grid"} & set(r["flags"]):
+        if r["method"] == "fp32" or r.get("slice_bits") or "--budget" in r["flags"]:
             continue
-        out.setdefault(" ".join([r["method"], *r["flags"]]), {})[r["spec"]] = r
+        out.setdefault(" ".join([r["method"], *r["flags"]]), {})[table_spec(r)] = r
     return out
 
 
@@ -77,18 +77,19 @@ def outclassed(rows: dict[str, dict], texts: list[str]) -> list[str]:
     a method's own flags are ablations, judged in the table itself."""
     variants, lines = uniform_rows(rows), []
     for name, specs in variants.items():
-        rivals = [(sum(r[s]["quantize_seconds"] for s in specs), rival) for rival, r in variants.items()
-                  if rival.split()[0] != name.split()[0] and set(specs) <= set(r)
+        rivals = [(sum(r[s]["quantize_seconds"] for s in specs), other) for other, r in variants.items()
+                  if other.split()[0] != name.split()[0] and set(specs) <= set(r)
                   and all(beats(r[s], specs[s], texts) for s in specs)]
         if not rivals:
             continue
-        rival = variants[min(rivals)[1]]
+        cheapest = min(rivals)[1]
+        rival = variants[cheapest]
         figures = "; ".join(
             f"{s}: " + " / ".join(f"{specs[s]['eval'][t]['perplexity']:.2f}" for t in texts) + " vs "
             + " / ".join(f"{rival[s]['eval'][t]['perplexity']:.2f}" for t in texts)
             + f" in {specs[s]['quantize_seconds'] / 60:.1f} vs {rival[s]['quantize_seconds'] / 60:.1f} min"
             for s in specs)
-        lines.append(f"- `{name}` loses to `{min(rivals)[1]}` at every spec it was measured at ({figures})")
+        lines.append(f"- `{name}` loses to `{cheapest}` at every spec it was measured at ({figures})")
     return lines
 
 
