@@ -48,6 +48,12 @@ class QuantConfig:
         return grid.QuantSpec(self.bits, self.group_size, self.sym)
 
     @property
+    def trains_blocks(self) -> bool:
+        """Whether each block is trained on its output error: a learned method, or --block-epochs."""
+        from .solvers.method import get_method
+        return bool(self.block_epochs) or get_method(self.method).learned
+
+    @property
     def trained_block_loss(self) -> str:
         """The block loss that block training (a learned method or --block-epochs) lowers."""
         from .solvers.method import DEFAULT_BLOCK_LOSS, get_method
@@ -95,12 +101,12 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
         raise EdgeqError(f"--first-token-weight must be > 0, got {config.first_token_weight}")
     if config.propagate not in ("quantized", "float"):
         raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
-    if config.propagate == "float" and (config.block_epochs or learned):
+    if config.propagate == "float" and config.trains_blocks:
         raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
                          "training already has the float targets)")
     if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
         raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
-    if config.block_loss is not None and not (config.block_epochs or learned):
+    if config.block_loss is not None and not config.trains_blocks:
         learned_methods = ", ".join(name for name in method_names() if get_method(name).learned)
         raise EdgeqError(f"--block-loss applies to block training: a learned method ({learned_methods}) or "
                          "--block-epochs")
@@ -176,7 +182,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     }
     if calibrated and config.first_token_weight != 1.0:  # how the calibration was used, where not as GPTQ's
         meta["calibration"]["first_token_weight"] = config.first_token_weight
-    if calibrated and (config.block_epochs or get_method(config.method).learned):
+    if calibrated and config.trains_blocks:
         meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":
         meta["calibration"]["propagate"] = config.propagate
