@@ -1,4 +1,5 @@
-"""Keeping the process small: peak RSS, and handing freed heap memory back to the OS.
+"""Keeping the process small: its resident memory (now and at its peak), and handing freed heap memory
+back to the OS.
 
 glibc raises its mmap threshold after the first large free, so the many few-MB weight and activation
 buffers of a block-by-block pass end up on the heap, and free() keeps them there; malloc_trim returns
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from pathlib import Path
 
 
 def peak_rss_mb() -> float | None:
@@ -19,6 +21,15 @@ def peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2 ** 20 if os.uname().sysname == "Darwin" else peak / 2 ** 10  # bytes on macOS, KiB on Linux
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process now (Linux and Android: /proc; elsewhere unknown)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def release_freed_memory() -> None:

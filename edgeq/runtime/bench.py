@@ -4,7 +4,6 @@ with their runs interleaved (A B A B ...), so that drift on a noisy device hits 
 ratios between them stay honest. numpy + onnxruntime only."""
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from ..memory import rss_mb
 from ..mixnmatch import parse_slice
 from .session import MODEL_FILE, OrtDecoder, check_length, greedy_decode, open_session, use_shared_thread_pool
 from .slicing import model_to_open
@@ -29,15 +29,6 @@ def summary(values: list[float], scale: float = 1e3) -> dict:
     out = {f"p{p}": float(np.percentile(x, p)) for p in PERCENTILES}
     out.update(mean=float(x.mean()), std=float(x.std()), min=float(x.min()), max=float(x.max()), n=int(x.size))
     return out
-
-
-def rss_mb() -> float | None:
-    """Resident memory of this process now (Linux and Android: /proc; elsewhere unknown)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
 def model_mb(path: Path) -> float:
