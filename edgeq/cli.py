@@ -11,6 +11,7 @@ from .errors import EdgeqError
 from .mixnmatch import parse_slice
 from .nesting import DEFAULT_WIDTHS, default_weights
 from .export import HEAD_WIDTHS
+from .hub import with_revision
 from .paths import check_writable_file
 from .runtime.bench import ENGINES
 
@@ -204,8 +205,8 @@ def add_quantize_parser(sub) -> None:
     from .solvers.method import BLOCK_LOSSES, DEFAULT_BLOCK_LOSS
     q = sub.add_parser("quantize", help="quantize a model into a checkpoint folder",
                        epilog=EPILOG_QUANTIZE, formatter_class=argparse.RawDescriptionHelpFormatter)
-    q.add_argument("model", nargs="?", help="local Hugging Face folder or .gguf file (default: bundled "
-                   "SmolLM2-135M)")
+    q.add_argument("model", nargs="?", help=f"{MODEL_HELP} (default: bundled SmolLM2-135M)")
+    add_revision_flag(q)
     q.add_argument("--out", required=True, help="checkpoint folder to create (must not exist or be empty)")
     q.add_argument("--method", default="gptq", choices=method_names(), metavar="METHOD",
                    help="; ".join(f"{name}: {get_method(name).summary}" for name in method_names()) +
@@ -289,11 +290,21 @@ def add_mixed_flags(q) -> None:
                    "checkpoint (or its quantization.json; made for the same --candidates) instead of measuring them again")
 
 
+MODEL_HELP = ("Hugging Face folder (safetensors, fp32/bf16/fp16, sharded or not), .gguf file, or Hub id "
+              "(owner/name[@revision]: fetched into the Hugging Face cache; HF_HOME, HF_TOKEN and HF_HUB_OFFLINE "
+              "apply)")
+
+
+def add_revision_flag(parser) -> None:
+    parser.add_argument("--revision", help="branch, tag or commit of a Hub id (same as owner/name@REVISION)")
+
+
 def add_eval_parser(sub) -> None:
     e = sub.add_parser("eval", help="perplexity of a model or checkpoint on held-out text",
                        epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("model", nargs="?", help="checkpoint folder, exported ONNX folder (run by onnxruntime), "
-                   "Hugging Face folder or .gguf (default: bundled SmolLM2-135M at fp32)")
+    e.add_argument("model", nargs="?", help=f"checkpoint folder, exported ONNX folder (run by onnxruntime), or a "
+                   f"{MODEL_HELP} (default: bundled SmolLM2-135M at fp32)")
+    add_revision_flag(e)
     e.add_argument("--text", nargs="+", help="held-out text file(s), each reported on its own line (default: "
                    "packaged Persuasion); with several, --json writes a list of results, one per text")
     e.add_argument("--seq-len", type=positive_int, default=512, help="tokens per window (default: 512)")
@@ -313,7 +324,8 @@ MIXNMATCH_HELP = ("a number with a decimal point is an average (Mix'n'Match): --
 def add_export_parser(sub) -> None:
     x = sub.add_parser("export", help="ONNX decoder with KV cache; quantized linears as MatMulNBits",
                        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter)
-    x.add_argument("model", nargs="?", help="edgeq checkpoint (or, with --fp32, a model; default bundled)")
+    x.add_argument("model", nargs="?", help=f"edgeq checkpoint (or, with --fp32, a {MODEL_HELP}; default bundled)")
+    add_revision_flag(x)
     x.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
     x.add_argument("--fp32", action="store_true", help="export the float model: the size/latency baseline")
     x.add_argument("--accuracy-level", type=int, default=4, choices=range(5),
@@ -423,7 +435,7 @@ def cmd_quantize(args) -> None:
                          block_lr=args.block_lr, propagate=args.propagate,
                          first_token_weight=args.first_token_weight, block_loss=args.block_loss, mixed=mixed_config(args),
                          layer_grids=tuple(args.layer_grid), lm_head=HEAD_WIDTHS[args.lm_head])
-    meta = quantize(args.model, args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
+    meta = quantize(with_revision(args.model, args.revision), args.out, config, calib=args.calib, progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]
     if meta.get("mixed"):
         from .mixed import table
@@ -454,7 +466,7 @@ def cmd_eval(args) -> None:
     from .heldout import evaluate_texts
     if args.json_out:
         check_writable_file(args.json_out, "--json")
-    results = evaluate_texts(args.model, args.text or [None], args.seq_len, args.max_windows,
+    results = evaluate_texts(with_revision(args.model, args.revision), args.text or [None], args.seq_len, args.max_windows,
                              progress=not args.quiet, bits=args.bits)
     for result in results:
         print(f"perplexity {result['perplexity']:.3f}  ({result['model']}; {result['text']}; "
@@ -466,7 +478,7 @@ def cmd_eval(args) -> None:
 
 def cmd_export(args) -> None:
     from .export.onnx import export
-    r = export(args.model, args.out, fp32=args.fp32, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
+    r = export(with_revision(args.model, args.revision), args.out, fp32=args.fp32, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
                ort_format=args.ort_format, bits=args.bits)
     size = sum(r["bytes"].values()) / 2 ** 20
     print(f"wrote {args.out}: {r['matmulnbits_nodes']} MatMulNBits nodes, {size:.1f} MB, accuracy level "

@@ -95,12 +95,18 @@ def bundled_source() -> ModelSource:
 
 
 def resolve_source(model: str | None) -> ModelSource:
-    """None -> the bundled model; a folder with config.json; a folder with one .gguf; or a .gguf file."""
+    """None -> the bundled model; a folder with config.json; a folder with one .gguf; a .gguf file; or, when no
+    such path exists, a Hub id (`owner/name[@revision]`), fetched into the Hugging Face cache (hub.py)."""
     if model is None:
         return bundled_source()
     path = Path(model).expanduser()
     if not path.exists():
-        raise EdgeqError(f"model not found: {model} (give a local Hugging Face folder or a .gguf file)")
+        from .hub import fetch, parse_hub_id
+        hub_id = parse_hub_id(model)
+        if hub_id is None:
+            raise EdgeqError(f"model not found: {model} (give a local Hugging Face folder, a .gguf file or a "
+                             "Hub id like Qwen/Qwen2.5-0.5B-Instruct)")
+        return ModelSource(fetch(hub_id), None, str(hub_id))
     if path.is_file():
         if path.suffix != ".gguf":
             raise EdgeqError(f"{model} is a file but not a .gguf; give a model folder or a GGUF file")
@@ -160,9 +166,10 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
     index = folder / INDEX
     if index.exists():
         files = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
-        inside = folder.resolve()
+        inside = Path(os.path.abspath(folder))
         for name, path in files.items():  # an absolute or ../ entry would read a file the folder does not hold
-            if inside not in path.resolve().parents:
+            # abspath, not resolve: a Hub cache's snapshot files are links into its blobs folder
+            if inside not in Path(os.path.abspath(path)).parents:
                 raise EdgeqError(f"{index}: {name} points outside the model folder ({path}); refusing to read it")
         for path in sorted(set(files.values())):
             tensor_names(path)
