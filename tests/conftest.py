@@ -60,7 +60,11 @@ def tiny_llama_config(vocab_size: int, **overrides):
     return LlamaConfig(**fields)
 
 
-def tiny_family_model(family: str, vocab_size: int = 300):
+SMALL_VOCAB_IDS = dict(pad_token_id=None, bos_token_id=1, eos_token_id=2)  # defaults past a tiny vocabulary
+FAMILIES = ["llama", "qwen2", "qwen3", "mistral", "gemma3_text", "phi3", "smollm3", "granite"]
+
+
+def tiny_family_model(family: str, vocab_size: int = 300, **overrides):
     """A tiny random-init model of one supported family, with the feature that family adds to Llama."""
     from transformers import AutoConfig, AutoModelForCausalLM
     fields = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
@@ -70,9 +74,19 @@ def tiny_family_model(family: str, vocab_size: int = 300):
              "qwen2": {}, "qwen3": dict(head_dim=32), "mistral": dict(sliding_window=5),
              # sliding then full layers (two rotary bases), a query scale that is not head_dim ** -0.5
              "gemma3_text": dict(head_dim=32, sliding_window=5, query_pre_attn_scalar=24,
-                                 layer_types=["sliding_attention", "full_attention"])}[family]
+                                 layer_types=["sliding_attention", "full_attention"]),
+             # Phi-4-mini's partial rotary (0.75) and Phi-3's longrope, switching at 8 tokens: the tests'
+             # 12-token sequences cross it; fused qkv_proj and gate_up_proj come with the family
+             # (head_dim 64: GroupQueryAttention wants rotary_dim / 2 a multiple of 8, here 24)
+             "phi3": dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, partial_rotary_factor=0.75,
+                          original_max_position_embeddings=8, **SMALL_VOCAB_IDS,
+                          rope_scaling={"rope_type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(24)],
+                                        "long_factor": [3.0 + 1.0 * i for i in range(24)]}),
+             "smollm3": dict(no_rope_layers=[1, 0], **SMALL_VOCAB_IDS),  # the second layer without rotary (NoPE)
+             "granite": dict(embedding_multiplier=6.0, residual_multiplier=0.3, attention_multiplier=0.05,
+                             logits_scaling=4.0)}[family]
     torch.manual_seed(1)
-    config = AutoConfig.for_model(family, **fields, **extra)
+    config = AutoConfig.for_model(family, **{**fields, **extra, **overrides})
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():  # norms away from their init (Gemma's are zeros, i.e. a gain of 1 + 0)
         for name, p in model.named_parameters():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from tests.conftest import tiny_family_model
+from tests.conftest import FAMILIES, tiny_family_model
 from edgeq import api, checkpoint
 from edgeq.errors import EdgeqError
 from edgeq.export.matmulnbits import MS_DOMAIN, node_layout, node_tensors
@@ -196,12 +196,14 @@ def test_bad_exports_are_refused_and_leave_nothing(tiny_model_dir, tiny_checkpoi
     assert {p.name for p in tmp_path.iterdir()} == {"broken", "w5"}  # no output, no temporary folder
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_decodes_like_torch(family, tmp_path):
     """Rope scaling (llama3), q/k/v biases (qwen2), per-head q/k norms (qwen3), a sliding window shorter
-    than the sequence (mistral) and Gemma 3's (1 + w) sandwich norms, GeGLU, scaled embedding, query scale
-    and sliding-then-full layers with two rotary bases: the fused graph's logits, prompt then cached steps,
-    equal torch's."""
+    than the sequence (mistral), Gemma 3's (1 + w) sandwich norms, GeGLU, scaled embedding, query scale
+    and sliding-then-full layers with two rotary bases, Phi-3's fused linears, partial rotary and longrope
+    switching tables mid-sequence, SmolLM3's layers without rotary and Granite's multipliers: the fused
+    graph's logits, prompt then cached steps, equal torch's run the same way (longrope keeps the keys it
+    cached with the short factors, in transformers as in the graph)."""
     from edgeq.export.decoder import build_decoder
     model = tiny_family_model(family)
     proto, _ = build_decoder(model, {}, 0)
@@ -209,14 +211,28 @@ def test_each_family_decodes_like_torch(family, tmp_path):
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
     decoder = OrtDecoder(cpu_session(tmp_path / "m.onnx"))
     sequence = [int(t) for t in np.random.default_rng(2).integers(0, 300, 12)]
-    with torch.no_grad():
-        ref = model(input_ids=torch.tensor([sequence])).logits[0].numpy()
+    ref = torch_cached_logits(model, sequence, prompt=7)
     logits, past = decoder.forward(np.array([sequence[:7]]), decoder.empty_past())
     steps = [logits[0]]
     for token in sequence[7:]:
         logits, past = decoder.forward(np.array([[token]]), past)
         steps.append(logits[0])
     np.testing.assert_allclose(np.concatenate(steps), ref, rtol=1e-4, atol=1e-4)
+    whole, _ = decoder.forward(np.array([sequence]), decoder.empty_past())  # longrope: long factors throughout
+    np.testing.assert_allclose(whole[0], torch_cached_logits(model, sequence, prompt=len(sequence)), rtol=1e-4,
+                               atol=1e-4)
+
+
+def torch_cached_logits(model, sequence: list[int], prompt: int) -> np.ndarray:
+    """transformers' logits for the prompt, then for each further token on its own KV cache."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([sequence[:prompt]]), use_cache=True)
+        steps, cache = [out.logits[0]], out.past_key_values
+        for token in sequence[prompt:]:
+            out = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            steps.append(out.logits[0])
+            cache = out.past_key_values
+    return torch.cat(steps).numpy()
 
 
 def test_linears_of_different_widths_get_a_node_each_and_still_match_torch(tmp_path):

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_family_model
+from tests.conftest import FAMILIES, tiny_family_model
 from edgeq import api
 from edgeq.export.onnx import export
 from edgeq.runtime.session import GENAI_CONFIG, OrtDecoder
@@ -49,7 +49,7 @@ def without_buffer_sharing(folder, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "mistral", "gemma3_text"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenizer):
     folder = tmp_path / "onnx"
     export(str(family_checkpoint(family, tmp_path, bundled_tokenizer)), folder, accuracy_level=0)
@@ -63,8 +63,35 @@ def test_genai_runs_each_family_like_our_loop(family, tmp_path, bundled_tokenize
     for variant in (folder, without_buffer_sharing(folder, tmp_path)):
         got = GenaiDecoder(variant).forced_logits(PROMPT, FORCED)
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    _, eos = load_tokenizer(folder)  # what `edgeq generate` stops at
-    assert GenaiDecoder(folder).greedy(PROMPT, 32) == ours.greedy(PROMPT, 32, eos)
+    if family != "phi3":  # genai recomputes a longrope cache at Phi-3's own length only: the test below
+        _, eos = load_tokenizer(folder)  # what `edgeq generate` stops at
+        assert GenaiDecoder(folder).greedy(PROMPT, 32) == ours.greedy(PROMPT, 32, eos)
+
+
+def test_phi3_longrope_switch_recomputes_the_cache_as_transformers_and_genai_do(tmp_path, bundled_tokenizer):
+    """At Phi-3's real switch (original_max_position_embeddings 4096; the 128k models, Phi-3.5 and Phi-4-mini
+    share it), a 4090-token prompt decoded greedily past 4097 tokens: transformers' generate() drops its cache
+    and re-prefills with the long factors there, and so must our loop and genai, or the keys cached with the
+    short factors stay."""
+    import torch
+    model = tiny_family_model("phi3", vocab_size=len(bundled_tokenizer), max_position_embeddings=8192,
+                              original_max_position_embeddings=4096)
+    model.save_pretrained(tmp_path / "hf")
+    bundled_tokenizer.save_pretrained(tmp_path / "hf")
+    export(str(tmp_path / "hf"), tmp_path / "onnx", fp32=True, accuracy_level=0)
+    prompt = [int(t) for t in np.random.default_rng(5).integers(0, 40000, 4090)]
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor([prompt]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                pad_token_id=0)[0, len(prompt):].tolist()
+    ours = OrtDecoder.from_folder(tmp_path / "onnx")
+    assert ours.recompute_at == 4096
+    assert ours.greedy(prompt, 12) == theirs
+    assert GenaiDecoder(tmp_path / "onnx").greedy(prompt, 12) == theirs
+    crossing = np.array([prompt + theirs[:7]])  # 4097 tokens: the first sequence past the switch
+    recomputed, _ = ours.forward(crossing, ours.empty_past())
+    _, past = ours.forward(crossing[:, :-1], ours.empty_past())  # 4096 tokens, cached with the short factors
+    stale, _ = ours.forward(crossing[:, -1:], past)
+    assert np.abs(recomputed[0, -1] - stale[0, -1]).max() > 1e-3  # the recompute is not a no-op here
 
 
 def test_matquant_export_sliced_to_4_bits_runs_in_genai(tmp_path, tiny_model_dir):

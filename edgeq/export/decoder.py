@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
-from ..models import arch_of, get_module, head_is_tied, layer_kinds
+from ..models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
 from ..qweight import QuantizedWeight
 from .matmulnbits import MS_DOMAIN, NodeLayout, node_layout, node_tensors
 
@@ -69,12 +69,15 @@ class Style:
     """What a family changes in the block's graph. Gemma 3: RMS norms scale by (1 + w), four norms a block
     (the attention and MLP outputs are normed before the residual add), GeGLU (tanh GELU) instead of SwiGLU,
     the embedding multiplied by sqrt(hidden), its own query scale, and sliding and full layers each with
-    their own rotary base (one cos/sin table per kind of layer)."""
+    their own rotary base (one cos/sin table per kind of layer). Granite: the embedding, each residual branch
+    and the logits multiplied by constants, and its own query scale."""
     norm_offset: float = 0.0
     sandwich_norms: bool = False
     activation: str = "silu"
     embed_scale: float | None = None
     query_scale: float | None = None  # GroupQueryAttention's default is head_dim ** -0.5
+    residual_scale: float | None = None  # each block's attention and MLP outputs, before the residual add
+    logits_scale: float | None = None
 
     @classmethod
     def of(cls, model, arch) -> "Style":
@@ -86,13 +89,21 @@ class Style:
             if getattr(config, cap, None) is not None:
                 raise EdgeqError(f"cannot export a model with {cap} (Gemma 2's logit soft-capping)")
         scalar = getattr(config, "query_pre_attn_scalar", None)
+        query_scale = float(scalar) ** -0.5 if scalar else getattr(config, "attention_multiplier", None)
+        embed_scale = getattr(get_module(model, arch.embed), "scalar_embed_scale", None) or \
+            getattr(config, "embedding_multiplier", None)
         return cls(norm_offset=1.0 if config.model_type in NORM_PLUS_ONE else 0.0,
                    sandwich_norms=hasattr(layer, "pre_feedforward_layernorm"), activation=ACTIVATIONS[activation],
-                   embed_scale=getattr(get_module(model, arch.embed), "scalar_embed_scale", None),
-                   query_scale=float(scalar) ** -0.5 if scalar else None)
+                   embed_scale=_unless_one(embed_scale), query_scale=query_scale,
+                   residual_scale=_unless_one(getattr(config, "residual_multiplier", None)),
+                   logits_scale=logits_scale(config))
 
     def gamma(self, weight) -> np.ndarray:
         return tensor(weight) + np.float32(self.norm_offset)
+
+
+def _unless_one(value) -> float | None:
+    return None if value is None or float(value) == 1.0 else float(value)
 
 
 NORM_PLUS_ONE = ("gemma3_text",)  # families whose RMS norm computes x_normed * (1 + w)
@@ -158,16 +169,20 @@ def linears(g: Graph, x: str, names: list[str], modules: list, qweights: dict[st
     return [linear(g, x, [n], [m], qweights, accuracy_level, layouts) for n, m in zip(names, modules)]
 
 
-def rotary_caches(model, arch, dims: Dims, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """cos, sin [max_positions, rotary_dim / 2] from the model's own rotary module for one kind of layer, so
-    every rope scaling transformers knows (linear, llama3, yarn's attention factor) is baked in exactly."""
-    positions = torch.arange(model.config.max_position_embeddings)[None]
+def rotary_caches(model, arch, dims: Dims, kind: str, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin [length, rotary_dim / 2] (length: max_position_embeddings) from the model's own rotary module
+    for one kind of layer, so every rope scaling transformers knows (linear, llama3, yarn's and longrope's
+    attention factors, a partial rotary dimension) is baked in exactly."""
+    positions = torch.arange(length or model.config.max_position_embeddings)[None]
     probe = torch.zeros(1, 1, dims.head_dim)
     rotary = get_module(model, arch.rotary)
     per_kind = "layer_type" in inspect.signature(rotary.forward).parameters  # Gemma 3: a base per kind
     with torch.no_grad():
         cos, sin = rotary(probe, positions, kind) if per_kind else rotary(probe, positions)
     half = cos.shape[-1] // 2
+    if half % 8:
+        raise EdgeqError(f"onnxruntime's GroupQueryAttention needs half the rotary dimension to be a multiple of 8; "
+                         f"this model's is {half}")
     # transformers repeats the half-size table twice (rotate_half layout); GQA wants one half
     if not torch.equal(cos[..., :half], cos[..., half:]):
         raise EdgeqError("rotary table is not in the rotate-half layout GroupQueryAttention expects")
@@ -196,19 +211,26 @@ def sliding_window(config, kind: str) -> int | None:
     return int(window) if kind != "full_attention" or getattr(config, "layer_types", None) is None else None
 
 
+def block_linears(layer, prefix: str, names: tuple[str, ...]) -> tuple[list[str], list]:
+    """(full names, modules) of a block's linears given by their names inside the block (models.Arch)."""
+    return [f"{prefix}.{name}" for name in names], [get_module(layer, name) for name in names]
+
+
 def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, style: Style, kind: str, config,
-              shared: dict, lin) -> str:
+              shared: dict, lin, arch) -> str:
+    """GroupQueryAttention on q, k, v (three linears, or one fused qkv node whose output GQA splits itself),
+    rotary inside it unless the layer has none (SmolLM3's NoPE layers), then the output projection."""
     attn = layer.self_attn
-    names = [f"{prefix}.self_attn.{p}_proj" for p in "qkv"]
-    qkv = lin(x, names, [attn.q_proj, attn.k_proj, attn.v_proj])
+    qkv = lin(x, *block_linears(layer, prefix, arch.qkv))
     if getattr(attn, "q_norm", None) is not None:
         qkv = head_norms(g, split_qkv(g, qkv, i, dims), i, attn, dims, style)
     elif len(qkv) == 1:
         qkv += ["", ""]  # packed: GQA splits it itself
-    cos, sin = shared["rotary"][kind]
+    rotates = rope_layers(config)[i]
+    cos, sin = shared["rotary"][kind] if rotates else ("", "")
     inputs = [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", shared["seqlens"],
               shared["total"], cos, sin, "position_ids"]
-    attrs = dict(num_heads=dims.heads, kv_num_heads=dims.kv_heads, do_rotary=1, rotary_interleaved=0)
+    attrs = dict(num_heads=dims.heads, kv_num_heads=dims.kv_heads, do_rotary=int(rotates), rotary_interleaved=0)
     if style.query_scale is not None:
         attrs["scale"] = style.query_scale
     window = sliding_window(config, kind)
@@ -216,7 +238,7 @@ def attention(g: Graph, x: str, i: int, layer, prefix: str, dims: Dims, style: S
         attrs["local_window_size"] = window
     out = g.op("GroupQueryAttention", inputs, [f"layer{i}_attn", f"present.{i}.key", f"present.{i}.value"],
                domain=MS_DOMAIN, name=f"layer{i}_GroupQueryAttention", **attrs)[0]
-    return lin(out, [f"{prefix}.self_attn.o_proj"], [attn.o_proj])[0]
+    return lin(out, *block_linears(layer, prefix, (arch.attention_out,)))[0]
 
 
 def split_qkv(g: Graph, qkv: list[str], i: int, dims: Dims) -> list[str]:
@@ -241,9 +263,8 @@ def head_norms(g: Graph, qkv: list[str], i: int, attn, dims: Dims, style: Style)
     return [*normed, v]
 
 
-def mlp(g: Graph, x: str, i: int, layer, prefix: str, style: Style, lin) -> str:
-    names = [f"{prefix}.mlp.gate_proj", f"{prefix}.mlp.up_proj"]
-    gate_up = lin(x, names, [layer.mlp.gate_proj, layer.mlp.up_proj])
+def mlp(g: Graph, x: str, i: int, layer, prefix: str, style: Style, lin, arch) -> str:
+    gate_up = lin(x, *block_linears(layer, prefix, arch.gate_up))  # one output when fused (or fusable)
     gate, up = gate_up if len(gate_up) == 2 else \
         g.op("Split", gate_up, [f"layer{i}_gate", f"layer{i}_up"], axis=-1, num_outputs=2)
     if style.activation == "gelu_tanh":
@@ -252,7 +273,7 @@ def mlp(g: Graph, x: str, i: int, layer, prefix: str, style: Style, lin) -> str:
         sig = g.op("Sigmoid", [gate], f"layer{i}_gate_sigmoid")[0]
         gated = g.op("Mul", [gate, sig], f"layer{i}_gate_silu")[0]
     act = g.op("Mul", [gated, up], f"layer{i}_mlp_act")[0]
-    return lin(act, [f"{prefix}.mlp.down_proj"], [layer.mlp.down_proj])[0]
+    return lin(act, *block_linears(layer, prefix, (arch.down,)))[0]
 
 
 def norm(g: Graph, name: str, weight, eps: float, x: str, skip: str | None, style: Style) -> tuple[str, str]:
@@ -303,21 +324,61 @@ def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
 def lm_head(g: Graph, x: str, model, arch, table: str, lin) -> str:
     """Logits. A float head tied to the embedding reads the table itself (FusedMatMul, transB) instead of a
     second, transposed copy (113 MB on SmolLM2)."""
-    head = get_module(model, arch.lm_head)
-    if table and head_is_tied(model):
-        return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1, alpha=1.0)[0]
+    head, scale = get_module(model, arch.lm_head), logits_scale(model.config)
+    if table and head_is_tied(model):  # FusedMatMul's alpha scales for free
+        return g.op("FusedMatMul", [x, table], "logits", domain=MS_DOMAIN, transA=0, transB=1,
+                    alpha=1.0 if scale is None else scale)[0]
     out = lin(x, [arch.lm_head], [head])[0]
+    if scale is not None:
+        return g.op("Mul", [out, g.constant("logits_scale", np.array(scale, dtype=np.float32))], "logits")[0]
     return g.op("Identity", [out], "logits")[0]
 
 
 def rotary_constants(g: Graph, model, arch, dims: Dims, kinds: list[str]) -> dict[str, tuple[str, str]]:
-    """{layer kind: (cos, sin) initializer names}, one pair of tables per kind of layer."""
+    """{layer kind: (cos, sin) tensor names}, one pair of tables per kind of layer (a longrope pair chosen
+    per call, see longrope_switch)."""
     out = {}
     for kind in dict.fromkeys(kinds):
-        cos, sin = rotary_caches(model, arch, dims, kind)
         suffix = "" if len(out) == 0 else f"_{kind}"
-        out[kind] = (g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin))
+        switch = longrope_switch(model.config)
+        cos, sin = rotary_caches(model, arch, dims, kind)
+        if switch is None:
+            out[kind] = (g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin))
+            continue
+        short_cos, short_sin = rotary_caches(model, arch, dims, kind, length=switch)
+        short_cos, short_sin = (np.concatenate([short, long[switch:]]) for short, long in
+                                ((short_cos, cos), (short_sin, sin)))
+        out[kind] = longrope_tables(g, suffix, switch, (short_cos, short_sin), (cos, sin))
     return out
+
+
+def longrope_switch(config) -> int | None:
+    """Phi-3's longrope: transformers rotates with the short factors while a call's sequence fits in
+    original_max_position_embeddings and with the long ones past it; that length, or None for one table."""
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type") != "longrope":
+        return None
+    original = int(rope.get("original_max_position_embeddings") or config.max_position_embeddings)
+    return original if original < config.max_position_embeddings else None
+
+
+def longrope_tables(g: Graph, suffix: str, switch: int, short: tuple, long: tuple) -> tuple[str, str]:
+    """(cos, sin) of an If node on total_sequence_length > switch, as transformers chooses per call (and as
+    onnxruntime-genai's builder writes it). Both tables have every row (GroupQueryAttention checks the cache
+    against its buffer's length); the short one's rows from `switch` on are the long ones, which the short
+    branch never reads."""
+    from onnx import helper, numpy_helper
+
+    def branch(name: str, tables: tuple) -> object:
+        nodes = [helper.make_node("Constant", [], [f"{name}_{part}"], value=numpy_helper.from_array(table))
+                 for part, table in zip(("cos", "sin"), tables)]
+        outputs = [helper.make_tensor_value_info(f"{name}_{part}", 1, None) for part in ("cos", "sin")]
+        return helper.make_graph(nodes, name, [], outputs)
+
+    limit = g.constant(f"longrope_switch{suffix}", np.array(switch, dtype=np.int32))
+    longer = g.op("Greater", ["total_sequence_length", limit], f"longrope_is_long{suffix}")[0]
+    return tuple(g.op("If", [longer], [f"cos_cache{suffix}", f"sin_cache{suffix}"],
+                      then_branch=branch(f"long_rope{suffix}", long), else_branch=branch(f"short_rope{suffix}", short)))
 
 
 def mlp_input(g: Graph, i: int, layer, dims: Dims, style: Style, residual: str, attn_out: str):
@@ -333,6 +394,16 @@ def mlp_input(g: Graph, i: int, layer, dims: Dims, style: Style, residual: str, 
     x, residual = norm(g, f"layer{i}_pre_feedforward_norm", layer.pre_feedforward_layernorm.weight, dims.eps,
                        residual, attn_out, style)
     return x, residual
+
+
+def scaled_branch(g: Graph, out: str, style: Style) -> str:
+    """A block's attention or MLP output as the residual add takes it: times Granite's residual_multiplier."""
+    if style.residual_scale is None:
+        return out
+    scale = "residual_scale"
+    if not any(init.name == scale for init in g.initializers):
+        g.constant(scale, np.array(style.residual_scale, dtype=np.float32))
+    return g.op("Mul", [out, scale], f"{out}_scaled")[0]
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -372,12 +443,13 @@ def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: i
     for i, layer in enumerate(get_module(model, arch.blocks)):
         prefix = f"{arch.blocks}.{i}"
         x, residual = norm(g, f"layer{i}_input_norm", layer.input_layernorm.weight, dims.eps, residual, skip, style)
-        skip = attention(g, x, i, layer, prefix, dims, style, kinds[i], config, shared, lin)
-        x, residual = mlp_input(g, i, layer, dims, style, residual, skip)
-        skip = mlp(g, x, i, layer, prefix, style, lin)
+        skip = attention(g, x, i, layer, prefix, dims, style, kinds[i], config, shared, lin, arch)
+        x, residual = mlp_input(g, i, layer, dims, style, residual, scaled_branch(g, skip, style))
+        skip = mlp(g, x, i, layer, prefix, style, lin, arch)
         if style.sandwich_norms:
             skip = norm(g, f"layer{i}_post_feedforward_norm", layer.post_feedforward_layernorm.weight, dims.eps,
                         skip, None, style)[0]
+        skip = scaled_branch(g, skip, style)
     x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip, style)
     lm_head(g, x, model, arch, table, lin)
     inputs, outputs = graph_io(config, dims)

@@ -16,7 +16,7 @@ from ..errors import EdgeqError
 from ..runtime.session import GENAI_CONFIG, MODEL_FILE
 from .decoder import Dims
 
-GENAI_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")  # genai's model types our decoder graph implements
+GENAI_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "phi3", "smollm3", "granite")  # genai's model types our graph implements
 
 
 def first_id(value):

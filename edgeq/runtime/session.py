@@ -107,6 +107,17 @@ def check_length(folder, tokens: int, what: str) -> None:
         raise EdgeqError(f"{what} needs {tokens} positions, but the model has {limit}")
 
 
+def folder_longrope_switch(folder) -> int | None:
+    """A longrope model's original_max_position_embeddings (Phi-3), past which its graph rotates with the long
+    factors: the cache written before with the short ones is then stale (see greedy_decode); None otherwise."""
+    rope = folder_setting(folder, ("config.json", "rope_parameters"), ("config.json", "rope_scaling")) or {}
+    if (rope.get("rope_type") or rope.get("type")) != "longrope":
+        return None
+    original = rope.get("original_max_position_embeddings") or \
+        folder_setting(folder, ("config.json", "original_max_position_embeddings"))
+    return int(original) if original else None
+
+
 def present_name(past_name: str) -> str:
     return "present." + past_name.removeprefix("past_key_values.")
 
@@ -134,6 +145,7 @@ class OrtDecoder:
             kv_heads, head_dim = dims
         self.kv_heads, self.head_dim = int(kv_heads), int(head_dim)
         self.output_names = ["logits", *map(present_name, self.past_names)]
+        self.recompute_at = folder_longrope_switch(folder) if folder is not None else None
 
     @classmethod
     def from_folder(cls, folder, threads: int | None = None, bits: int | float | None = None) -> "OrtDecoder":
@@ -183,17 +195,26 @@ class OrtDecoder:
 def greedy_decode(decoder, prompt: np.ndarray, new_tokens: int, eos: int | None = None, clock=time.perf_counter):
     """(tokens, prefill seconds, [seconds per decode step]): the prompt [1, P] prefilled, then greedy tokens,
     the cache growing by one each step, until `new_tokens` or eos. The one decode loop: `edgeq generate` and
-    `edgeq bench` both run it (decoder: anything with forward(ids, past) and empty_past())."""
+    `edgeq bench` both run it (decoder: anything with forward(ids, past) and empty_past()).
+
+    A longrope model (decoder.recompute_at) whose sequence first grows past original_max_position_embeddings
+    has its whole cache recomputed with the long factors at that step, as transformers' generate() and
+    onnxruntime-genai do for Phi-3 (keys cached with the short factors would otherwise stay)."""
     start = clock()
     logits, past = decoder.forward(prompt, decoder.empty_past())
     prefill = clock() - start
     tokens, steps = [], []
+    switch = getattr(decoder, "recompute_at", None)
     for _ in range(new_tokens):
         token = int(logits[0, -1].argmax())
         tokens.append(token)
         if token == eos:
             break
         start = clock()
-        logits, past = decoder.forward(np.array([[token]]), past)
+        if switch is not None and prompt.shape[1] + len(tokens) == switch + 1:
+            whole = np.concatenate([prompt, np.array([tokens])], axis=1)
+            logits, past = decoder.forward(whole, decoder.empty_past())
+        else:
+            logits, past = decoder.forward(np.array([[token]]), past)
         steps.append(clock() - start)
     return tokens, prefill, steps
