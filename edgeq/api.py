@@ -121,6 +121,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     the default mix; calib_mix: one weight per part."""
     from . import checkpoint, models
     from .calib import data, pipeline
+    from .inputs import resolve_model
     from .calib.resume import ResumeState
     from .solvers import get_method
 
@@ -132,7 +133,7 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     out = Path(out)
     check_output_folder(out)
     spec = config.spec
-    source = models.resolve_source(model)
+    source = resolve_model(model).refuse_unless("float", command="quantize").source
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
     tokenizer = models.load_tokenizer(source)
     # the weights' fingerprint, not only the path: weights replaced at the same path start afresh

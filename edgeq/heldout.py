@@ -114,26 +114,27 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 51
 
 def scorer(model: str | None, bits: int | float | None = None):
     """(label, tokenizer, score(ids: numpy [B, L]) -> (NLL sum, count), runtime name) for what `model` names."""
-    if model is not None and (Path(model) / "model.onnx").is_file():
+    from .inputs import kind_of, resolve_model
+    if bits is not None and kind_of(model) == "float":
+        what = model or "the bundled model"
+        raise EdgeqError(f"--bits slices a quantized checkpoint or an exported 8-bit folder; {what} is neither")
+    given = resolve_model(model)
+    if given.kind == "onnx":
         from .runtime.session import OrtDecoder
         from .runtime.tokenizer import load_tokenizer
-        decoder = OrtDecoder.from_folder(model, bits=bits)
-        return str(model), load_tokenizer(model)[0], decoder.window_nll, "onnxruntime"
+        decoder = OrtDecoder.from_folder(given.path, bits=bits)
+        return given.label, load_tokenizer(given.path)[0], decoder.window_nll, "onnxruntime"
 
     import torch
 
     from . import checkpoint, models
     from .eval import window_nll
-    if model is not None and checkpoint.is_checkpoint(model):
+    if given.kind == "checkpoint":
         from transformers import AutoTokenizer
-        loaded, _, _ = checkpoint.load_checkpoint(model, bits)
-        label, tokenizer = str(model), AutoTokenizer.from_pretrained(model)
-    elif bits is not None:
-        what = model or "the bundled model"
-        raise EdgeqError(f"--bits slices a quantized checkpoint or an exported 8-bit folder; {what} is neither")
+        loaded, _, _ = checkpoint.load_checkpoint(given.path, bits)
+        tokenizer = AutoTokenizer.from_pretrained(given.path)
     else:
-        source = models.resolve_source(model)
-        loaded, _ = models.load_model(source)
-        label, tokenizer = source.label, models.load_tokenizer(source)
+        loaded, _ = models.load_model(given.source)
+        tokenizer = models.load_tokenizer(given.source)
     arch = models.arch_of(loaded.config)
-    return label, tokenizer, lambda ids: window_nll(loaded, arch, torch.from_numpy(ids)), "torch"
+    return given.label, tokenizer, lambda ids: window_nll(loaded, arch, torch.from_numpy(ids)), "torch"

@@ -322,11 +322,38 @@ def _assign(model, files: dict[str, Path], mapped: bool = False) -> None:
     for file, names in by_file.items():
         if mapped:
             state.update(map_float32(file, names))
+            state.update(float32_tables(file, [name for name in names if name not in state]))
         copied = [name for name in names if name not in state]
         if copied:
             with safe_open(str(file), "pt") as f:
                 state.update({name: f.get_tensor(name).float().clone() for name in copied})
     model.load_state_dict(state, strict=False, assign=True)
+
+
+SMALL_TABLE = 1 << 20  # elements: a norm's weight is copied; an embedding or head is cached as float32
+
+
+def float32_tables(file: Path, names: list[str]) -> dict:
+    """{name: float32 tensor mapped from the float cache} for the large bf16/fp16 tensors among `names` (a Hub
+    model's embedding and head): converted once, a slab at a time, into cache_root()/float/tables, keyed by
+    the file's path, size and mtime, so that they are mapped as a GGUF's float cache is, never copied whole
+    (a 1.5B model's embedding and untied head are 1.87 GB in float32)."""
+    from .checkpoint import atomic_folder
+    from .safetensors_scan import header, map_float32
+    from .safetensors_write import write_as_float32
+    meta, _ = header(file)
+    big = [n for n in names if meta.get(n, {}).get("dtype") in ("BF16", "F16")
+           and math.prod(meta[n]["shape"]) >= SMALL_TABLE]
+    out = {}
+    stat = file.stat()
+    for name in big:
+        key = hashlib.sha256(f"{os.path.abspath(file)}:{stat.st_size}:{stat.st_mtime_ns}:{name}".encode()).hexdigest()[:16]
+        folder = cache_root() / "float" / "tables" / key
+        if not (folder / "tensor.safetensors").exists():
+            with atomic_folder(folder) as tmp:
+                write_as_float32(tmp / "tensor.safetensors", file, name)
+        out[name] = map_float32(folder / "tensor.safetensors", ["tensor"])["tensor"]
+    return out
 
 
 def _check_files_finite(files: dict[str, Path]) -> None:

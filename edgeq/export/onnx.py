@@ -44,18 +44,18 @@ def load_for_export(model: str | None, fp32: bool, bits: int | float | None = No
     from transformers import AutoTokenizer
 
     from .. import models
+    from ..inputs import kind_of, resolve_model
     if fp32:
-        if model is not None and checkpoint.is_checkpoint(model):
-            raise EdgeqError(f"{model} is a quantized checkpoint; --fp32 exports a float model")
         if bits is not None:
             raise EdgeqError("--bits slices a quantized checkpoint; --fp32 exports a float model")
-        source = models.resolve_source(model)
-        loaded, _ = models.load_model(source)
-        return loaded, models.load_tokenizer(source), {}, source.label, {}
-    if model is None or not checkpoint.is_checkpoint(model):
+        given = resolve_model(model).refuse_unless("float", command="export --fp32")
+        loaded, _ = models.load_model(given.source)
+        return loaded, models.load_tokenizer(given.source), {}, given.label, {}
+    if kind_of(model) != "checkpoint":  # a float model is not fetched only to be refused
         raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
-    loaded, qweights, meta = checkpoint.load_checkpoint(model, bits)
-    return loaded, AutoTokenizer.from_pretrained(model), qweights, str(model), meta
+    given = resolve_model(model)
+    loaded, qweights, meta = checkpoint.load_checkpoint(given.path, bits)
+    return loaded, AutoTokenizer.from_pretrained(given.path), qweights, given.label, meta
 
 
 def node_estimates(meta: dict, config) -> dict[str, list[float]] | None:
