@@ -14,7 +14,7 @@ from .export import HEAD_WIDTHS
 from .heldout import evaluate_texts
 from .memory import peak_rss_mb, release_freed_memory
 from .mixed import MixedPrecision
-from .paths import check_output_folder
+from .paths import check_output_folder, exclusive_output
 
 
 @dataclass(frozen=True)
@@ -119,19 +119,26 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta.
     calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see calib/sources.py), None =
     the default mix; calib_mix: one weight per part."""
-    from . import checkpoint, models
-    from .calib import data, pipeline
-    from .inputs import resolve_model
-    from .calib.resume import ResumeState
     from .solvers import get_method
-
-    t0 = time.perf_counter()
     config.validate()
     calibrated = get_method(config.method).calibrated
     if calib is not None and not calibrated and not config.mixed:
         raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
-    out = Path(out)
     check_output_folder(out)
+    with exclusive_output(Path(out)):  # a second run into the same --out is refused, not interleaved
+        return _quantize(model, Path(out), config, calib, progress, on_block_done, calib_mix)
+
+
+def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_done, calib_mix) -> dict:
+    from . import checkpoint, models
+    from .calib import data, pipeline
+    from .calib.resume import ResumeState
+    from .inputs import resolve_model
+    from .solvers import get_method
+
+    t0 = time.perf_counter()
+    calibrated = get_method(config.method).calibrated
+    check_output_folder(out)  # again under the lock: a run that held it may have just written `out`
     spec = config.spec
     source = resolve_model(model).refuse_unless("float", command="quantize").source
     models.load_config(source)  # refuses an unsupported architecture before any heavy work
@@ -256,8 +263,11 @@ def _record_of_this_job(path: Path, wanted: dict, estimator: str) -> bool:
     """Whether an interrupted run left estimates made exactly as this run would make them."""
     if not path.is_file():
         return False
-    record = json.loads(path.read_text())
-    return estimator in record["estimates"] and all(record.get(k) == v for k, v in wanted.items())
+    try:  # a record that cannot be read is measured again
+        record = json.loads(path.read_text())
+        return estimator in record["estimates"] and all(record.get(k) == v for k, v in wanted.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConfig, progress: bool) -> dict:

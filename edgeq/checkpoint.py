@@ -226,7 +226,8 @@ def read_meta(path: Path) -> dict:
 
 def verify_integrity(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """quantization.json's layers against the layout saved with the tensors, then the tensors against the
-    digest saved in quantization.json. Checkpoints written before these existed are read unchecked."""
+    digest saved in quantization.json. A quantization.json without its digest is refused: it could sit beside
+    any checkpoint's weights (the layout check alone passes for two runs of one grid)."""
     from safetensors import safe_open
     with safe_open(str(path / WEIGHTS_FILE), "pt") as f:
         saved = (f.metadata() or {}).get("edgeq_layout")
@@ -236,7 +237,10 @@ def verify_integrity(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -
         raise EdgeqError(f"{path}: {META_FILE} says {name} is {meta['layers'].get(name)}, but its tensors were "
                          f"saved as {theirs.get(name)}: the file was edited or belongs to another checkpoint")
     expected = meta.get("tensors_sha256")
-    if expected is not None and tensors_digest(tensors) != expected:
+    if not isinstance(expected, str):
+        raise EdgeqError(f"{path}: {META_FILE} has no tensors_sha256, so its weights cannot be verified; "
+                         "quantize the model again")
+    if tensors_digest(tensors) != expected:
         raise EdgeqError(f"{path}: {WEIGHTS_FILE} does not match the digest in {META_FILE}: the tensors are "
                          "corrupted or from another checkpoint")
 

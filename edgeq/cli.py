@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -79,10 +81,21 @@ def widths_arg(value: str) -> list[int]:
     return widths
 
 
+def finite_float(value: str) -> float:
+    """A float that is a number: argparse's float takes 'nan' and 'inf', which then fail deep in the work."""
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
 def weights_arg(value: str) -> list[float]:
     try:
-        weights = [float(v) for v in value.split(",")]
-    except ValueError:
+        weights = [finite_float(v) for v in value.split(",")]
+    except argparse.ArgumentTypeError:
         weights = []
     if not weights or min(weights) < 0 or sum(weights) <= 0:
         raise argparse.ArgumentTypeError(f"expected non-negative weights like 1,1,1 (not all 0), got {value!r}")
@@ -146,19 +159,19 @@ OPTION_FLAGS = {
                             "shrunk ranges for the least (Hessian-weighted, when calibrated) squared error")),
     "act_order": ("--no-act-order", dict(action="store_const", const=False, help="sweep columns in natural order "
                                          "(default: by descending Hessian diagonal, with static groups: no g_idx)")),
-    "damp": ("--damp", dict(type=float, help="damping, a fraction of the mean Hessian diagonal")),
+    "damp": ("--damp", dict(type=finite_float, help="damping, a fraction of the mean Hessian diagonal")),
     "iters": ("--iters", dict(type=positive_int, help="outer iterations (1 = its GPTQ start only)")),
-    "passes": ("--passes", dict(type=float, help="greedy coordinate moves per row, in units of the row's length")),
+    "passes": ("--passes", dict(type=finite_float, help="greedy coordinate moves per row, in units of the row's length")),
     "refits": ("--refits", dict(type=int, help="rounds of least-squares scales for the codes, each followed by "
                                 "another descent")),
-    "descent_damp": ("--descent-damp", dict(type=float, help="descend on H + this x mean(diag H) x I (a pull "
+    "descent_damp": ("--descent-damp", dict(type=finite_float, help="descend on H + this x mean(diag H) x I (a pull "
                                             "towards the plain weight error)")),
     "widths": ("--widths", dict(type=widths_arg, help="the widths the codes serve, the widest stored")),
     "weights": ("--weights", dict(type=weights_arg, help="weight of each width's error, in --widths order "
                                   f"(for {','.join(map(str, DEFAULT_WIDTHS))}: "
                                   f"{','.join(f'{w:g}' for w in default_weights(DEFAULT_WIDTHS))}; else all 1)")),
     "steps": ("--steps", dict(type=positive_int, help="training steps per block, each on --batch-size windows")),
-    "lr": ("--lr", dict(type=float, help="learning rate, decayed to 0 over the steps (unset: 1/steps)")),
+    "lr": ("--lr", dict(type=finite_float, help="learning rate, decayed to 0 over the steps (unset: 1/steps)")),
     "rank": ("--rank", dict(type=positive_int, help="rank of the per-weight scales (unset: a quarter of the "
                             "layer's smaller dimension)")),
     "rule": ("--rounding-rule", dict(choices=["division", "addition"], help="W / scale (the method) or "
@@ -235,7 +248,7 @@ def add_quantize_parser(sub) -> None:
                    help="layer-wise methods with calibration: after each block is solved, train its scales "
                    "(codes frozen) for N epochs to match the float block's outputs (decoupleQ's stage 2; a nested "
                    "method one pass per width; default: 0, off)")
-    q.add_argument("--block-lr", type=float, default=5e-3,
+    q.add_argument("--block-lr", type=finite_float, default=5e-3,
                    help="Adam learning rate of that training, on log(scale) (default: 5e-3)")
     q.add_argument("--block-loss", choices=BLOCK_LOSSES, default=None,
                    help="the block output error that block training (learned methods, --block-epochs) lowers: "
@@ -267,7 +280,7 @@ def add_calibration_flags(q) -> None:
     q.add_argument("--propagate", choices=["quantized", "float"], default="quantized",
                    help="what the next block calibrates on: the outputs of this block with its quantized weights "
                    "(GPTQ's sequential scheme, default) or with its float weights (one forward pass less)")
-    q.add_argument("--first-token-weight", type=float, default=1.0, metavar="W",
+    q.add_argument("--first-token-weight", type=finite_float, default=1.0, metavar="W",
                    help="how many times each calibration window's first position (the attention sink, whose keys "
                    "and values every later token reads) counts in the Hessians (default: 1, as GPTQ)")
     q.add_argument("--seed", type=int, default=0, help="seed of the calibration window sampling")
@@ -562,6 +575,8 @@ RUNTIME_EXTRA = {"onnx", "tqdm"}  # also in the runtime extra: bench, generate a
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # the libraries' bars too (transformers' loading, huggingface_hub's
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # downloads): both read this when first imported
     try:
         {"quantize": cmd_quantize, "eval": cmd_eval, "export": cmd_export, "generate": cmd_generate,
          "bench": cmd_bench}[args.command](args)
@@ -581,7 +596,8 @@ def main(argv=None) -> int:
         print(f"edgeq {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("edgeq: interrupted; run the same command again to resume", file=sys.stderr)
+        resume = "; run the same command again to resume" if args.command == "quantize" else ""
+        print(f"edgeq {args.command}: interrupted{resume}", file=sys.stderr)
         return 130
     return 0
 

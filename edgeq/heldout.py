@@ -15,6 +15,7 @@ import numpy as np
 
 from .calib.sources import BUILTIN, DEFAULT_EVAL, builtin_part, packaged_file_text
 from .errors import EdgeqError
+from .paths import read_utf8
 from .progress import progress_bar
 
 
@@ -31,7 +32,7 @@ def read_text(path: str | None, default: str = DEFAULT_EVAL) -> tuple[str, str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise EdgeqError(f"text file not found: {path}")
-    text = p.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(p)
     if not text.strip():
         raise EdgeqError(f"text file is empty: {path}")
     return text, str(p)
@@ -75,7 +76,10 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_windows: int | None = Non
     """Consecutive non-overlapping windows [W, seq_len] from the start of the text (the tail dropped), each
     the sequence start, then text."""
     body = seq_len - len(start)
-    count = tokens.size // body if body > 1 else 0
+    if body < 2:
+        raise EdgeqError(f"--seq-len {seq_len} leaves {max(body, 0)} tokens of text per window (after "
+                         f"{len(start)} start tokens); give at least {len(start) + 2}")
+    count = tokens.size // body
     if count == 0:
         raise EdgeqError(f"evaluation text too short: {tokens.size} tokens for --seq-len {seq_len}")
     if max_windows:

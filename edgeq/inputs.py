@@ -51,5 +51,7 @@ def resolve_model(model: str | None) -> ModelInput:
     if kind != "float":
         return ModelInput(kind, str(model), Path(model).expanduser())
     from .models import resolve_source
+    from .validate import check_float_source
     source = resolve_source(model)
+    check_float_source(source)  # before any work: one line for a broken model, never a traceback later
     return ModelInput("float", source.label, source=source)

@@ -7,7 +7,7 @@ scales and zero points not counted) or the megabytes onnxruntime stores for the 
 """
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from . import grid
 from .allocate import Allocation, allocate
 from .calib.sources import SENSITIVITY_SAMPLES
 from .errors import EdgeqError
+from .paths import read_json_object
 from .export.matmulnbits import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
@@ -55,6 +56,8 @@ def parse_budget(text: str) -> tuple[float, str]:
         value = float(text[:-2] if unit == "mb" else text)
     except ValueError:
         raise EdgeqError(f"--budget takes average bits per weight (3.0) or megabytes (25MB), got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise EdgeqError(f"--budget must be a positive finite number, got {text!r}")
     return value, unit
 
 
@@ -137,10 +140,7 @@ def load_estimates(path: str) -> dict:
     """The sensitivity record of an earlier run: a mixed checkpoint folder or the JSON it holds."""
     p = Path(path)
     p = p / "quantization.json" if p.is_dir() else p
-    try:
-        record = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise EdgeqError(f"cannot read sensitivity estimates from {path}: {err}") from None
+    record = read_json_object(p, "sensitivity record")
     record = record.get("sensitivity", record)
     if "estimates" not in record or "candidates" not in record:
         raise EdgeqError(f"{path} holds no sensitivity estimates (quantize with --budget once to make them)")

@@ -157,8 +157,13 @@ def resolve_source(model: str | None) -> ModelSource:
 
 
 def load_config(source: ModelSource):
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
-    config = AutoConfig.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    try:
+        config = AutoConfig.from_pretrained(source.folder, gguf_file=source.gguf_file)
+    except (ValueError, KeyError, TypeError, OSError, StrictDataclassError) as err:  # transformers' validation
+        reason = err.__cause__ or err  # a validator's ValueError, wrapped by huggingface_hub's dataclasses
+        raise EdgeqError(f"{source.label}: transformers refuses its config: {str(reason).splitlines()[0]}") from None
     arch_of(config)
     return config
 
@@ -202,7 +207,11 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
         return {name: folder / WEIGHTS for name in tensor_names(folder / WEIGHTS)}
     index = folder / INDEX
     if index.exists():
-        files = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        from .paths import read_json_object
+        weight_map = read_json_object(index, "safetensors index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise EdgeqError(f"{index} has no weight_map of tensor names to file names")
+        files = {name: folder / file for name, file in weight_map.items()}
         inside = Path(os.path.abspath(folder))
         for name, path in files.items():  # an absolute or ../ entry would read a file the folder does not hold
             # abspath, not resolve: a Hub cache's snapshot files are links into its blobs folder

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import EdgeqError
 
 
-def check_output_folder(out: Path) -> None:
+def check_output_folder(out: Path | str) -> None:
+    if not str(out).strip():
+        raise EdgeqError("--out is empty; name the folder to create")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise EdgeqError(f"output path {out} is a file, not a folder; choose another --out")
@@ -47,3 +50,49 @@ def check_writable_file(path: str, flag: str) -> None:
     parent = target.parent
     if not parent.is_dir() or probe_error(parent) or (target.exists() and not os.access(target, os.W_OK)):
         raise EdgeqError(f"{flag} {path}: cannot write there ({parent} is missing or not writable)")
+
+
+def read_utf8(path: Path) -> str:
+    """A text file's contents, decoded strictly: a file in another encoding is one line naming the file and the
+    first byte that is not UTF-8, never text with replacement characters fed on to a tokenizer."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise EdgeqError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); convert "
+                         f"it first, e.g. iconv -f latin1 -t utf-8") from None
+
+
+@contextmanager
+def exclusive_output(out: Path):
+    """Hold an exclusive lock on `out` for the body: a second run into the same folder is refused at once. The
+    lock is the kernel's (flock on .OUT.lock beside it), so a killed run never leaves a lock that blocks the
+    next one; the file is removed when the body ends."""
+    import fcntl
+    lock = out.with_name(f".{out.name}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise EdgeqError(f"another edgeq run is writing {out}; wait for it to finish or choose another --out") from None
+    try:
+        yield
+    finally:
+        with suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def read_json_object(path: Path, what: str = "JSON file") -> dict:
+    """A JSON file that must hold an object (reports, configs, records), or one line saying why it cannot be
+    read: missing, unreadable, truncated, not UTF-8, or JSON of another shape."""
+    import json
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise EdgeqError(f"cannot read {what} {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise EdgeqError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
+    return data

@@ -11,8 +11,8 @@ from edgeq import cli
 from tests.conftest import calibration_text, save_tiny_model
 
 
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, EDGEQ_CACHE=os.environ.get("EDGEQ_CACHE", ""))
+def run_cli(*args, cwd=None, env_extra=None):
+    env = {**os.environ, "EDGEQ_CACHE": os.environ.get("EDGEQ_CACHE", ""), **(env_extra or {})}
     env = {k: v for k, v in env.items() if v}
     return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=300)

@@ -26,10 +26,14 @@ class ResumeState:
         from before they were stored as safetensors has hidden.pt, which is not read)."""
         if self.folder is None or not (self.folder / "state.json").exists():
             return 0
-        state = json.loads((self.folder / "state.json").read_text())
-        if state.get("run") != self.run_digest or not (self.folder / "hidden.safetensors").exists():
+        try:  # a state that cannot be read (a damaged disk, an edit) starts the run over, never blocks it
+            state = json.loads((self.folder / "state.json").read_text())
+            next_block = int(state["next_block"]) if isinstance(state, dict) else -1
+        except (OSError, ValueError, KeyError, TypeError):
             return 0
-        return state["next_block"]
+        if state.get("run") != self.run_digest or next_block < 0 or not (self.folder / "hidden.safetensors").exists():
+            return 0
+        return next_block
 
     def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight],
              fp_hidden: torch.Tensor | None = None) -> None:

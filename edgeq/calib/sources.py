@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import EdgeqError
+from ..paths import read_utf8
 
 BUILTIN = "builtin:"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".py")
@@ -124,7 +125,7 @@ def builtin_part(name: str, tokenizer) -> Part | None:
 def jsonl_text(path: Path, tokenizer) -> str:
     """The documents of a .jsonl file: a `text` string per line, or chat `messages` (rendered)."""
     docs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -134,6 +135,9 @@ def jsonl_text(path: Path, tokenizer) -> str:
         if isinstance(record, dict) and isinstance(record.get("text"), str):
             docs.append(record["text"])
         elif isinstance(record, dict) and isinstance(record.get("messages"), list):
+            if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                       for m in record["messages"]):
+                raise EdgeqError(f"{path}:{n}: each of 'messages' must be an object with 'role' and 'content' strings")
             if not has_chat_template(tokenizer):
                 raise EdgeqError(f"{path}:{n}: chat messages, but the model's tokenizer has no chat template")
             docs.append(render_chat(tokenizer, record["messages"]))
@@ -145,7 +149,7 @@ def jsonl_text(path: Path, tokenizer) -> str:
 def file_text(path: Path, tokenizer) -> str:
     if path.suffix == ".jsonl":
         return jsonl_text(path, tokenizer)
-    return path.read_text(encoding="utf-8", errors="replace")
+    return read_utf8(path)
 
 
 def files_of(spec: str) -> list[Path] | None:

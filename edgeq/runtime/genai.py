@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from ..paths import read_json_object
 from .session import GENAI_CONFIG
 
 
@@ -27,12 +28,13 @@ class GenaiDecoder:
         folder = Path(folder)
         if not (folder / GENAI_CONFIG).is_file():
             raise EdgeqError(f"{folder}: no {GENAI_CONFIG} (edgeq export writes one)")
+        read_json_object(folder / GENAI_CONFIG)  # genai's own parser throws a C++ error on a damaged file
         config = og.Config(str(folder))
         if threads:
             options = {"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}
             config.overlay(json.dumps(options))
         self.og, self.model = og, og.Model(config)
-        self.vocab_size = json.loads((folder / GENAI_CONFIG).read_text())["model"]["vocab_size"]
+        self.vocab_size = read_json_object(folder / GENAI_CONFIG)["model"]["vocab_size"]
 
     def generator(self, max_length: int, min_length: int = 0):
         params = self.og.GeneratorParams(self.model)

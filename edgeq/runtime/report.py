@@ -2,13 +2,13 @@
 `compare` puts reports from several devices side by side."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import struct
 from pathlib import Path
 
 from ..errors import EdgeqError
+from ..paths import read_json_object
 
 SCHEMA = 1
 # ISA features that decide which onnxruntime kernels run (x86 and ARM names as /proc/cpuinfo spells them)
@@ -81,10 +81,7 @@ def report(results: list[dict], settings: dict, peak_rss_mb: float | None = None
 
 
 def load_report(path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as err:
-        raise EdgeqError(f"cannot read bench report {path}: {err}") from None
+    data = read_json_object(path, "bench report")
     missing = [key for key in REQUIRED if key not in data]
     if missing:
         raise EdgeqError(f"{path} is not an edgeq bench report (missing {', '.join(missing)})")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
+from ..paths import read_json_object
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config beside it (edgeq export writes one)
@@ -80,12 +81,11 @@ def folder_kv_dims(folder) -> tuple[int, int] | None:
 def folder_setting(folder, *candidates: tuple[str, ...]):
     """The first value found at a path of keys, such as ("genai_config.json", "model", "context_length"),
     among the folder's JSON files; None if none has one."""
-    import json
     for file, *keys in candidates:
         path = Path(folder) / file
         if not path.is_file():
             continue
-        value = json.loads(path.read_text())
+        value = read_json_object(path)
         for key in keys:
             value = value.get(key) if isinstance(value, dict) else None
         if value is not None:
