@@ -19,7 +19,6 @@ from .errors import EdgeqError
 FETCHED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
            "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
            "chat_template.jinja", "chat_template.json", "preprocessor_config.json"]
-PICKLES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _HUB_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[^\s@]+))?$")
 
@@ -109,7 +108,8 @@ def _check_snapshot(folder: Path, hub_id: HubId) -> None:
 def _check_weights(files, hub_id: HubId) -> None:
     if any(name.endswith(".safetensors") for name in files):
         return
-    if any(name.endswith(PICKLES) for name in files):
+    from .validate import PICKLE_SUFFIXES
+    if any(name.endswith(PICKLE_SUFFIXES) for name in files):
         raise EdgeqError(f"{hub_id} has only pickled weights (pytorch_model.bin); edgeq never loads pickles: "
                          "use a revision or a copy of the model with safetensors weights")
     raise EdgeqError(f"{hub_id} has no safetensors weights (a GGUF repository: download its .gguf file and "
