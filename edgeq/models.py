@@ -93,7 +93,11 @@ def logits_scale(config) -> float | None:
 
 
 def arch_of(config) -> Arch:
-    model_type = getattr(config, "model_type", None)
+    return arch_of_type(getattr(config, "model_type", None))
+
+
+def arch_of_type(model_type) -> Arch:
+    """The architecture of a model_type, or the one-line refusal naming the supported ones."""
     if model_type not in ARCHS:
         raise EdgeqError(f"unsupported architecture {model_type!r}; edgeq supports: {', '.join(sorted(ARCHS))}")
     return ARCHS[model_type]

@@ -44,21 +44,18 @@ def check_config(folder: Path) -> dict:
         raise EdgeqError(f"cannot read {folder / 'config.json'}: {err}") from None
     if not isinstance(config, dict):
         raise EdgeqError(f"{folder / 'config.json'} is not a JSON object")
-    from .models import ARCHS
-    if config.get("model_type") not in ARCHS:
-        raise EdgeqError(f"unsupported architecture {config.get('model_type')!r}; edgeq supports: "
-                         f"{', '.join(sorted(ARCHS))}")
-    text = config
+    from .models import arch_of_type
+    arch_of_type(config.get("model_type"))  # before the sizes: another family's config has other fields
     for field in SIZES:
-        value = text.get(field)
+        value = config.get(field)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise EdgeqError(f"{folder / 'config.json'}: {field} must be a positive integer, got {value!r}")
-    heads, kv_heads = text["num_attention_heads"], text.get("num_key_value_heads") or text["num_attention_heads"]
+    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
     if not isinstance(kv_heads, int) or kv_heads < 1 or heads % kv_heads:
         raise EdgeqError(f"{folder / 'config.json'}: num_key_value_heads ({kv_heads!r}) must divide "
                          f"num_attention_heads ({heads})")
-    if not text.get("head_dim") and text["hidden_size"] % heads:
-        raise EdgeqError(f"{folder / 'config.json'}: hidden_size {text['hidden_size']} is not a multiple of "
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise EdgeqError(f"{folder / 'config.json'}: hidden_size {config['hidden_size']} is not a multiple of "
                          f"num_attention_heads {heads} (and no head_dim is given)")
     return config
 
