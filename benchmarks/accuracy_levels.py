@@ -13,7 +13,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
-from quality import ROOT, git_commit, machine
+from harness import git_commit, machine
+from quality import ROOT
 
 SHAPES = [("head", 49152, 576), ("q_proj", 576, 576), ("down_proj", 576, 1536)]  # (name, N, K)
 

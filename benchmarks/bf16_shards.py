@@ -15,7 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
-from quality import PROTOCOLS, ROOT, git_commit, machine
+from harness import git_commit, machine
+from quality import PROTOCOLS, ROOT
 from scale import edgeq_measured, eval_args, perplexities
 
 RESULTS = ROOT / "benchmarks" / "results" / "bf16_shards.jsonl"

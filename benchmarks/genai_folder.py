@@ -17,7 +17,8 @@ import numpy as np
 from edgeq.runtime.genai import GenaiDecoder
 from edgeq.runtime.session import OrtDecoder
 from edgeq.runtime.tokenizer import load_tokenizer
-from quality import ROOT, git_commit, machine
+from harness import git_commit, machine
+from quality import ROOT
 
 PROMPT = "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"
 

@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from quality import PROTOCOLS, ROOT, Row, checkpoint_dir, edgeq, evaluate, git_commit, read_results
+from harness import git_commit, read_results
+from quality import PROTOCOLS, ROOT, Row, checkpoint_dir, edgeq, evaluate
 
 RESULTS = ROOT / "benchmarks" / "results" / "head_widths.jsonl"
 ROWS = [  # (label, the checkpoint's row, export flags)

@@ -4,7 +4,7 @@
     python benchmarks/quality.py --only gptq "W3 g128" # only rows whose label contains every text given
     python benchmarks/quality.py --row "gptq 4 128 --damp 0.1"  # an extra row (method bits group flags...)
     python benchmarks/quality.py --table              # the markdown table from the results file
-    python benchmarks/quality.py --update-readme      # write that table into README.md between its markers
+    python benchmarks/generated_docs.py               # write it (and every generated table) into the docs
     python benchmarks/quality.py --list               # the rows and whether each is done
 
 A row is one (method, bits, group, quantize flags, evaluated slice). Each runs `edgeq quantize` and
@@ -32,12 +32,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.mixnmatch import parse_slice
+from edgeq.argtypes import parse_slice
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (  # noqa: E402,F401  (the rows' stamp and file format; names other scripts import from here)
+    append_result, git_commit, machine, news_path, news_text, read_results)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results" / "quality.jsonl"
-README = ROOT / "README.md"
 
 
 @dataclass(frozen=True)
@@ -55,15 +57,15 @@ PROTOCOLS = {p.name: p for p in [
     # edgeq's default calibration since the calibration grid: 512 x 128 windows of the default text, seed 0;
     # the same held-out texts. The method table is re-run on it; `standard` keeps the 128 x 512 rows.
     Protocol("standard-512x128", ("--samples", "512", "--seq-len", "128", "--seed", "0"),
-             (("persuasion", "builtin:persuasion"), ("news", str(SHARED_DATA / "news_lee.txt")))),
+             (("persuasion", "builtin:persuasion"), ("news", str(news_path())))),
     # 128 x 512 windows of edgeq's default calibration text (the packaged Pride and Prejudice), seed 0;
     # held out: Persuasion (same author) and news prose (another kind of text).
     Protocol("standard", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
-             (("persuasion", "builtin:persuasion"), ("news", str(SHARED_DATA / "news_lee.txt")))),
+             (("persuasion", "builtin:persuasion"), ("news", str(news_path())))),
     # The same windows, for the calibration issue's grid (rows vary the calibration with their flags),
     # kept apart so that the grid's rows never mix into the method table.
     Protocol("calib-grid", ("--samples", "128", "--seq-len", "512", "--seed", "0"),
-             (("persuasion", "builtin:persuasion"), ("news", str(SHARED_DATA / "news_lee.txt")))),
+             (("persuasion", "builtin:persuasion"), ("news", str(news_path())))),
 ]}
 
 
@@ -146,12 +148,6 @@ def standard_rows() -> list[Row]:
 
 # ---- the results file ----
 
-def read_results(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def row_key(record: dict) -> dict:
     key = {k: record[k] for k in ("protocol", "method", "bits", "group", "flags", "slice_bits")}
     return {**key, "slice_type": type(key["slice_bits"]).__name__}  # a width (4) is not an average (4.0)
@@ -159,15 +155,6 @@ def row_key(record: dict) -> dict:
 
 def is_done(records: list[dict], row: Row, protocol: str) -> bool:
     return any(row_key(r) == row_key(row.key(protocol)) for r in records)
-
-
-def append_result(path: Path, record: dict) -> None:
-    """One JSON line, flushed and synced: the row survives whatever happens next."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def latest(records: list[dict], protocol: str) -> dict[str, dict]:
@@ -180,18 +167,6 @@ def latest(records: list[dict], protocol: str) -> dict[str, dict]:
 
 
 # ---- running a row ----
-
-def machine() -> dict:
-    from edgeq.runtime.report import cpu_info
-    return {"cpu": cpu_info()[0], "cores": os.cpu_count(), "system": platform.system()}
-
-
-def git_commit() -> str:
-    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return result.stdout.strip() + ("+dirty" if dirty else "")
-
 
 def edgeq(*args) -> None:
     result = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
@@ -223,6 +198,8 @@ def eval_command(row: Row, protocol: Protocol, checkpoint: Path | None, json_pat
 def evaluate(row: Row, protocol: Protocol, work: Path, checkpoint: Path | None) -> dict:
     """Perplexity on every held-out text of the protocol, one edgeq eval process (the model loaded once)."""
     path = work / "eval.json"
+    if any(text == str(news_path()) for _, text in protocol.texts):
+        news_text()  # fetched once where this clone has no ../shared/data (harness.py)
     edgeq(*eval_command(row, protocol, checkpoint, path))
     results = json.loads(path.read_text())
     results = results if isinstance(results, list) else [results]
@@ -297,24 +274,11 @@ def render_table(records: list[dict], protocol: Protocol) -> str:
                       for label in labels)
     windows = f"the first {protocol.windows} x {protocol.seq_len} tokens of each"
     note = (f"Protocol `{protocol.name}`: calibration `{' '.join(protocol.calib_flags)}` on edgeq's default "
-            f"text; held out: {texts}, {windows}. Generated by `python benchmarks/quality.py --update-readme` "
+            f"text; held out: {texts}, {windows}. Generated by `python benchmarks/generated_docs.py` "
             f"from benchmarks/results/quality.jsonl ({len(rows)} rows). Quantize minutes depend on the machine's "
             f"load (each row records its 1-minute load): compare them between rows measured back to back. "
             f"Each row's commands: `python benchmarks/quality.py --commands --protocol {protocol.name}`.")
     return note + "\n\n" + "\n".join(lines)
-
-
-def markers(protocol: str) -> tuple[str, str]:
-    return f"<!-- quality-table:{protocol}:begin -->", f"<!-- quality-table:{protocol}:end -->"
-
-
-def replace_between_markers(document: str, table: str, protocol: str) -> str:
-    begin, end = markers(protocol)
-    if begin not in document or end not in document:
-        raise SystemExit(f"README.md has no {begin} ... {end} markers to write the table between")
-    head, rest = document.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def row_commands(row: Row, protocol: Protocol, work: Path) -> str:
@@ -341,7 +305,6 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "quality", help="checkpoints live here")
     parser.add_argument("--table", action="store_true", help="print the table and stop")
-    parser.add_argument("--update-readme", action="store_true", help="write the table into README.md and stop")
     parser.add_argument("--list", action="store_true", help="list the rows and whether each is done")
     parser.add_argument("--commands", action="store_true", help="print the edgeq commands of each row and stop")
     args = parser.parse_args(argv)
@@ -349,9 +312,6 @@ def main(argv=None):
     records = read_results(args.results)
     if args.table:
         return print(render_table(records, protocol))
-    if args.update_readme:
-        README.write_text(replace_between_markers(README.read_text(), render_table(records, protocol), protocol.name))
-        return print(f"README.md: table of protocol {protocol.name} updated")
     rows = [Row.parse(text) for text in args.row] if args.row else selected(standard_rows(), args.only)
     if args.list:
         for row in rows:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from head_widths import folder_mb
 from memcap import MemoryCap
-from quality import PROTOCOLS, ROOT, git_commit, machine
+from harness import git_commit, machine
+from quality import PROTOCOLS, ROOT
 
 RESULTS = ROOT / "benchmarks" / "results" / "scale.jsonl"
 

@@ -6,7 +6,7 @@ interleaved bench per engine.
     python benchmarks/vs_genai_builder.py            # build and measure what is not yet in the results file
     python benchmarks/vs_genai_builder.py --bench    # then the bench of every folder (both engines)
     python benchmarks/vs_genai_builder.py --table    # the markdown table from the results file
-    python benchmarks/vs_genai_builder.py --update-readme
+    python benchmarks/generated_docs.py            # the table into docs/results/runtimes.md
 
 The builder makes round-to-nearest int4 only (no calibration), symmetric, block 32 by default, with the
 tied head and embedding at 4 bits; it reads a float Hugging Face folder (edgeq's float cache of the
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
 import quality  # noqa: E402  (the method table's runner: protocol, checkpoints, eval, results file)
 
 RESULTS = quality.ROOT / "benchmarks" / "results" / "vs_genai_builder.jsonl"
 PROTOCOL = quality.PROTOCOLS["standard"]
-TABLE = "vs-genai-builder"  # README markers: <!-- quality-table:vs-genai-builder:begin/end -->
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,8 @@ def folder_mb(folder: Path) -> dict:
 
 
 def base_record(phase: str) -> dict:
-    return {"phase": phase, "protocol": PROTOCOL.name, "commit": quality.git_commit(),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": quality.machine(),
+    return {"phase": phase, "protocol": PROTOCOL.name, "commit": harness.git_commit(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": harness.machine(),
             "load_1min": round(os.getloadavg()[0], 2)}
 
 
@@ -159,15 +159,11 @@ def main(argv=None):
     parser.add_argument("--runs", type=int, default=10, help="bench runs per folder and engine (default: 10)")
     parser.add_argument("--again", action="store_true", help="measure entries already in the results file")
     parser.add_argument("--table", action="store_true")
-    parser.add_argument("--update-readme", action="store_true")
     parser.add_argument("--work", type=Path, default=quality.ROOT / "runs" / "vs_genai_builder")
     args = parser.parse_args(argv)
     records = quality.read_results(RESULTS)
     if args.table:
         return print(render(records))
-    if args.update_readme:
-        quality.README.write_text(quality.replace_between_markers(quality.README.read_text(), render(records), TABLE))
-        return print("README.md: vs genai builder table updated")
     fp = quality.latest(quality.read_results(quality.RESULTS), PROTOCOL.name).get("fp32")
     if fp is None:
         raise SystemExit("no fp32 row of the standard protocol yet: python benchmarks/quality.py --only fp32")
@@ -177,12 +173,12 @@ def main(argv=None):
         if entry.name in done and not args.again:
             continue
         print(f"entry: {entry.name} ...", file=sys.stderr, flush=True)
-        quality.append_result(RESULTS, measure_quality(entry, args.work, fp))
+        harness.append_result(RESULTS, measure_quality(entry, args.work, fp))
     if args.bench:
         folders = [Path(r["folder"]) for r in quality.read_results(RESULTS) if r["phase"] == "quality"]
         for engine in ("genai", "ort"):
             print(f"bench: {engine} ...", file=sys.stderr, flush=True)
-            quality.append_result(RESULTS, measure_speed(sorted(set(folders)), engine, args.work, args.runs))
+            harness.append_result(RESULTS, measure_speed(sorted(set(folders)), engine, args.work, args.runs))
     print(render(quality.read_results(RESULTS)))
 
 

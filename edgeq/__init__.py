@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "quantize": ("edgeq.api", "quantize"),
     "evaluate": ("edgeq.api", "evaluate"),
-    "QuantConfig": ("edgeq.api", "QuantConfig"),
+    "QuantConfig": ("edgeq.config", "QuantConfig"),
     "MixedPrecision": ("edgeq.mixed", "MixedPrecision"),
     "QuantSpec": ("edgeq.grid", "QuantSpec"),
     "QuantizedWeight": ("edgeq.qweight", "QuantizedWeight"),

@@ -4,120 +4,24 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__, grid
-from .calib.sources import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from .config import QuantConfig  # noqa: F401  (the API's: edgeq.QuantConfig)
 from .errors import EdgeqError
-from .export import HEAD_WIDTHS
-from .heldout import evaluate_texts
+from .heldout import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluate_texts
 from .memory import peak_rss_mb, release_freed_memory
-from .mixed import MixedPrecision
 from .paths import check_output_folder, exclusive_output
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    """What to quantize and how; the CLI's flags map one to one onto these fields."""
-    method: str = "gptq"
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = False
-    samples: int = DEFAULT_SAMPLES
-    seq_len: int = DEFAULT_SEQ_LEN
-    batch_size: int = 2
-    seed: int = 0
-    device: str = "cpu"
-    solver_opts: dict = field(default_factory=dict)
-    block_epochs: int = 0      # block-wise scale training after the solver (decoupleQ's stage 2); 0 = off
-    block_lr: float = 5e-3     # Adam on log(scale / solver's scale); best of those tried on SmolLM2 W2
-    mixed: "MixedPrecision | None" = None  # a width per linear under a size budget (then bits/group unused)
-    layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
-    propagate: str = "quantized"  # next block's calibration inputs: the quantized (GPTQ's) or the float model's
-    lm_head: int | None = None  # quantize the output head too, at these bits, on its own Hessian; None: float
-    # Each window's first position counts this many times in every Hessian. It holds the attention sink
-    # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
-    # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
-    first_token_weight: float = 1.0
-    block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
-                                   # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
-
-    @property
-    def spec(self) -> grid.QuantSpec:
-        return grid.QuantSpec(self.bits, self.group_size, self.sym)
-
-    @property
-    def trains_blocks(self) -> bool:
-        """Whether each block is trained on its output error: a learned method, or --block-epochs."""
-        from .solvers.method import get_method
-        return bool(self.block_epochs) or get_method(self.method).learned
-
-    @property
-    def trained_block_loss(self) -> str:
-        """The block loss that block training (a learned method or --block-epochs) lowers."""
-        from .solvers.method import DEFAULT_BLOCK_LOSS, get_method
-        return self.block_loss or DEFAULT_BLOCK_LOSS[get_method(self.method).kind]
-
-    def validate(self) -> None:
-        """Every refusal that needs no file and no model: run before anything is read or loaded."""
-        from .solvers import get_method
-        method = get_method(self.method)
-        options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
-        check_device(self.device)
-        check_training_options(self, method.calibrated, method.learned)
-        if self.lm_head not in HEAD_WIDTHS.values():
-            raise EdgeqError(f"the head is quantized at {' or '.join(k for k, v in HEAD_WIDTHS.items() if v)} bits "
-                             f"(a tied embedding shares its codes), not {self.lm_head}")
-        if method.nested:
-            if self.mixed or self.layer_grids:
-                raise EdgeqError(f"{self.method} stores one width for every linear, sliced to the others; it does "
-                                 "not mix widths per layer (--budget, --layer-grid)")
-            if self.bits != max(options.widths):
-                raise EdgeqError(f"{self.method} stores the widest width: bits must be {max(options.widths)} for "
-                                 f"widths {list(options.widths)}")
 
 
 def resume_folder(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def check_device(device: str) -> None:
-    import torch
-    if device == "cuda" and not torch.cuda.is_available():
-        raise EdgeqError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
-    if device not in ("cpu", "cuda"):
-        raise EdgeqError(f"device must be cpu or cuda, got {device!r}")
-
-
-def check_training_options(config: QuantConfig, calibrated: bool, learned: bool) -> None:
-    """Refusals of --block-epochs, --block-lr, --block-loss and --propagate that need no model."""
-    from .solvers.method import BLOCK_LOSSES, get_method, method_names
-    if config.block_epochs < 0 or not config.block_lr > 0:
-        raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
-    if config.block_epochs and not calibrated:
-        raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
-    if not config.first_token_weight > 0:
-        raise EdgeqError(f"--first-token-weight must be > 0, got {config.first_token_weight}")
-    if config.propagate not in ("quantized", "float"):
-        raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
-    if config.propagate == "float" and config.trains_blocks:
-        raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
-                         "training already has the float targets)")
-    if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
-        raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
-    if config.block_loss is not None and not config.trains_blocks:
-        learned_methods = ", ".join(name for name in method_names() if get_method(name).learned)
-        raise EdgeqError(f"--block-loss applies to block training: a learned method ({learned_methods}) or "
-                         "--block-epochs")
-    if config.block_epochs and learned:
-        raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
-
-
 def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib: str | list[str] | None = None,
              progress: bool = True, on_block_done=None, calib_mix: list[float] | None = None) -> dict:
     """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta.
-    calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see calib/sources.py), None =
+    calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see texts.py), None =
     the default mix; calib_mix: one weight per part."""
     from .solvers import get_method
     config.validate()
@@ -165,9 +69,7 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
                                                                   config, resume_folder(out), progress)
     t_sensitivity = time.perf_counter() - t_sensitivity
     layer_specs.update(_hand_set_specs(config, block_linear_shapes(loaded, arch)))
-    recipe = pipeline.Recipe(config.method, spec, dict(config.solver_opts), config.batch_size,
-                             config.block_epochs, config.block_lr, layer_specs, config.propagate, config.lm_head,
-                             config.first_token_weight, config.trained_block_loss)
+    recipe = pipeline.Recipe(config, layer_specs)
     resume = ResumeState(resume_folder(out), recipe.digest(model_key, str(calib_digest)))
     t1 = time.perf_counter()
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
@@ -306,9 +208,9 @@ def _slice_estimates(source, arch, windows, qweights, config: QuantConfig, progr
     return {"estimator": "fisher", "samples": min(SAMPLES, len(windows)), "widths": widths, "layers": layers}
 
 
-def evaluate(model: str | None, text: str | None = None, seq_len: int = 512, max_windows: int | None = None,
-             progress: bool = True, bits: int | float | None = None) -> dict:
+def evaluate(model: str | None, text: str | None = None, seq_len: int = EVAL_SEQ_LEN,
+             max_windows: int | None = EVAL_WINDOWS, progress: bool = True, bits: int | float | None = None) -> dict:
     """Perplexity of a model source, an edgeq checkpoint or an exported ONNX folder (run by onnxruntime)
-    on held-out text (default: packaged Persuasion); the same windows whichever runs it. `bits` evaluates
+    on held-out text (default: packaged Persuasion; the first EVAL_WINDOWS windows, None: all); the same windows whichever runs it. `bits` evaluates
     that slice of a checkpoint's (or an exported 8-bit folder's) codes."""
     return evaluate_texts(model, [text], seq_len, max_windows, progress, bits)[0]

@@ -6,12 +6,8 @@ or failed write never leaves a half checkpoint under the requested name.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +16,7 @@ import torch
 
 from . import pack
 from .errors import EdgeqError
+from .paths import atomic_folder  # noqa: F401  (the checkpoint's writes go through it)
 from .qweight import QuantizedWeight
 
 FORMAT_VERSION = 1
@@ -132,28 +129,6 @@ def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict
         raise EdgeqError(f"missing file: {path}") from None
     except Exception as err:  # safetensors raises its own error types for truncated/garbled files
         raise EdgeqError(f"{path} is corrupted or not a safetensors file: {err}") from None
-
-
-@contextmanager
-def atomic_folder(destination: Path):
-    """Yield a temporary folder next to destination; rename it into place only if the body succeeds."""
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{destination.name}.tmp-"
-    for stale in destination.parent.glob(glob.escape(prefix) + "*"):  # left by a run killed while saving
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
-    try:
-        yield tmp
-        if destination.exists():
-            destination.rmdir()  # only an empty folder may be replaced; the CLI refuses non-empty ones
-        os.rename(tmp, destination)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def unquantized_state(model, quantized_linears) -> dict[str, torch.Tensor]:

@@ -1,12 +1,11 @@
-"""Perplexity on held-out text: exp(mean next-token NLL) over consecutive windows, the same windows for
-every model compared. Logits are formed in chunks of positions: a full [512, 49152] float32 logit matrix
+"""A torch model's next-token NLL on a batch of windows, the scorer heldout.py runs for a float model or a
+checkpoint (an exported folder is scored by runtime/session.py instead). Logits are formed in chunks of positions: a full [512, 49152] float32 logit matrix
 per window would cost 100 MB for nothing."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .heldout import perplexity_of
 from .models import Arch, get_module, logits_scale
 
 
@@ -24,7 +23,3 @@ def window_nll(model, arch: Arch, ids: torch.Tensor, chunk: int = 128) -> tuple[
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                        targets[:, start:start + chunk].reshape(-1), reduction="sum"))
     return total, targets.numel()
-
-
-def perplexity(model, arch: Arch, windows: torch.Tensor, batch_size: int = 1, progress: bool = True) -> float:
-    return perplexity_of(lambda ids: window_nll(model, arch, ids), windows, batch_size, progress)

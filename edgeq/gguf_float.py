@@ -15,7 +15,8 @@ import re
 from pathlib import Path
 
 from .errors import EdgeqError
-from .models import INDEX, arch_of
+from .architectures import arch_of
+from .safetensors_scan import INDEX
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
@@ -34,7 +35,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from .checkpoint import save_tensors
+    from .safetensors_write import write_safetensors
     from .progress import progress_bar
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config.dtype = torch.float32  # de-quantized: what we store is a float model
@@ -51,7 +52,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     for number, key in enumerate(progress_bar(keys, desc="de-quantizing the GGUF", unit="shard"), start=1):
         file = f"model-{number:05d}-of-{len(keys):05d}.safetensors"
         state = {names[t.name]: _float_tensor(t, processor) for t in shards[key]}
-        save_tensors(out / file, state, {"format": "pt"})
+        write_safetensors(out / file, state, {"format": "pt"})
         weight_map.update(dict.fromkeys(state, file))
         del state
     _check_complete(meta_model, weight_map, gguf_path)

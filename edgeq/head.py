@@ -24,8 +24,7 @@ def head_spec(k: int, bits: int) -> grid.QuantSpec:
 def attach_head(model, arch, qw: QuantizedWeight) -> None:
     """Put the dequantized head into the torch model: into the tied table when the lookup can share its
     codes (the embedding then reads the same values), else into an untied head of its own."""
-    from .export.decoder import shares_codes_with_lookup
-    from .export.matmulnbits import node_layout
+    from .layout import node_layout, shares_codes_with_lookup
     from .models import get_module, head_is_tied
     head = get_module(model, arch.lm_head)
     if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):

@@ -13,14 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .calib.sources import BUILTIN, DEFAULT_EVAL, builtin_part, packaged_file_text
+from .texts import BUILTIN, DEFAULT_EVAL, builtin_part, packaged_file_text
 from .errors import EdgeqError
 from .paths import read_utf8
 from .progress import progress_bar
 
+# The default windows of `edgeq eval` and `edgeq.evaluate()`. benchmarks/eval_windows.py: on the packaged
+# Persuasion, the first 40 windows put RTN and GPTQ W4 g128 within 0.34% of their ratio to fp32 over all 226.
+EVAL_SEQ_LEN = 512
+EVAL_WINDOWS = 40
+
 
 def read_text(path: str | None, default: str = DEFAULT_EVAL) -> tuple[str, str]:
-    """(text, label) of a held-out text: a file, or builtin:NAME (see calib/sources.py; chat excluded).
+    """(text, label) of a held-out text: a file, or builtin:NAME (see texts.py; chat excluded).
     path None -> the packaged default text."""
     if path is None:
         return packaged_file_text(default), f"edgeq default ({default.removesuffix('.txt.gz')})"
@@ -96,8 +101,15 @@ def perplexity_of(score, windows, batch_size: int = 1, progress: bool = True, de
     return math.exp(nll / count)
 
 
-def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = 512, max_windows: int | None = None,
-                   progress: bool = True, bits: int | float | None = None) -> list[dict]:
+def perplexity(model, arch, windows, batch_size: int = 1, progress: bool = True) -> float:
+    """Perplexity of a torch model on token windows [N, L] (a torch tensor)."""
+    from .eval import window_nll
+    return perplexity_of(lambda ids: window_nll(model, arch, ids), windows, batch_size, progress)
+
+
+def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = EVAL_SEQ_LEN,
+                   max_windows: int | None = EVAL_WINDOWS, progress: bool = True,
+                   bits: int | float | None = None) -> list[dict]:
     """api.evaluate() on several held-out texts (None = the packaged one), the model loaded once. An exported
     folder is scored with numpy and onnxruntime alone, so this runs on a device's runtime install."""
     bodies = [read_text(text) for text in texts]  # a missing file fails before loading

@@ -22,6 +22,8 @@ FETCHED = ["config.json", "generation_config.json", "*.safetensors", "model.safe
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _HUB_ID = re.compile(rf"^(?P<repo>{_NAME}/{_NAME})(?:@(?P<revision>[^\s@]+))?$")
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")  # weights edgeq never opens: a pickle is code
+
 
 @dataclass(frozen=True)
 class HubId:
@@ -108,7 +110,6 @@ def _check_snapshot(folder: Path, hub_id: HubId) -> None:
 def _check_weights(files, hub_id: HubId) -> None:
     if any(name.endswith(".safetensors") for name in files):
         return
-    from .validate import PICKLE_SUFFIXES
     if any(name.endswith(PICKLE_SUFFIXES) for name in files):
         raise EdgeqError(f"{hub_id} has only pickled weights (pytorch_model.bin); edgeq never loads pickles: "
                          "use a revision or a copy of the model with safetensors weights")

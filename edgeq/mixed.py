@@ -13,10 +13,10 @@ from pathlib import Path
 
 from . import grid
 from .allocate import Allocation, allocate
-from .calib.sources import SENSITIVITY_SAMPLES
+from .config import SENSITIVITY_SAMPLES
 from .errors import EdgeqError
 from .paths import read_json_object
-from .export.matmulnbits import initializer_bytes, layout_for
+from .layout import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
 UNITS = ("bits", "mb")

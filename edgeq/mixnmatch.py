@@ -10,7 +10,7 @@ is the exact knapsack of allocate.py over those, the one mixed precision uses.
 from __future__ import annotations
 
 from .allocate import allocate
-from .calib.sources import SENSITIVITY_SAMPLES
+from .config import SENSITIVITY_SAMPLES
 from .errors import EdgeqError
 
 SAMPLES = SENSITIVITY_SAMPLES  # calibration windows for the Fisher diagonal behind the estimates
@@ -48,11 +48,3 @@ def group_units(estimates: dict[str, list[float]], sizes: dict[str, int], groups
 
 def average_bits(widths_of: dict[str, int], sizes: dict[str, int]) -> float:
     return sum(sizes[n] * b for n, b in widths_of.items()) / sum(sizes[n] for n in widths_of)
-
-
-def parse_slice(text: str) -> int | float:
-    """A width ('4': every layer at 4 bits) or an average ('3.5': Mix'n'Match, a width per layer)."""
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        raise EdgeqError(f"expected a width (4) or an average number of bits (3.5), got {text!r}") from None

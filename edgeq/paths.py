@@ -2,7 +2,9 @@
 commands can use them): an output folder that may be created, a file that may be written."""
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -96,3 +98,25 @@ def read_json_object(path: Path, what: str = "JSON file") -> dict:
     if not isinstance(data, dict):
         raise EdgeqError(f"{path} is not a {what}: it holds a JSON {type(data).__name__}, not an object")
     return data
+
+
+@contextmanager
+def atomic_folder(destination: Path):
+    """Yield a temporary folder next to destination; rename it into place only if the body succeeds."""
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{destination.name}.tmp-"
+    for stale in destination.parent.glob(glob.escape(prefix) + "*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=destination.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would make the output private to its owner
+    try:
+        yield tmp
+        if destination.exists():
+            destination.rmdir()  # only an empty folder may be replaced; the CLI refuses non-empty ones
+        os.rename(tmp, destination)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

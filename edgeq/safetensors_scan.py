@@ -16,6 +16,9 @@ import numpy as np
 _NON_FINITE = {"F64": (np.uint64, 0x7FF0000000000000), "F32": (np.uint32, 0x7F800000),
                "F16": (np.uint16, 0x7C00), "BF16": (np.uint16, 0x7F80)}
 
+WEIGHTS = "model.safetensors"                # a folder's one weights file
+INDEX = "model.safetensors.index.json"       # a sharded folder's tensor -> file map
+
 
 def header(path: Path) -> tuple[dict, int]:
     with open(path, "rb") as f:

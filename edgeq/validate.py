@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 from .errors import EdgeqError
+from .hub import PICKLE_SUFFIXES
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 SIZES = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
 # tensors some writers store that are computed, never parameters (older Llama saves kept the rotary table)

@@ -16,7 +16,7 @@ import os
 
 import onnx
 
-from edgeq.mixnmatch import parse_slice
+from edgeq.argtypes import parse_slice
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.runtime.tokenizer import load_tokenizer

@@ -24,7 +24,7 @@ def _text_folder() -> Path:
 
 @functools.cache
 def _packaged_text_file(name: str) -> Path:
-    from edgeq.calib.sources import packaged_text
+    from edgeq.texts import packaged_text
     path = _text_folder() / f"{name}.txt"
     path.write_text(packaged_text(name), encoding="utf-8")
     return path

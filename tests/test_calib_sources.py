@@ -1,4 +1,4 @@
-"""Calibration parts and mixes (calib/sources.py, data.calibration_set) and self-generated windows."""
+"""Calibration parts and mixes (texts.py, calib/data.calibration_set) and self-generated windows."""
 from __future__ import annotations
 
 import copy
@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from edgeq.calib import data, selfgen, sources
+from edgeq import texts as sources
+from edgeq.calib import data, selfgen
 from edgeq.errors import EdgeqError
 
 

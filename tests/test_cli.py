@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from edgeq import cli
+from edgeq import cli, heldout
 from tests.conftest import calibration_text, save_tiny_model
 
 
@@ -172,6 +172,6 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(argv, capsys):
 
 def test_eval_scores_40_windows_unless_told_a_count_or_all():
     parser = cli.build_parser()
-    assert parser.parse_args(["eval"]).max_windows == cli.EVAL_WINDOWS == 40
+    assert parser.parse_args(["eval"]).max_windows == heldout.EVAL_WINDOWS == 40
     assert parser.parse_args(["eval", "--max-windows", "all"]).max_windows is None
     assert parser.parse_args(["eval", "--max-windows", "7"]).max_windows == 7

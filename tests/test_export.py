@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 from tests.conftest import FAMILIES, tiny_family_model
 from edgeq import api, checkpoint
 from edgeq.errors import EdgeqError
-from edgeq.export.matmulnbits import MS_DOMAIN, node_layout, node_tensors
+from edgeq.layout import MS_DOMAIN, node_layout, node_tensors
 from edgeq.export.onnx import export
 from edgeq.qweight import QuantizedWeight
 from edgeq.runtime.session import OrtDecoder, cpu_session

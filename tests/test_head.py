@@ -35,7 +35,7 @@ def test_head_is_solved_on_the_final_norm_outputs(tiny_model_dir):
         normed = model.model.norm(hidden).reshape(-1, config.hidden_size)
     H = normed.T @ normed / normed.shape[0]
     timings = Timings()
-    qw = quantize_head(model, arch, Recipe("gptq", grid.QuantSpec(4, 32), head_bits=4),
+    qw = quantize_head(model, arch, Recipe.of("gptq", grid.QuantSpec(4, 32), lm_head=4),
                        Batches(hidden.clone(), [{models.SINGLE_KIND: {}}] * 2, 2, "cpu"), timings)
     assert timings.layer_errors["lm_head"] == pytest.approx(weighted_error(W, qw.dequantize(), H), rel=1e-4)
     rtn = get_solver("rtn")(W, None, head_spec(W.shape[1], 4))

@@ -13,7 +13,7 @@ from edgeq import allocate, api, grid, heldout, mixed, models
 from edgeq.calib import capture, data, sensitivity
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
-from edgeq.export.matmulnbits import initializer_bytes, layout_for, node_layout, node_tensors
+from edgeq.layout import initializer_bytes, layout_for, node_layout, node_tensors
 from edgeq.solvers import get_solver, weighted_error
 from tests.conftest import calibration_text
 from tests.test_export import random_qweight

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from edgeq import mixnmatch
+from edgeq import argtypes, mixnmatch
 from edgeq.errors import EdgeqError
 
 WIDTHS = [8, 4, 2]
@@ -49,5 +49,5 @@ def test_refusals():
     with pytest.raises(EdgeqError, match="no slice estimate for a.k"):
         mixnmatch.group_units({"a.q": [1.0]}, {"a.q": 1, "a.k": 1}, [["a.q", "a.k"]])
     with pytest.raises(EdgeqError, match="width .* or an average"):
-        mixnmatch.parse_slice("four")
-    assert mixnmatch.parse_slice("4") == 4 and isinstance(mixnmatch.parse_slice("4.0"), float)
+        argtypes.parse_slice("four")
+    assert argtypes.parse_slice("4") == 4 and isinstance(argtypes.parse_slice("4.0"), float)

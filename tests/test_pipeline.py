@@ -7,7 +7,7 @@ import torch
 from edgeq import api, checkpoint, grid, heldout, models
 from edgeq.calib import data, pipeline
 from edgeq.errors import EdgeqError
-from edgeq.eval import perplexity
+from edgeq.heldout import perplexity
 from tests.conftest import calibration_text, held_out_text, save_tiny_model
 
 CONFIG = api.QuantConfig(method="gptq", bits=3, group_size=32, samples=6, seq_len=64, batch_size=4)
@@ -42,7 +42,7 @@ def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bund
     arch = models.arch_of(config)
     text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
-    recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
+    recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(4, 32), {}, batch_size=4)
     qweights, _ = pipeline.quantize_model(model, arch, recipe, windows, progress=False)
     checkpoint.save_checkpoint(tmp_path / "ckpt", model, bundled_tokenizer, qweights, {"method": "gptq"})
     held = data.eval_windows(data.tokenize(bundled_tokenizer, held_out_text().read_text()[:50_000]), 64, 4)
@@ -55,7 +55,7 @@ def test_streamed_and_fully_loaded_runs_agree(tiny_model_dir, bundled_tokenizer)
     source = models.resolve_source(str(tiny_model_dir))
     text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
-    recipe = pipeline.Recipe("gptq", grid.QuantSpec(4, 32), {}, 4)
+    recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(4, 32), {}, batch_size=4)
     results = []
     for stream in (False, True):
         model, config = models.load_model(source, stream_blocks=stream)
@@ -74,7 +74,7 @@ def test_a_run_through_a_resume_folder_writes_the_same_checkpoint_as_one_in_memo
     source = models.resolve_source(str(tiny_model_dir))
     text, _ = heldout.read_text(str(calibration_text()))
     windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
-    recipe = pipeline.Recipe("gptq", grid.QuantSpec(3, 32), {}, 4, head_bits=8)
+    recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(3, 32), {}, batch_size=4, lm_head=8)
     written = []
     for resume in (None, ResumeState(tmp_path / "resume", "run")):
         model, config = models.load_model(source, stream_blocks=True)

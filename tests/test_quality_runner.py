@@ -158,15 +158,6 @@ def test_rows_with_hand_kept_layers_are_not_ranked_against_their_smaller_spec(qu
     assert "| W2 g64 + layers by hand | gptq --layer-grid down_proj=4:128 | 60.00 | 100.00 | 1.0 | 1000 |" in lines
 
 
-def test_readme_markers_are_replaced_and_required(quality):
-    doc = "intro\n<!-- quality-table:standard:begin -->\nold\n<!-- quality-table:standard:end -->\nrest\n"
-    out = quality.replace_between_markers(doc, "NEW", "standard")
-    assert out == "intro\n<!-- quality-table:standard:begin -->\nNEW\n<!-- quality-table:standard:end -->\nrest\n"
-    assert quality.replace_between_markers(out, "NEWER", "standard").count("NEWER") == 1
-    with pytest.raises(SystemExit):
-        quality.replace_between_markers("no markers", "NEW", "standard")
-
-
 def test_quantize_seconds_do_not_count_the_parts_twice(quality):
     stats = {"seconds_load": 10.0, "seconds_sensitivity": 0.0, "seconds_quantize": 100.0, "seconds_forward": 40.0,
              "seconds_hessian": 20.0, "seconds_solver": 30.0, "seconds_block_training": 0.0}

@@ -4,7 +4,7 @@ import torch
 
 from edgeq import grid, heldout, models
 from edgeq.calib import data, pipeline
-from edgeq.eval import perplexity
+from edgeq.heldout import perplexity
 from tests.conftest import calibration_text, held_out_text
 
 
@@ -13,7 +13,7 @@ def quantize_first_blocks(method, spec, blocks, windows, opts=None):
     arch = models.arch_of(config)
     all_blocks = models.get_module(model, arch.blocks)
     model.model.layers = torch.nn.ModuleList(all_blocks[:blocks])  # quantize only these (in place) ...
-    pipeline.quantize_model(model, arch, pipeline.Recipe(method, spec, opts or {}, 8), windows, progress=False)
+    pipeline.quantize_model(model, arch, pipeline.Recipe.of(method, spec, opts, batch_size=8), windows, progress=False)
     model.model.layers = all_blocks                                 # ... then evaluate the whole model
     return model, arch
 

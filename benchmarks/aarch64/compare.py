@@ -5,7 +5,7 @@ onnxruntime, tokenizers), through the same probe.
     sudo bash benchmarks/aarch64/make_root.sh /var/tmp/edgeq-arm64          # once (~10 minutes)
     python benchmarks/aarch64/compare.py fp32=DIR w4-acc0=DIR w8@4=DIR ...  # as root (chroot, bind mounts)
     python benchmarks/aarch64/compare.py --bench w4=DIR                     # edgeq bench inside the root
-    python benchmarks/aarch64/compare.py --update-readme                    # the table into README.md
+    python benchmarks/generated_docs.py                                     # the table into docs/device.md
 
 LABEL=DIR names one layout; LABEL@B evaluates the folder sliced to B bits as the device would (an 8-bit
 export). Each layout's result is merged into benchmarks/results/aarch64.json the moment both sides are
@@ -28,13 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import quality  # noqa: E402  (the README's generated tables: replace_between_markers)
-
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "aarch64.json"
 BENCH_RESULTS = ROOT / "benchmarks" / "results" / "aarch64_bench.json"
-README_TABLE = "aarch64"  # README markers: <!-- quality-table:aarch64:begin/end -->
 EXACT_LIMIT, APPROXIMATE_LIMIT = 1e-4, 5e-3  # relative perplexity difference: level 0 (or no MatMulNBits), level 4
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune"
 
@@ -173,14 +169,9 @@ def main(argv=None) -> None:
                         "cortex-a72 (no dot product), max (i8mm, SVE; ~20x slower)")
     parser.add_argument("--bench", metavar="LABEL=FOLDER", help="run edgeq bench on this folder inside the root")
     parser.add_argument("--table", action="store_true", help="print the table of the results file and stop")
-    parser.add_argument("--update-readme", action="store_true", help="write that table into README.md and stop")
     args = parser.parse_args(argv)
     if args.table:
         return print(table(RESULTS))
-    if args.update_readme:
-        quality.README.write_text(quality.replace_between_markers(quality.README.read_text(), table(RESULTS),
-                                                                  README_TABLE))
-        return print("README.md: aarch64 table updated")
     if not (args.root / "opt/venv/bin/edgeq").is_file():
         raise SystemExit(f"{args.root}: no edgeq inside; run benchmarks/aarch64/make_root.sh first")
     for text in args.layouts:

@@ -8,7 +8,8 @@ import torch
 from .. import heldout
 from ..errors import EdgeqError
 from ..heldout import sequence_start
-from .sources import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, read_part
+from ..config import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
+from ..texts import read_part
 
 
 def tokenize(tokenizer, text: str, chunk_chars: int = 20_000) -> torch.Tensor:

@@ -23,6 +23,7 @@ import torch
 
 from .. import grid
 from ..checkpoint import PackedCodes
+from ..config import QuantConfig
 from ..memory import release_freed_memory
 from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..progress import progress_bar
@@ -36,20 +37,31 @@ from .reconstruct import reconstruct_block
 from .resume import ResumeState
 
 
-@dataclass(frozen=True)
+@dataclass
 class Recipe:
-    """Everything that determines the result of a run (and so whether a resume folder belongs to it)."""
-    method: str
-    spec: grid.QuantSpec
-    solver_opts: dict = field(default_factory=dict)
-    batch_size: int = 2
-    block_epochs: int = 0
-    block_lr: float = 5e-3
-    layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs (mixed precision)
-    propagate: str = "quantized"  # the next block's inputs: this block's outputs with quantized or float weights
-    head_bits: int | None = None  # the output head too, on the final norm's outputs (None: it stays float)
-    first_token_weight: float = 1.0  # Hessian weight of each window's first position (api.QuantConfig)
-    block_loss: str = "mse"  # block training's output error (solvers.method.BLOCK_LOSSES)
+    """Everything that determines the result of a run (and so whether a resume folder belongs to it): the
+    run's QuantConfig, and the grid of every linear whose grid differs (mixed precision, --layer-grid)."""
+    config: QuantConfig
+    layer_specs: dict = field(default_factory=dict)  # linear -> QuantSpec where it differs
+
+    @classmethod
+    def of(cls, method: str, spec: grid.QuantSpec, solver_opts: dict | None = None, layer_specs=None,
+           **config_fields) -> "Recipe":
+        """A recipe for a method on a grid, the other QuantConfig fields by name (tests, benchmarks)."""
+        config = QuantConfig(method=method, bits=spec.bits, group_size=spec.group_size, sym=spec.sym,
+                             solver_opts=dict(solver_opts or {}), **config_fields)
+        return cls(config, dict(layer_specs or {}))
+
+    method = property(lambda self: self.config.method)
+    spec = property(lambda self: self.config.spec)
+    solver_opts = property(lambda self: self.config.solver_opts)
+    batch_size = property(lambda self: self.config.batch_size)
+    block_epochs = property(lambda self: self.config.block_epochs)
+    block_lr = property(lambda self: self.config.block_lr)
+    propagate = property(lambda self: self.config.propagate)
+    head_bits = property(lambda self: self.config.lm_head)  # the output head's bits (None: it stays float)
+    first_token_weight = property(lambda self: self.config.first_token_weight)
+    block_loss = property(lambda self: self.config.trained_block_loss)
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""

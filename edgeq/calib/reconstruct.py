@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 
 import torch
 from torch.func import functional_call
 
-from ..solvers.method import BLOCK_LOSSES
+from ..solvers.method import BLOCK_LOSSES, Schedule  # noqa: F401  (Schedule: the trainer's input)
 
 
 OPTIMIZERS = ("adam", "sign")
@@ -37,14 +36,6 @@ def token_errors(out: torch.Tensor, target: torch.Tensor, loss: str = "mse") -> 
     if loss == "relative":
         return squared.sum(dim=-1) / target.square().sum(dim=-1).clamp(min=torch.finfo(target.dtype).tiny)
     raise ValueError(f"block loss must be one of {BLOCK_LOSSES}, got {loss!r}")
-
-
-@dataclass
-class Schedule:
-    steps: int
-    lr: float
-    optimizer: str  # "adam" | "sign"
-    seed: int = 0
 
 
 @contextlib.contextmanager

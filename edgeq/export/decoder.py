@@ -22,7 +22,7 @@ import torch
 from ..errors import EdgeqError
 from ..models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
 from ..qweight import QuantizedWeight
-from .matmulnbits import MS_DOMAIN, NodeLayout, node_layout, node_tensors
+from ..layout import MS_DOMAIN, NodeLayout, node_layout, node_tensors, shares_codes_with_lookup
 
 OPSET = 23  # RMSNormalization (the first norm) is standard from 23; the others fuse the residual add
 
@@ -313,12 +313,6 @@ def lookup(g: Graph, model, arch, head: QuantizedWeight | None, head_layout: Nod
         return g.op("Reshape", [blocked, shape], "embedding")[0], ""
     name = g.constant("embedding_table", tensor(get_module(model, arch.embed).weight))
     return g.op("Gather", [name, "input_ids"], "embedding")[0], name
-
-
-def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
-    """MatMulNBits' B holds exactly the bytes of a [V, K] 8- or 4-bit table when no block is padded; only
-    then can one initializer serve both nodes (GatherBlockQuantized takes 4 and 8 bits)."""
-    return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0
 
 
 def lm_head(g: Graph, x: str, model, arch, table: str, lin) -> str:

@@ -20,11 +20,10 @@ from ..errors import EdgeqError
 from ..paths import check_output_folder
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
-from . import HEAD_WIDTHS
 from .decoder import build_decoder, matmulnbits_name
 from .genai import write_genai_config
 from ..qweight import QuantizedWeight
-from .matmulnbits import node_layout
+from ..layout import HEAD_WIDTHS, node_layout
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
 # are always checked at accuracy level 0 (fp32 compute), where a correct export agrees to about 1e-6
@@ -160,7 +159,7 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     what its checkpoint computes (benchmarks/head_widths.py measures what each head width costs)."""
     import onnx
 
-    from ..checkpoint import atomic_folder
+    from ..paths import atomic_folder
     from ..models import arch_of
     t0 = time.perf_counter()
     out = Path(out)

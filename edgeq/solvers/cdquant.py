@@ -11,6 +11,8 @@ there and takes only improving moves.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
@@ -20,6 +22,31 @@ from ..kernels import cd_rows
 from ..qweight import QuantizedWeight
 from .gptq import drop_dead_inputs
 from .gptq import solve as gptq_solve
+from ..argtypes import finite_float
+from ..errors import EdgeqError
+from .gptq import GPTQOptions
+from .method import Method, register
+from .options import Flag, option
+
+PASSES = Flag("--passes", "greedy coordinate moves per row, in units of the row's length", type=finite_float)
+REFITS = Flag("--refits", "rounds of least-squares scales for the codes, each followed by another descent",
+              type=int)
+DESCENT_DAMP = Flag("--descent-damp", "descend on H + this x mean(diag H) x I (a pull towards the plain weight "
+                    "error)", type=finite_float)
+
+
+@dataclass(frozen=True)
+class CDQuantOptions(GPTQOptions):
+    passes: float = option(1.0, PASSES)  # greedy moves per row, in units of K (the start is GPTQ's, with GPTQ's options)
+    refits: int = option(0, REFITS)      # rounds of exact least-squares scales for the codes, each followed by descent
+    descent_damp: float = option(0.0, DESCENT_DAMP)  # descend on H + this x mean(diag H) x I (towards plain weight
+    #                                                  error; then the objective kept below GPTQ's is that damped one)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.passes > 0 or self.refits < 0 or self.descent_damp < 0:
+            raise EdgeqError(f"passes must be > 0, refits and descent_damp >= 0, got {self.passes}, {self.refits} "
+                             f"and {self.descent_damp}")
 
 
 def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, passes: float, refits: int,
@@ -59,3 +86,7 @@ def descend(W: torch.Tensor, H: torch.Tensor, start: QuantizedWeight, passes: fl
     G = ((scale * (q - zero) - W.double()) @ H).contiguous()
     moves = cd_rows(G, H, q, scale, 2 ** start.bits - 1, math.ceil(passes * k), backend)
     return QuantizedWeight.from_float_params(q, start.scale, start.zero, start.bits, start.group_size), moves
+
+
+register(Method("cdquant", "layer", CDQuantOptions, solve, order=4,
+                summary="CDQuant: GPTQ's codes improved by greedy coordinate descent on the layer objective"))

@@ -15,11 +15,34 @@ the reference does. Start: the better, per row, of min-max RTN and our GPTQ.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import grid
 from ..qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
+from ..argtypes import positive_int
+from ..kernels import BACKENDS
+from ..errors import EdgeqError
+from .method import Method, register
+from .options import DAMP, Flag, check_choice, option
+
+ITERS = Flag("--iters", "outer iterations (1 = its GPTQ start only)", type=positive_int)
+
+
+@dataclass(frozen=True)
+class DecoupleQOptions:
+    iters: int = option(4, ITERS)  # outer iterations (1 = its GPTQ start only)
+    damp: float = option(0.01, DAMP)
+    shrink_steps: int = 80    # candidate ranges of the start's clipping search
+    backend: str = "auto"
+    trace: list | None = None  # a list to append each iteration's objective to (tests, benchmarks)
+
+    def __post_init__(self):
+        check_choice("backend", self.backend, BACKENDS)
+        if self.iters < 1 or not self.damp > 0:
+            raise EdgeqError(f"iters must be >= 1 and damp > 0, got {self.iters} and {self.damp}")
 
 ROW_CHUNK = 256  # rows per batched solve: bounds the [rows, G, K] intermediate (~40 MB at K=1536, G=24)
 
@@ -161,3 +184,8 @@ def batched_solve(M, rhs):
     ridge = 1e-9 * diag.mean(dim=1).clamp(min=1e-30)
     M = M + torch.diag_embed(ridge[:, None].expand_as(diag))
     return torch.linalg.solve(M, rhs.unsqueeze(-1)).squeeze(-1).float()
+
+
+register(Method("decoupleq", "layer", DecoupleQOptions, solve, order=2,
+                summary="GPTQ rounding alternated with the exact least-squares grid per row; best at "
+                        "2-3 bits, a few times slower"))

@@ -13,11 +13,30 @@ offset round(W / s1 + V) in place of the division.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import grid
 from ..qweight import QuantizedWeight
 from .signround import round_ste
+from .method import Method, Training, register
+from .options import CLIP, CLIPS, LR, Flag, check_choice, option
+
+RULE = Flag("--rounding-rule", "W / scale (the method) or W / s1 + offset (the paper's ablation, same engine)",
+            choices=("division", "addition"))
+
+
+@dataclass(frozen=True)
+class FlexRoundOptions(Training):
+    lr: float | None = option(1e-2, LR)
+    clip: str = option("minmax", CLIP)
+    rule: str = option("division", RULE)  # W / scale (the method) or W / s1 + offset (the paper's ablation)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("clip", self.clip, CLIPS)
+        check_choice("rounding rule", self.rule, ("division", "addition"))
 
 
 class FlexRound:
@@ -61,3 +80,7 @@ class FlexRound:
     def result(self) -> QuantizedWeight:
         return QuantizedWeight.from_float_params(self._codes(), self.log_grid.exp(), self.zero, self.spec.bits,
                                                  self.group_size)
+
+
+register(Method("flexround", "learned", FlexRoundOptions, FlexRound, order=6,
+                summary="rounding by division with learned per-weight scales, on each block's output"))

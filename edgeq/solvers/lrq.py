@@ -8,12 +8,34 @@ quarter of the smaller dimension.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 
 import torch
 
 from .. import grid
 from .flexround import FlexRound
+from ..argtypes import positive_int
+from ..errors import EdgeqError
+from .method import Method, Training, register
+from .options import CLIP, CLIPS, LR, Flag, check_choice, option
+
+RANK = Flag("--rank", "rank of the per-weight scales (unset: a quarter of the layer's smaller dimension)",
+            type=positive_int)
+
+
+@dataclass(frozen=True)
+class LRQOptions(Training):
+    lr: float | None = option(1e-2, LR)
+    clip: str = option("mse", CLIP)
+    rank: int | None = option(None, RANK)  # rank of the per-weight scales (None: a quarter of the smaller dimension)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choice("clip", self.clip, CLIPS)
+        if self.rank is not None and self.rank < 1:
+            raise EdgeqError(f"rank must be >= 1, got {self.rank}")
 
 
 class LRQ(FlexRound):
@@ -34,3 +56,6 @@ class LRQ(FlexRound):
 
     def log_per_weight(self) -> torch.Tensor:
         return self.left @ self.right + self.log_rows + self.log_cols
+
+
+register(Method("lrq", "learned", LRQOptions, LRQ, order=7, summary="flexround's per-weight scales in low rank"))

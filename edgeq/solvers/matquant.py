@@ -10,6 +10,8 @@ integer zero point (fast path).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .. import grid, nesting
@@ -17,6 +19,19 @@ from ..errors import EdgeqError
 from ..kernels import nested_block
 from ..qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
+from .gptq import GPTQOptions
+from .method import Method, register
+from .options import WEIGHTS, WIDTHS, check_nesting, option
+
+
+@dataclass(frozen=True)
+class MatQuantOptions(GPTQOptions):
+    widths: tuple = option(nesting.DEFAULT_WIDTHS, WIDTHS)  # the widths the int8 codes serve, widest stored
+    weights: tuple | None = option(None, WEIGHTS)  # each width's error weight (None: nesting.default_weights)
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_nesting(self.widths, self.weights)
 
 
 def solve(W: torch.Tensor, H: torch.Tensor, spec: grid.QuantSpec, *, widths, weights, act_order: bool,
@@ -106,3 +121,6 @@ def multi_width_error(Wg, s, z, loss, norm=2.0, importance=None):
         err = err * importance
     return err.sum(dim=1)
 
+
+register(Method("matquant", "layer", MatQuantOptions, solve, nested=True, order=3,
+                summary="int8 codes whose top bits are good 4- and 2-bit weights (one file, three widths)"))

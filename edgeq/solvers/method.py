@@ -17,6 +17,7 @@ import importlib
 from dataclasses import dataclass
 
 from ..errors import EdgeqError
+from .options import LR, STEPS, option
 
 KINDS = ("layer", "learned")
 # Block training (learned methods, --block-epochs): how a block's output error is measured. "mse": the mean
@@ -37,8 +38,8 @@ DEFAULT_BLOCK_LOSS = {"learned": "relative", "layer": "mse"}
 @dataclass(frozen=True)
 class Training:
     """The schedule every learned method shares. lr None means 1 / steps (SignRound's reference rule)."""
-    steps: int = 150
-    lr: float | None = None
+    steps: int = option(150, STEPS)
+    lr: float | None = option(None, LR)
     seed: int = 0
 
     def __post_init__(self):
@@ -55,6 +56,15 @@ class Training:
 SCHEDULE_FIELDS = tuple(f.name for f in dataclasses.fields(Training))
 
 
+@dataclass
+class Schedule:
+    """A learned method's block training as calib/reconstruct.py runs it."""
+    steps: int
+    lr: float
+    optimizer: str  # "adam" | "sign"
+    seed: int = 0
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -65,6 +75,7 @@ class Method:
     needs_hessian: bool = True  # layer methods: solved on the calibration Hessian (else no calibration at all)
     nested: bool = False        # int8 codes whose top bits serve narrower widths (sliced on load or on the device)
     optimizer: str = "adam"     # learned methods: "adam" or "sign"
+    order: int = 100            # place in --method's list and the docs (lower first; then by name)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -122,7 +133,6 @@ class Method:
 
     def schedule(self, opts: dict | None = None):
         """(steps, learning rate, optimizer, seed) of a learned method's block training."""
-        from ..calib.reconstruct import Schedule
         options = self.resolve(opts)
         return Schedule(options.steps, options.learning_rate, self.optimizer, options.seed)
 
@@ -143,14 +153,14 @@ def unregister(name: str) -> None:
 
 
 def method_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return tuple(sorted(_REGISTRY, key=lambda name: (_REGISTRY[name].order, name)))
 
 
 def get_method(name: str) -> Method:
     if name not in _REGISTRY:
-        raise EdgeqError(f"unknown method {name!r}; choose one of: {', '.join(_REGISTRY)}")
+        raise EdgeqError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
     return _REGISTRY[name]
 
 
 def methods_with_option(option: str) -> tuple[str, ...]:
-    return tuple(name for name, m in _REGISTRY.items() if option in m.option_names)
+    return tuple(name for name in method_names() if option in _REGISTRY[name].option_names)

@@ -11,11 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import pack
-from ..errors import EdgeqError
-from ..qweight import QuantizedWeight
+from typing import TYPE_CHECKING
+
+from . import pack
+from .errors import EdgeqError
+
+if TYPE_CHECKING:  # qweight needs torch; this module is read on the device too
+    from .qweight import QuantizedWeight
 
 MS_DOMAIN = "com.microsoft"
+HEAD_WIDTHS = {"fp": None, "8": 8, "4": 4}  # --lm-head choices (quantize, export) -> bits (None: float head)
 
 
 @dataclass(frozen=True)
@@ -89,3 +94,9 @@ def block_groups(qw: QuantizedWeight, layout: NodeLayout) -> np.ndarray:
 def group_columns(k: int, group_size: int) -> int:
     """The columns one scale covers: the group, or the whole row (per channel: -1, or a group >= K)."""
     return k if group_size == -1 or group_size >= k else group_size
+
+
+def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
+    """MatMulNBits' B holds exactly the bytes of a [V, K] 8- or 4-bit table when no block is padded; only
+    then can one initializer serve both nodes (GatherBlockQuantized takes 4 and 8 bits)."""
+    return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ..errors import EdgeqError
-from ..paths import read_utf8
+from .errors import EdgeqError
+from .paths import read_utf8
 
 BUILTIN = "builtin:"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".py")
@@ -34,16 +34,6 @@ PACKAGED = {"novel": "pride_and_prejudice.txt.gz", "persuasion": "persuasion.txt
 # one for held-out evaluation, so that the defaults never evaluate on calibration text.
 DEFAULT_CALIB = PACKAGED["novel"]
 DEFAULT_EVAL = PACKAGED["persuasion"]
-# The calibration windows' shape: 512 windows of 128 tokens (65,536 tokens, as GPTQ's 128 x 512). Chosen from
-# the calibration grid (README): at the same tokens, shorter windows measured better off-domain, since each
-# window's first position (the attention sink) weighs more; GPTQ W4 g128 x fp32 Persuasion / news:
-# 32 x 2048 1.086 / 1.237, 128 x 512 1.061 / 1.181, 256 x 256 1.045 / 1.165, 512 x 128 1.040 / 1.151,
-# 1024 x 64 1.047 / 1.153; W3 g128: 128 x 512 1.307 / 1.861, 512 x 128 1.263 / 1.733.
-DEFAULT_SAMPLES = 512
-DEFAULT_SEQ_LEN = 128
-# Windows (the first of the calibration set) behind the Fisher sensitivity estimates of mixed precision and
-# Mix'n'Match: 16,384 tokens, as the 32 x 512 they were measured with before the windows got shorter.
-SENSITIVITY_SAMPLES = 128
 # Pure-Python modules present in every CPython 3.9+ standard library, so builtin:code means the same
 # kind of code everywhere (its exact bytes follow the Python version; the digest records what was used).
 CODE_MODULES = ("argparse.py", "dataclasses.py", "textwrap.py", "pathlib.py", "configparser.py", "difflib.py",

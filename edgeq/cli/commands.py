@@ -1,0 +1,121 @@
+"""What each `edgeq` command does with its parsed flags: build the API's call, print its report."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..errors import EdgeqError
+from ..hub import with_revision
+from ..paths import check_writable_file
+
+
+def cmd_quantize(args) -> None:
+    from ..api import quantize
+    from .quantize_flags import config_from
+    config = config_from(args)
+    meta = quantize(with_revision(args.model, args.revision), args.out, config, calib=args.calib,
+                    progress=not args.quiet, calib_mix=args.calib_mix)
+    s = meta["stats"]
+    if meta.get("mixed"):
+        from ..mixed import table
+        print(table(meta["mixed"]))
+    grid_text = "mixed" if meta.get("mixed") else f"W{meta['bits']} g{meta['group_size']}" + \
+        "".join(f", {p}: W{b} g{g}" for p, b, g in meta.get("layer_grids", []))
+    print(f"wrote {args.out}: {meta['method']} {grid_text} {'sym' if meta['sym'] else 'asym'}, "
+          f"{len(meta['layers'])} linears")
+    sensitivity = f", sensitivity {s['seconds_sensitivity']:.1f}" if meta.get("mixed") else ""
+    print(f"time {s['seconds_load'] + s['seconds_sensitivity'] + s['seconds_quantize']:.1f}s (load "
+          f"{s['seconds_load']:.1f}{sensitivity}, forward "
+          f"{s['seconds_forward']:.1f}, hessian {s['seconds_hessian']:.1f}, solver {s['seconds_solver']:.1f}"
+          f"{', block training %.1f' % s['seconds_block_training'] if s['seconds_block_training'] else ''}); "
+          f"peak RSS {s['peak_rss_mb']:.0f} MB ({s['peak_rss_mb'] / s['fp32_parameter_mb']:.2f}x the fp32 "
+          f"parameters)")
+
+def cmd_eval(args) -> None:
+    from ..heldout import evaluate_texts
+    if args.json_out:
+        check_writable_file(args.json_out, "--json")
+    results = evaluate_texts(with_revision(args.model, args.revision), args.text or [None], args.seq_len, args.max_windows,
+                             progress=not args.quiet, bits=args.bits)
+    for result in results:
+        print(f"perplexity {result['perplexity']:.3f}  ({result['model']}; {result['text']}; "
+              f"{result['windows']} windows x {result['seq_len']} tokens)")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(results[0] if len(results) == 1 else results, f, indent=2)
+
+def cmd_export(args) -> None:
+    from ..export.onnx import export
+    r = export(with_revision(args.model, args.revision), args.out, fp32=args.fp32, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
+               ort_format=args.ort_format, bits=args.bits)
+    size = sum(r["bytes"].values()) / 2 ** 20
+    print(f"wrote {args.out}: {r['matmulnbits_nodes']} MatMulNBits nodes, {size:.1f} MB, accuracy level "
+          f"{r['accuracy_level']}, logits vs torch: relative error {r['parity_relative_logit_error']:.1e} "
+          f"(weights checked at level 0: {r['parity_relative_logit_error_level_0']:.1e})")
+    three = sorted({v["stored_bits"] for v in r["layers"].values() if v["stored_bits"] == 3})
+    if three:
+        print("note: 3-bit codes are stored in the 4-bit MatMulNBits container (onnxruntime has no 3-bit kernel)")
+
+def provider_options(pairs: list[str]) -> dict:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise EdgeqError(f"--provider-option takes KEY=VALUE, got {pair!r}")
+        options[key] = value
+    return options
+
+def cmd_bench(args) -> None:
+    from dataclasses import asdict
+
+    from ..memory import peak_rss_mb
+    from ..runtime import bench, report
+    if args.models[0] == "compare":
+        return cmd_bench_compare(args.models[1:], args.plot)
+    settings = bench.Settings(provider=args.provider, threads=args.threads, prompt=args.prompt, gen=args.gen,
+                              runs=args.runs, warmup=args.warmup, optimization=args.optimization,
+                              ort_format=args.ort_format, save_optimized=args.save_optimized,
+                              provider_options=provider_options(args.provider_option),
+                              shared_pool=not args.per_session_pools, engine=args.engine)
+    if args.warmup < 0:
+        raise EdgeqError("--warmup must be >= 0")
+    for path, flag in ((args.json_out, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable_file(path, flag)
+    progress = None if args.quiet else \
+        (lambda done, total: print(f"\rround {done}/{total}", end="" if done < total else "\n", file=sys.stderr))
+    models = bench.bench(args.models, settings, progress=progress)
+    rep = report.report([bench.result(m, settings) for m in models], asdict(settings), peak_rss_mb())
+    here = [(rep["machine"]["cpu"], rep)]
+    print(report.table(here))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rep, indent=1) + "\n")
+    if args.plot:
+        report.plot(here, args.plot)
+
+def cmd_bench_compare(paths: list[str], plot_path: str | None) -> None:
+    from ..runtime import report
+    if not paths:
+        raise EdgeqError("compare needs at least one report: edgeq bench compare a.json b.json")
+    reports = [(Path(p).stem, report.load_report(p)) for p in paths]
+    for label, rep in reports:
+        print(f"{label}: {rep['machine']['cpu']}, {rep['machine']['cores']} cores, onnxruntime "
+              f"{rep['machine']['onnxruntime']}, provider {rep['settings']['provider']}, "
+              f"threads {rep['settings']['threads']}")
+    print(report.table(reports))
+    if plot_path:
+        report.plot(reports, plot_path)
+
+def cmd_generate(args) -> None:
+    from ..runtime.session import OrtDecoder, check_length
+    from ..runtime.tokenizer import load_tokenizer
+    tokenizer, eos = load_tokenizer(args.model)
+    prompt = tokenizer.encode(args.prompt, add_special_tokens=False).ids
+    if not prompt:
+        raise EdgeqError("the prompt is empty: generation continues a prompt of at least one token")
+    check_length(args.model, len(prompt) + args.max_new_tokens,
+                 f"a {len(prompt)}-token prompt and {args.max_new_tokens} new tokens")
+    decoder = OrtDecoder.from_folder(args.model, args.threads, args.bits)
+    ids = decoder.greedy(prompt, args.max_new_tokens, eos)
+    print(args.prompt + tokenizer.decode(ids))

@@ -1,0 +1,122 @@
+"""QuantConfig: what to quantize and how, declared once. The API takes it, the CLI's quantize flags map one to one
+onto its fields and take their defaults from here, and the pipeline's Recipe is built from it. Torch-free: the
+CLI reads the defaults without importing the quantizer."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from .errors import EdgeqError
+from .layout import HEAD_WIDTHS
+
+
+# The calibration windows' shape: 512 windows of 128 tokens (65,536 tokens, as GPTQ's 128 x 512). Chosen from
+# the calibration grid (README): at the same tokens, shorter windows measured better off-domain, since each
+# window's first position (the attention sink) weighs more; GPTQ W4 g128 x fp32 Persuasion / news:
+# 32 x 2048 1.086 / 1.237, 128 x 512 1.061 / 1.181, 256 x 256 1.045 / 1.165, 512 x 128 1.040 / 1.151,
+# 1024 x 64 1.047 / 1.153; W3 g128: 128 x 512 1.307 / 1.861, 512 x 128 1.263 / 1.733.
+DEFAULT_SAMPLES = 512
+DEFAULT_SEQ_LEN = 128
+# Windows (the first of the calibration set) behind the Fisher sensitivity estimates of mixed precision and
+# Mix'n'Match: 16,384 tokens, as the 32 x 512 they were measured with before the windows got shorter.
+SENSITIVITY_SAMPLES = 128
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What to quantize and how; the CLI's flags map one to one onto these fields."""
+    method: str = "gptq"
+    bits: int = 4
+    group_size: int = 128
+    sym: bool = False
+    samples: int = DEFAULT_SAMPLES
+    seq_len: int = DEFAULT_SEQ_LEN
+    batch_size: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    solver_opts: dict = field(default_factory=dict)
+    block_epochs: int = 0      # block-wise scale training after the solver (decoupleQ's stage 2); 0 = off
+    block_lr: float = 5e-3     # Adam on log(scale / solver's scale); best of those tried on SmolLM2 W2
+    mixed: object = None  # mixed.MixedPrecision: a width per linear under a size budget (then bits/group unused)
+    layer_grids: tuple = ()    # (substring of a linear's name, bits, group size): hand-set grids, later wins
+    propagate: str = "quantized"  # next block's calibration inputs: the quantized (GPTQ's) or the float model's
+    lm_head: int | None = None  # quantize the output head too, at these bits, on its own Hessian; None: float
+    # Each window's first position counts this many times in every Hessian. It holds the attention sink
+    # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
+    # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
+    first_token_weight: float = 1.0
+    block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
+                                   # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
+
+    @property
+    def spec(self):
+        """The grid, a grid.QuantSpec (imported here: grid needs torch)."""
+        from .grid import QuantSpec
+        return QuantSpec(self.bits, self.group_size, self.sym)
+
+    @property
+    def trains_blocks(self) -> bool:
+        """Whether each block is trained on its output error: a learned method, or --block-epochs."""
+        from .solvers.method import get_method
+        return bool(self.block_epochs) or get_method(self.method).learned
+
+    @property
+    def trained_block_loss(self) -> str:
+        """The block loss that block training (a learned method or --block-epochs) lowers."""
+        from .solvers.method import DEFAULT_BLOCK_LOSS, get_method
+        return self.block_loss or DEFAULT_BLOCK_LOSS[get_method(self.method).kind]
+
+    def validate(self) -> None:
+        """Every refusal that needs no file and no model: run before anything is read or loaded."""
+        from .solvers import get_method
+        method = get_method(self.method)
+        options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
+        check_device(self.device)
+        check_training_options(self, method.calibrated, method.learned)
+        if self.lm_head not in HEAD_WIDTHS.values():
+            raise EdgeqError(f"the head is quantized at {' or '.join(k for k, v in HEAD_WIDTHS.items() if v)} bits "
+                             f"(a tied embedding shares its codes), not {self.lm_head}")
+        if method.nested:
+            if self.mixed or self.layer_grids:
+                raise EdgeqError(f"{self.method} stores one width for every linear, sliced to the others; it does "
+                                 "not mix widths per layer (--budget, --layer-grid)")
+            if self.bits != max(options.widths):
+                raise EdgeqError(f"{self.method} stores the widest width: bits must be {max(options.widths)} for "
+                                 f"widths {list(options.widths)}")
+
+
+def check_device(device: str) -> None:
+    import torch
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgeqError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise EdgeqError(f"device must be cpu or cuda, got {device!r}")
+
+
+def check_training_options(config: QuantConfig, calibrated: bool, learned: bool) -> None:
+    """Refusals of --block-epochs, --block-lr, --block-loss and --propagate that need no model."""
+    from .solvers.method import BLOCK_LOSSES, get_method, method_names
+    if config.block_epochs < 0 or not config.block_lr > 0:
+        raise EdgeqError("--block-epochs must be >= 0 and --block-lr > 0")
+    if config.block_epochs and not calibrated:
+        raise EdgeqError(f"--block-epochs needs calibration data; {config.method} uses none")
+    if not config.first_token_weight > 0:
+        raise EdgeqError(f"--first-token-weight must be > 0, got {config.first_token_weight}")
+    if config.propagate not in ("quantized", "float"):
+        raise EdgeqError(f"--propagate must be quantized or float, got {config.propagate!r}")
+    if config.propagate == "float" and config.trains_blocks:
+        raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
+                         "training already has the float targets)")
+    if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
+        raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
+    if config.block_loss is not None and not config.trains_blocks:
+        learned_methods = ", ".join(name for name in method_names() if get_method(name).learned)
+        raise EdgeqError(f"--block-loss applies to block training: a learned method ({learned_methods}) or "
+                         "--block-epochs")
+    if config.block_epochs and learned:
+        raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
+
+
+def default_of(name: str):
+    """A QuantConfig field's default (the CLI's flags show and use it)."""
+    f = next(f for f in fields(QuantConfig) if f.name == name)
+    return f.default
