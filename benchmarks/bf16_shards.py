@@ -29,8 +29,8 @@ def write_bf16_shards(float_folder: Path, out: Path, shard_mb: int) -> None:
     import torch
     from safetensors import safe_open
 
-    from edgeq import models
-    from edgeq.checkpoint import save_tensors
+    from edgeq.io import models
+    from edgeq.io.checkpoint import save_tensors
     files = models.weight_files(float_folder)
     out.mkdir(parents=True)
     shards, current, size = [], {}, 0
@@ -77,7 +77,7 @@ def main():
     parser.add_argument("--shard-mb", type=int, default=1024)
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bf16")
     args = parser.parse_args()
-    from edgeq import models
+    from edgeq.io import models
     protocol = PROTOCOLS["standard-512x128"]
     work = args.work / args.gguf.stem
     bf16 = work / "bf16-shards"

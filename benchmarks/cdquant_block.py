@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from decoupleq_objective import block_arguments, block_hessians
-from edgeq import grid
+from edgeq.quant import grid
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.cdquant import descend
 

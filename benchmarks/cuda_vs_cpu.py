@@ -58,7 +58,7 @@ def main():
     if args.tokenizer:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
     else:
-        from edgeq import models
+        from edgeq.io import models
         tokenizer = models.load_tokenizer(models.bundled_source())
     work = Path(tempfile.mkdtemp())
     try:

@@ -14,10 +14,12 @@ import argparse
 
 import torch
 
-from edgeq import grid, heldout, models
+from edgeq.quant import grid
+from edgeq.evaluation import heldout
+from edgeq.io import models
 from edgeq.calib import data
 from edgeq.calib.capture import block_output, capture_block_inputs, hessian_hooks
-from edgeq.models import get_module
+from edgeq.io.models import get_module
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.decoupleq import solve_scale_and_offset
 

@@ -20,7 +20,7 @@ COUNTS = (10, 20, 40, 80, 120)
 
 
 def per_window_nll(model: str | None, seq_len: int) -> list[float]:
-    from edgeq import heldout
+    from edgeq.evaluation import heldout
     body, _ = heldout.read_text(None)
     _, tokenizer, score, _ = heldout.scorer(model)
     windows = heldout.eval_windows(heldout.token_ids(tokenizer, body), seq_len)

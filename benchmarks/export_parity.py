@@ -8,7 +8,8 @@ import argparse
 import torch
 from transformers import AutoTokenizer
 
-from edgeq import api, checkpoint
+from edgeq import api
+from edgeq.io import checkpoint
 from edgeq.runtime.session import OrtDecoder
 
 PROMPT = "It is a truth universally acknowledged, that a single man in possession of a good fortune,"

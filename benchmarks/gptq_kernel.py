@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from edgeq import grid
+from edgeq.quant import grid
 from edgeq.kernels import gptq_block
 from edgeq.solvers.gptq import inverse_hessian_factor, solve
 

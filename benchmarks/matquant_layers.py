@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from decoupleq_objective import hessians_of_blocks
-from edgeq import grid
+from edgeq.quant import grid
 from edgeq.solvers import get_method, get_solver, weighted_error
 
 RESULTS = Path(__file__).resolve().parent / "results" / "matquant_layers.jsonl"

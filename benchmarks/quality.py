@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeq.argtypes import parse_slice
+from edgeq.util.argtypes import parse_slice
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (  # noqa: E402,F401  (the rows' stamp and file format; names other scripts import from here)

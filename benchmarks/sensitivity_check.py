@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgeq import checkpoint, heldout, models
+from edgeq.io import checkpoint, models
+from edgeq.evaluation import heldout
 from edgeq.calib import data
-from edgeq.eval import window_nll
-from edgeq.mixed import label
-from edgeq.grid import QuantSpec
+from edgeq.evaluation.nll import window_nll
+from edgeq.planning.mixed import label
+from edgeq.quant.grid import QuantSpec
 
 
 def mean_nll(model, arch, windows) -> float:

@@ -63,7 +63,7 @@ ENTRIES = [
 def float_hf_folder(work: Path) -> Path:
     """edgeq's float cache of the bundled model as a folder the builder reads: links to its files and a
     config.json with `architectures` (the builder picks its model class from it)."""
-    from edgeq import models
+    from edgeq.io import models
     source = models.float_folder(models.bundled_source())
     folder = work / "hf-float"
     folder.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq import models
+from edgeq.io import models
 from edgeq.runtime import bench, report
 from edgeq.runtime.session import use_shared_thread_pool
 

@@ -11,11 +11,11 @@ _LAZY = {
     "quantize": ("edgeq.api", "quantize"),
     "evaluate": ("edgeq.api", "evaluate"),
     "QuantConfig": ("edgeq.config", "QuantConfig"),
-    "MixedPrecision": ("edgeq.mixed", "MixedPrecision"),
-    "QuantSpec": ("edgeq.grid", "QuantSpec"),
-    "QuantizedWeight": ("edgeq.qweight", "QuantizedWeight"),
-    "load_checkpoint": ("edgeq.checkpoint", "load_checkpoint"),
-    "save_checkpoint": ("edgeq.checkpoint", "save_checkpoint"),
+    "MixedPrecision": ("edgeq.planning.mixed", "MixedPrecision"),
+    "QuantSpec": ("edgeq.quant.grid", "QuantSpec"),
+    "QuantizedWeight": ("edgeq.quant.qweight", "QuantizedWeight"),
+    "load_checkpoint": ("edgeq.io.checkpoint", "load_checkpoint"),
+    "save_checkpoint": ("edgeq.io.checkpoint", "save_checkpoint"),
     "EdgeqError": ("edgeq.errors", "EdgeqError"),
 }
 __all__ = list(_LAZY) + ["__version__"]

@@ -6,12 +6,13 @@ import json
 import time
 from pathlib import Path
 
-from . import __version__, grid
+from . import __version__
+from .quant import grid
 from .config import QuantConfig  # noqa: F401  (the API's: edgeq.QuantConfig)
 from .errors import EdgeqError
-from .heldout import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluate_texts
-from .memory import peak_rss_mb, release_freed_memory
-from .paths import check_output_folder, exclusive_output
+from .evaluation.heldout import EVAL_SEQ_LEN, EVAL_WINDOWS, evaluate_texts
+from .util.memory import peak_rss_mb, release_freed_memory
+from .util.paths import check_output_folder, exclusive_output
 
 
 def resume_folder(out: Path) -> Path:
@@ -34,10 +35,10 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
 
 
 def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_done, calib_mix) -> dict:
-    from . import checkpoint, models
+    from .io import checkpoint, models
     from .calib import data, pipeline
     from .calib.resume import ResumeState
-    from .inputs import resolve_model
+    from .io.inputs import resolve_model
     from .solvers import get_method
 
     t0 = time.perf_counter()
@@ -118,7 +119,7 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
 
 def block_linear_shapes(model, arch) -> dict[str, tuple[int, int]]:
     """{qualified linear name: (out, in)} of every block linear (works on a streamed model's meta weights)."""
-    from .models import get_module
+    from .io.models import get_module
     blocks = get_module(model, arch.blocks)
     return {f"{arch.blocks}.{i}.{name}": tuple(get_module(blocks[i], name).weight.shape)
             for i in range(len(blocks)) for name in arch.linears}
@@ -138,7 +139,7 @@ def _hand_set_specs(config: QuantConfig, shapes: dict) -> dict[str, grid.QuantSp
 def _mixed_plan(source, loaded, arch, windows, calib_digest, config: QuantConfig, partial: Path, progress: bool):
     """(width per linear, the plan's meta, the sensitivity record): the budget checked first, the estimates
     reused from --sensitivity-from or from an interrupted run of the same job, else measured."""
-    from . import mixed
+    from .planning import mixed
     mp, shapes = config.mixed, block_linear_shapes(loaded, arch)
     specs = mp.specs(config.sym)
     mixed.check_budget(mp, shapes, specs)
@@ -175,7 +176,7 @@ def _record_of_this_job(path: Path, wanted: dict, estimator: str) -> bool:
 def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConfig, progress: bool) -> dict:
     """Both estimators when the Fisher is asked for (the Hessian one comes free with it), else the Hessian's.
     The Fisher needs gradients through the whole model, so it loads a full float copy for the pass."""
-    from . import models
+    from .io import models
     from .calib import sensitivity
     from .solvers import get_method
     model, fisher = loaded, None
@@ -195,9 +196,9 @@ def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConf
 def _slice_estimates(source, arch, windows, qweights, config: QuantConfig, progress: bool) -> dict:
     """A nested checkpoint's per-linear cost of each width's slice (the Fisher of a full float copy on the
     first calibration windows), so that a device can pick a width per layer for a budget (mixnmatch.py)."""
-    from . import models
+    from .io import models
     from .calib import sensitivity
-    from .mixnmatch import SAMPLES
+    from .planning.mixnmatch import SAMPLES
     from .solvers import get_method
     widths = sorted(get_method(config.method).resolve(config.solver_opts).widths, reverse=True)
     model, _ = models.load_model(source)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from .errors import EdgeqError
-from .layout import HEAD_WIDTHS
+from .quant.layout import HEAD_WIDTHS
 
 
 # The calibration windows' shape: 512 windows of 128 tokens (65,536 tokens, as GPTQ's 128 x 512). Chosen from
@@ -50,7 +50,7 @@ class QuantConfig:
     @property
     def spec(self):
         """The grid, a grid.QuantSpec (imported here: grid needs torch)."""
-        from .grid import QuantSpec
+        from .quant.grid import QuantSpec
         return QuantSpec(self.bits, self.group_size, self.sym)
 
     @property

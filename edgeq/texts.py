@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import EdgeqError
-from .paths import read_utf8
+from .util.paths import read_utf8
 
 BUILTIN = "builtin:"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".jsonl", ".py")

@@ -8,7 +8,7 @@ model, from the memory it can spend, and slices the codes in memory (nothing is 
 
 Needs only `pip install "edgeq[runtime]"` (numpy, onnxruntime, onnx, tokenizers; no torch). An app in
 another language does the same three steps on the ONNX protobuf: read the sliceable node names from the
-model's metadata, cut each node's codes to their top bits (edgeq/nesting.py, five lines), create the
+model's metadata, cut each node's codes to their top bits (edgeq/quant/nesting.py, five lines), create the
 session from the bytes.
 """
 import argparse
@@ -16,7 +16,7 @@ import os
 
 import onnx
 
-from edgeq.argtypes import parse_slice
+from edgeq.util.argtypes import parse_slice
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.runtime.tokenizer import load_tokenizer

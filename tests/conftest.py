@@ -47,7 +47,7 @@ def edgeq_cli(*args) -> str:
 
 @pytest.fixture(scope="session")
 def bundled_tokenizer():
-    from edgeq import models
+    from edgeq.io import models
     return models.load_tokenizer(models.bundled_source())
 
 
@@ -116,7 +116,7 @@ def tiny_model_dir(tmp_path_factory, bundled_tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def real_model():
     """The bundled SmolLM2-135M at fp32 (converted from its GGUF once, then cached)."""
-    from edgeq import models
+    from edgeq.io import models
     model, config = models.load_model(models.bundled_source())
     return model, models.arch_of(config)
 

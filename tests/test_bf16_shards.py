@@ -7,8 +7,9 @@ import json
 
 import torch
 
-from edgeq import api, models
-from edgeq.safetensors_scan import _MAPPED
+from edgeq import api
+from edgeq.io import models
+from edgeq.io.safetensors_scan import _MAPPED
 from tests.conftest import calibration_text, tiny_llama_config
 
 

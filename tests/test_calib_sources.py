@@ -129,7 +129,7 @@ def test_bad_parts_are_one_clear_error(bundled_tokenizer, tmp_path):
 
 def test_self_generated_windows_are_deterministic_and_cached(tiny_model_dir, bundled_tokenizer, tmp_path,
                                                               monkeypatch):
-    from edgeq import models
+    from edgeq.io import models
     monkeypatch.setenv("EDGEQ_CACHE", str(tmp_path / "cache"))
     source = models.resolve_source(str(tiny_model_dir))
     key = f"{source.label}:{models.weights_fingerprint(source)}"

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from conftest import calibration_text
-from edgeq import api, grid
+from edgeq import api
+from edgeq.quant import grid
 from edgeq.kernels.cd_numba import cd_rows_numba
 from edgeq.kernels.cd_torch import cd_rows_torch
 from edgeq.solvers import get_solver, weighted_error

@@ -9,7 +9,8 @@ import shutil
 import pytest
 import torch
 
-from edgeq import checkpoint, pack
+from edgeq.io import checkpoint
+from edgeq.quant import pack
 from edgeq.errors import EdgeqError
 
 

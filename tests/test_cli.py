@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from edgeq import cli, heldout
+from edgeq import cli
+from edgeq.evaluation import heldout
 from tests.conftest import calibration_text, save_tiny_model
 
 
@@ -147,7 +148,7 @@ def test_disk_full_while_saving_is_one_line_and_leaves_nothing(tiny_model_dir, t
     import errno
 
     import edgeq.calib.resume  # noqa: F401  bound to the real save_tensors first: only the checkpoint's save fails
-    from edgeq import checkpoint
+    from edgeq.io import checkpoint
     from edgeq.cli import main
 
     def full(path, *args, **kwargs):

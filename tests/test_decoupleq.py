@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgeq import grid
+from edgeq.quant import grid
 from edgeq.solvers import decoupleq, get_solver, weighted_error
 from tests.test_gptq import correlated_hessian
 from tests.test_grid import representable_weight
@@ -67,7 +67,8 @@ def test_lossless_on_representable_weights():
 
 def test_tiny_model_through_pipeline_checkpoint_and_export(tiny_model_dir, tmp_path):
     """The result is an ordinary QuantizedWeight: the checkpoint and the exporter take it unchanged."""
-    from edgeq import api, checkpoint
+    from edgeq import api
+    from edgeq.io import checkpoint
     from edgeq.export.onnx import export
     from tests.conftest import calibration_text
     out = tmp_path / "w2"

@@ -10,11 +10,12 @@ import torch
 from onnx import TensorProto, helper
 
 from tests.conftest import FAMILIES, tiny_family_model
-from edgeq import api, checkpoint
+from edgeq import api
+from edgeq.io import checkpoint
 from edgeq.errors import EdgeqError
-from edgeq.layout import MS_DOMAIN, node_layout, node_tensors
+from edgeq.quant.layout import MS_DOMAIN, node_layout, node_tensors
 from edgeq.export.onnx import export
-from edgeq.qweight import QuantizedWeight
+from edgeq.quant.qweight import QuantizedWeight
 from edgeq.runtime.session import OrtDecoder, cpu_session
 from tests.conftest import calibration_text
 
@@ -238,7 +239,7 @@ def torch_cached_logits(model, sequence: list[int], prompt: int) -> np.ndarray:
 def test_linears_of_different_widths_get_a_node_each_and_still_match_torch(tmp_path):
     """Mixed precision: q 8-bit, k 4-bit, v float, gate 2-bit, up/down 4-bit. Fusing needs one layout, so
     these fall back to one node per linear (and GQA takes q, k, v apart)."""
-    from edgeq import grid
+    from edgeq.quant import grid
     from edgeq.export.decoder import build_decoder
     from edgeq.solvers import get_solver
     model = tiny_family_model("llama")

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgeq import api, models
-from edgeq.eval import window_nll
+from edgeq import api
+from edgeq.io import models
+from edgeq.evaluation.nll import window_nll
 from edgeq.export.onnx import export
 from edgeq.runtime.session import OrtDecoder
 from tests.conftest import FAMILIES, calibration_text, tiny_family_model

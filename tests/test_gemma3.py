@@ -2,7 +2,7 @@
 block by block (streamed) keeps its scaled embedding. The export side is in test_export/test_genai."""
 import torch
 
-from edgeq import models
+from edgeq.io import models
 from edgeq.calib.batches import Batches
 from edgeq.calib.capture import capture_block_inputs
 from tests.conftest import tiny_family_model

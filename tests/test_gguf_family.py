@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from edgeq import api, models
+from edgeq import api
+from edgeq.io import models
 
 
 def write_gguf(model, path, tokenizer_gguf) -> None:

@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from edgeq import models
+from edgeq.io import models
 from edgeq.errors import EdgeqError
-from edgeq.gguf_float import _float_tensor, convert, shard_key
-from edgeq.models import INDEX
+from edgeq.io.gguf_float import _float_tensor, convert, shard_key
+from edgeq.io.models import INDEX
 
 
 def test_block_tensors_share_a_shard_and_tables_get_their_own():

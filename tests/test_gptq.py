@@ -5,7 +5,8 @@ import sys
 import pytest
 import torch
 
-from edgeq import grid, heldout
+from edgeq.quant import grid
+from edgeq.evaluation import heldout
 from edgeq.errors import EdgeqError
 from edgeq.solvers import get_solver, weighted_error
 from edgeq.solvers.gptq import inverse_hessian_factor
@@ -39,7 +40,7 @@ def test_gptq_beats_rtn_on_real_hessians(real_model, bundled_tokenizer):
     """Hessians of block 2's linears on real calibration text, through the real model."""
     from edgeq.calib import data
     from edgeq.calib.capture import capture_block_inputs, hessian_hooks, block_output
-    from edgeq.models import get_module, layer_kinds
+    from edgeq.io.models import get_module, layer_kinds
     from tests.conftest import calibration_text
 
     model, arch = real_model

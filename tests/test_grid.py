@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from edgeq import grid
+from edgeq.quant import grid
 from edgeq.errors import EdgeqError
-from edgeq.qweight import QuantizedWeight
+from edgeq.quant.qweight import QuantizedWeight
 from edgeq.solvers import get_solver
 
 

@@ -4,13 +4,15 @@ import onnx
 import pytest
 import torch
 
-from edgeq import api, checkpoint, grid, models
+from edgeq import api
+from edgeq.io import checkpoint, models
+from edgeq.quant import grid
 from edgeq.calib.batches import Batches
 from edgeq.calib.pipeline import Recipe, Timings, quantize_head
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
-from edgeq.head import head_spec
+from edgeq.io.head import head_spec
 from edgeq.solvers import get_solver, weighted_error
 from tests.conftest import calibration_text
 

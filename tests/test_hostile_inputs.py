@@ -73,7 +73,7 @@ def test_reports_and_configs_that_are_damaged_are_one_line(tmp_path, tiny_checkp
 
 
 def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_it(tmp_path):
-    from edgeq.paths import exclusive_output
+    from edgeq.util.paths import exclusive_output
     out = tmp_path / "q"
     with exclusive_output(out):
         with pytest.raises(EdgeqError, match="another edgeq run is writing"):

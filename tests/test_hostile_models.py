@@ -1,5 +1,5 @@
 """Broken and hostile model sources (issue 44's cases 1-8, 16, 18 and their class): each is refused by the one
-validation pass (edgeq/validate.py) in one line, exit 2, before any work, with nothing left on disk."""
+validation pass (edgeq/io/validate.py) in one line, exit 2, before any work, with nothing left on disk."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,7 @@ def hostile(tmp_path_factory, tiny_model_dir, bundled_tokenizer):
 
     import torch
 
-    from edgeq import models
+    from edgeq.io import models
     root, tiny = tmp_path_factory.mktemp("hostile"), tiny_model_dir
     bundled = models.bundled_source()
     gguf = (bundled.folder / bundled.gguf_file).read_bytes()

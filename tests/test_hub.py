@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from edgeq.errors import EdgeqError
-from edgeq.hub import HubId, parse_hub_id, with_revision
+from edgeq.io.hub import HubId, parse_hub_id, with_revision
 from tests.conftest import held_out_text
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -102,7 +102,7 @@ def test_hub_errors_become_one_line(monkeypatch):
         import httpx
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
-    from edgeq import hub
+    from edgeq.io import hub
     response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/models/x/y"))
     monkeypatch.setattr(hub, "offline", lambda: False)
     for error, message in ((RepositoryNotFoundError("404", response=response), "no Hub repository x/y"),

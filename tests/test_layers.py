@@ -1,13 +1,15 @@
 """The package's imports point one way. Every `import` in edgeq/ (at the top of a module or inside a function:
 a lazy import is still a dependency) is an arrow between two rooms: a top-level module, or a whole subpackage
-(calib/, solvers/, export/, runtime/, kernels/, cli/). An import circle between rooms, or between modules inside
-one, fails here with the arrows that close it."""
+(calib/, cli/, evaluation/, export/, io/, kernels/, planning/, quant/, runtime/, solvers/, util/). An
+import circle between rooms, or between modules inside one, fails here with the arrows that close it; so does a
+room missing from docs/contributing.md's map or an arrow that runs up that map."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "edgeq"
+MAP = PACKAGE.parent / "docs" / "contributing.md"
 
 
 def module_name(path: Path) -> str:
@@ -42,7 +44,7 @@ def graph() -> dict[str, set[str]]:
 
 
 def room(module: str) -> str:
-    """edgeq.calib.pipeline -> edgeq.calib; a top-level module is its own room."""
+    """edgeq.calib.pipeline -> edgeq.calib; a top-level module (api, config, errors, texts) is its own room."""
     parts = module.split(".")
     return ".".join(parts[:2])
 
@@ -98,4 +100,22 @@ def test_no_import_circle_between_rooms():
 
 def test_the_check_sees_a_circle():
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    assert room("edgeq.calib.pipeline") == "edgeq.calib" and room("edgeq.grid") == "edgeq.grid"
+    assert room("edgeq.calib.pipeline") == "edgeq.calib" and room("edgeq.quant.grid") == "edgeq.quant" and room("edgeq.api") == "edgeq.api"
+
+
+def map_order() -> list[str]:
+    """The rooms in the order docs/contributing.md's map lists them ('edgeq/io/' -> edgeq.io, 'edgeq/api.py' ->
+    edgeq.api)."""
+    text = MAP.read_text().split("## Where things live", 1)[1].split("```")[1]
+    return [line.split()[0].rstrip("/").removesuffix(".py").replace("/", ".")
+            for line in text.splitlines() if line.startswith("edgeq/")]
+
+
+def test_imports_run_down_the_map():
+    order = map_order()
+    arrows = {(room(a), room(b), a, b) for a, targets in graph().items() for b in targets}
+    rooms = {r for ra, rb, _, _ in arrows for r in (ra, rb)} - {"edgeq"}
+    assert rooms <= set(order), f"rooms missing from docs/contributing.md's map: {sorted(rooms - set(order))}"
+    up = [f"{a} -> {b}" for ra, rb, a, b in sorted(arrows)
+          if ra != rb and "edgeq" not in (ra, rb) and order.index(rb) < order.index(ra)]
+    assert not up, "imports that run up the map: " + "; ".join(up)

@@ -4,12 +4,14 @@ import json
 import pytest
 import torch
 
-from edgeq import api, checkpoint, cli, grid
+from edgeq import api, cli
+from edgeq.io import checkpoint
+from edgeq.quant import grid
 from edgeq.calib.batches import Batches
 from edgeq.calib.pipeline import Recipe
 from edgeq.calib.reconstruct import Schedule, _shuffled_batches, make_optimizer, reconstruct_block, token_errors
 from edgeq.errors import EdgeqError
-from edgeq.models import SINGLE_KIND
+from edgeq.io.models import SINGLE_KIND
 from edgeq.export.onnx import export
 from edgeq.solvers import get_method, get_solver, method_names
 from edgeq.solvers.method import DEFAULT_BLOCK_LOSS

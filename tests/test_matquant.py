@@ -10,13 +10,16 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from edgeq import api, checkpoint, grid, mixnmatch, nesting
+from edgeq import api
+from edgeq.io import checkpoint
+from edgeq.quant import grid, nesting
+from edgeq.planning import mixnmatch
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
 from edgeq.kernels import nested_block
 from edgeq.kernels.nested_numba import nested_block_numba
-from edgeq.qweight import QuantizedWeight
+from edgeq.quant.qweight import QuantizedWeight
 from edgeq.runtime.session import MODEL_FILE, OrtDecoder
 from edgeq.runtime.slicing import nested_widths, slice_model, sliceable_nodes
 from edgeq.solvers import get_solver, weighted_error

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from edgeq import api, checkpoint, cli, grid, nesting
+from edgeq import api, cli
+from edgeq.io import checkpoint
+from edgeq.quant import grid, nesting
 from edgeq.errors import EdgeqError
 from edgeq.export.onnx import export
 from edgeq.solvers import get_method

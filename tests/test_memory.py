@@ -9,7 +9,7 @@ block is that after the fourth, whatever the model's depth.
 import pytest
 
 from conftest import save_tiny_model
-from edgeq.memory import rss_mb
+from edgeq.util.memory import rss_mb
 
 # Blocks fat enough that keeping them would show: 256 wide, MLP 2048, so 6.75 MiB of fp32 per block and
 # 81 MiB over the 12 blocks between the 4th and the 16th, against a bound of one block plus 10 MiB.

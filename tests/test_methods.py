@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgeq import api, cli, grid
+from edgeq import api, cli
+from edgeq.quant import grid
 from edgeq.cli.quantize_flags import option_flags, option_help
 from edgeq.errors import EdgeqError
-from edgeq.qweight import QuantizedWeight
+from edgeq.quant.qweight import QuantizedWeight
 from edgeq.solvers import Method, get_method, method_names, register
 from edgeq.solvers.method import unregister
 from edgeq.solvers.options import Flag, option
@@ -55,7 +56,7 @@ def test_a_registered_method_runs_from_the_cli_and_equals_its_reference(nearest_
                      "--group-size", "32", "--quiet"]) == 0
     meta = json.loads((tmp_path / "n" / "quantization.json").read_text())
     assert meta["method"] == "nearest" and meta["calibration"] is None
-    from edgeq import checkpoint
+    from edgeq.io import checkpoint
     _, qweights, _ = checkpoint.load_checkpoint(tmp_path / "n")
     _, rtn, _ = checkpoint.load_checkpoint(_quantize(tiny_model_dir, tmp_path / "r", "rtn"))
     for name, qw in qweights.items():  # shrink 1.0 is min-max rounding: exactly RTN's codes

@@ -9,11 +9,15 @@ import onnx
 import pytest
 import torch
 
-from edgeq import allocate, api, grid, heldout, mixed, models
+from edgeq.planning import allocate, mixed
+from edgeq import api
+from edgeq.quant import grid
+from edgeq.evaluation import heldout
+from edgeq.io import models
 from edgeq.calib import capture, data, sensitivity
 from edgeq.cli import main
 from edgeq.errors import EdgeqError
-from edgeq.layout import initializer_bytes, layout_for, node_layout, node_tensors
+from edgeq.quant.layout import initializer_bytes, layout_for, node_layout, node_tensors
 from edgeq.solvers import get_solver, weighted_error
 from tests.conftest import calibration_text
 from tests.test_export import random_qweight

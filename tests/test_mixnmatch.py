@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from edgeq import argtypes, mixnmatch
+from edgeq.util import argtypes
+from edgeq.planning import mixnmatch
 from edgeq.errors import EdgeqError
 
 WIDTHS = [8, 4, 2]

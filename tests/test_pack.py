@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from edgeq import pack
+from edgeq.quant import pack
 
 
 def naive_pack(values, bits):

@@ -4,10 +4,13 @@ import json
 import pytest
 import torch
 
-from edgeq import api, checkpoint, grid, heldout, models
+from edgeq import api
+from edgeq.io import checkpoint, models
+from edgeq.quant import grid
+from edgeq.evaluation import heldout
 from edgeq.calib import data, pipeline
 from edgeq.errors import EdgeqError
-from edgeq.heldout import perplexity
+from edgeq.evaluation.heldout import perplexity
 from tests.conftest import calibration_text, held_out_text, save_tiny_model
 
 CONFIG = api.QuantConfig(method="gptq", bits=3, group_size=32, samples=6, seq_len=64, batch_size=4)

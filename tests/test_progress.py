@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 import sys
 
-from edgeq import progress
+from edgeq.util import progress
 
 
 def test_a_bar_into_a_file_writes_whole_lines(monkeypatch):

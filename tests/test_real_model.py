@@ -2,9 +2,11 @@
 import pytest
 import torch
 
-from edgeq import grid, heldout, models
+from edgeq.quant import grid
+from edgeq.evaluation import heldout
+from edgeq.io import models
 from edgeq.calib import data, pipeline
-from edgeq.heldout import perplexity
+from edgeq.evaluation.heldout import perplexity
 from tests.conftest import calibration_text, held_out_text
 
 

@@ -8,7 +8,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from edgeq.safetensors_write import write_safetensors
+from edgeq.io.safetensors_write import write_safetensors
 
 
 def test_safetensors_reads_back_every_dtype_and_the_metadata(tmp_path):
@@ -44,9 +44,9 @@ def test_an_unstorable_dtype_is_refused(tmp_path):
 MAPPED_TABLE = """
 import sys, torch
 from pathlib import Path
-from edgeq.checkpoint import tensors_digest
-from edgeq.safetensors_scan import map_float32
-from edgeq.safetensors_write import write_safetensors
+from edgeq.io.checkpoint import tensors_digest
+from edgeq.io.safetensors_scan import map_float32
+from edgeq.io.safetensors_write import write_safetensors
 folder = Path(sys.argv[1])
 write_safetensors(folder / "table.safetensors", {"table": torch.ones(32 << 20)})  # 128 MB
 def rss_file_mb():
@@ -74,9 +74,9 @@ def test_a_mapped_table_is_hashed_and_written_a_chunk_at_a_time(tmp_path):
 SCATTERED_ROWS = """
 import gc, sys, torch
 from pathlib import Path
-from edgeq import safetensors_scan
-from edgeq.safetensors_scan import map_float32, release_mapped_tables
-from edgeq.safetensors_write import write_safetensors
+from edgeq.io import safetensors_scan
+from edgeq.io.safetensors_scan import map_float32, release_mapped_tables
+from edgeq.io.safetensors_write import write_safetensors
 folder = Path(sys.argv[1])
 write_safetensors(folder / "table.safetensors", {"table": torch.arange(16 << 20, dtype=torch.float32).view(-1, 1024)})
 def rss_file_mb():

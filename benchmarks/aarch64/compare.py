@@ -38,7 +38,7 @@ PROMPT = "It is a truth universally acknowledged, that a single man in possessio
 PROBE = """
 import json, platform, sys, time
 import onnxruntime
-from edgeq.heldout import evaluate_texts
+from edgeq.evaluation.heldout import evaluate_texts
 from edgeq.runtime.report import cpu_info
 from edgeq.runtime.session import OrtDecoder
 from edgeq.runtime.tokenizer import load_tokenizer

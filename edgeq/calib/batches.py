@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..models import SINGLE_KIND
+from ..io.models import SINGLE_KIND
 from .capture import block_output, to_device
 from .reconstruct import token_errors
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import grid
-from ..qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 from .reconstruct import frozen, width_weighted_loss
 
 

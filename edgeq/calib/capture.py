@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from ..models import Arch, get_module, layer_kinds
+from ..io.models import Arch, get_module, layer_kinds
 
 
 class _StopForward(Exception):

@@ -5,9 +5,9 @@ import hashlib
 
 import torch
 
-from .. import heldout
+from ..evaluation import heldout
 from ..errors import EdgeqError
-from ..heldout import sequence_start
+from ..evaluation.heldout import sequence_start
 from ..config import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN
 from ..texts import read_part
 

@@ -21,14 +21,14 @@ from typing import Callable
 
 import torch
 
-from .. import grid
-from ..checkpoint import PackedCodes
+from ..quant import grid
+from ..io.checkpoint import PackedCodes
 from ..config import QuantConfig
-from ..memory import release_freed_memory
-from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
-from ..progress import progress_bar
-from ..qweight import QuantizedWeight
-from ..safetensors_scan import release_mapped_tables
+from ..util.memory import release_freed_memory
+from ..io.models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
+from ..util.progress import progress_bar
+from ..quant.qweight import QuantizedWeight
+from ..io.safetensors_scan import release_mapped_tables
 from ..solvers import Method, get_method, weighted_error
 from .batches import Batches
 from .blockwise import refine_scales
@@ -181,7 +181,7 @@ def quantize_head(model, arch: Arch, recipe: Recipe, batches: Batches | None, ti
     """The output head at recipe.head_bits, solved on the Hessian of the final norm's outputs (the quantized
     model's last states) by the method's layer solver, or GPTQ for a method that has none of its own
     (learned, nested); a method without calibration rounds it. Written into the model (head.attach_head)."""
-    from ..head import attach_head, head_spec
+    from ..io.head import attach_head, head_spec
     method = get_method(recipe.method)
     own = method.kind == "layer" and not method.nested
     solver, opts = (method.solver(), recipe.solver_opts) if own else (get_method("gptq").solver(), {})
@@ -307,7 +307,7 @@ def _trained_widths(method: Method, solver_opts: dict) -> list[tuple[int, float]
     """A nested method's scales are trained for every slice it serves, weighted as its solver weighs them."""
     if not method.nested:
         return None
-    from ..nesting import MultiWidthLoss
+    from ..quant.nesting import MultiWidthLoss
     options = method.resolve(solver_opts)
     return MultiWidthLoss.of(options.widths, options.weights).weighted_widths
 

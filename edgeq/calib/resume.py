@@ -10,9 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import (PackedCodes, load_tensor_file, load_tensors_and_metadata, qweights_layout,
-                          qweights_to_tensors, save_tensor_file, save_tensors)
-from ..qweight import QuantizedWeight
+from ..io.checkpoint import PackedCodes, load_tensor_file, load_tensors_and_metadata, qweights_layout, qweights_to_tensors, save_tensor_file, save_tensors
+from ..quant.qweight import QuantizedWeight
 
 
 class ResumeState:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_tensor_file, save_tensor_file
-from ..progress import progress_bar
+from ..io.checkpoint import load_tensor_file, save_tensor_file
+from ..util.progress import progress_bar
 
 SELF = "self"
 GREEDY_TOKENS = 4  # LLM-QAT: "the first 3~5 tokens" are top-1
 
 
 def cache_path(model_key: str, count: int, seq_len: int, seed: int) -> Path:
-    from ..models import cache_root
+    from ..io.models import cache_root
     key = hashlib.sha256(f"{model_key}:{count}:{seq_len}:{seed}:{GREEDY_TOKENS}".encode()).hexdigest()[:16]
     return cache_root() / "calib" / f"self-{key}.safetensors"
 
@@ -64,7 +64,7 @@ def self_windows(source, model_key: str, tokenizer, count: int, seq_len: int, se
                  progress: bool = True) -> torch.Tensor:
     """The cached windows of this job, or generated now with the float model (loaded whole, then freed).
     model_key: what identifies the weights (models.weights_fingerprint), so that new weights regenerate."""
-    from ..models import load_model
+    from ..io.models import load_model
     path = cache_path(model_key, count, seq_len, seed)
     if path.is_file():
         return load_tensor_file(path)

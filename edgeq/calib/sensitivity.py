@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import grid
-from ..models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
-from ..progress import progress_bar
+from ..quant import grid
+from ..io.models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
+from ..util.progress import progress_bar
 from ..solvers import get_solver, weighted_error
 from .capture import capture_block_inputs
 from .batches import Batches

@@ -7,8 +7,7 @@ import os
 import sys
 
 from ..errors import EdgeqError
-from .parsers import (QUANTIZE_HELP, OneLineParser, add_bench_parser, add_eval_parser, add_export_parser,
-                      add_generate_parser)
+from .parsers import QUANTIZE_HELP, OneLineParser, add_bench_parser, add_eval_parser, add_export_parser, add_generate_parser
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ import sys
 from pathlib import Path
 
 from ..errors import EdgeqError
-from ..hub import with_revision
-from ..paths import check_writable_file
+from ..io.hub import with_revision
+from ..util.paths import check_writable_file
 
 
 def cmd_quantize(args) -> None:
@@ -18,7 +18,7 @@ def cmd_quantize(args) -> None:
                     progress=not args.quiet, calib_mix=args.calib_mix)
     s = meta["stats"]
     if meta.get("mixed"):
-        from ..mixed import table
+        from ..planning.mixed import table
         print(table(meta["mixed"]))
     grid_text = "mixed" if meta.get("mixed") else f"W{meta['bits']} g{meta['group_size']}" + \
         "".join(f", {p}: W{b} g{g}" for p, b, g in meta.get("layer_grids", []))
@@ -33,7 +33,7 @@ def cmd_quantize(args) -> None:
           f"parameters)")
 
 def cmd_eval(args) -> None:
-    from ..heldout import evaluate_texts
+    from ..evaluation.heldout import evaluate_texts
     if args.json_out:
         check_writable_file(args.json_out, "--json")
     results = evaluate_texts(with_revision(args.model, args.revision), args.text or [None], args.seq_len, args.max_windows,
@@ -69,7 +69,7 @@ def provider_options(pairs: list[str]) -> dict:
 def cmd_bench(args) -> None:
     from dataclasses import asdict
 
-    from ..memory import peak_rss_mb
+    from ..util.memory import peak_rss_mb
     from ..runtime import bench, report
     if args.models[0] == "compare":
         return cmd_bench_compare(args.models[1:], args.plot)

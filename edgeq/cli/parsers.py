@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import positive_int, slice_arg, windows_arg
-from ..layout import HEAD_WIDTHS
-from ..heldout import EVAL_SEQ_LEN, EVAL_WINDOWS
+from ..util.argtypes import positive_int, slice_arg, windows_arg
+from ..quant.layout import HEAD_WIDTHS
+from ..evaluation.heldout import EVAL_SEQ_LEN, EVAL_WINDOWS
 from ..runtime.bench import ENGINES
 
 QUANTIZE_HELP = "quantize a model into a checkpoint folder"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..argtypes import bits_arg, candidates_arg, finite_float, group_size_arg, layer_grid_arg, positive_int, weights_arg
+from ..util.argtypes import bits_arg, candidates_arg, finite_float, group_size_arg, layer_grid_arg, positive_int, weights_arg
 from ..config import SENSITIVITY_SAMPLES
 from ..config import default_of
 from ..errors import EdgeqError
-from ..layout import HEAD_WIDTHS
+from ..quant.layout import HEAD_WIDTHS
 from .parsers import MODEL_HELP, QUANTIZE_HELP, add_revision_flag
 
 
@@ -173,7 +173,7 @@ def method_flag_conflict(args) -> str | None:
 def mixed_config(args):
     if args.budget is None:
         return None
-    from ..mixed import DEFAULT_CANDIDATES, MixedPrecision, parse_budget
+    from ..planning.mixed import DEFAULT_CANDIDATES, MixedPrecision, parse_budget
     budget, unit = parse_budget(args.budget)
     return MixedPrecision(budget, unit, tuple(args.candidates or DEFAULT_CANDIDATES), args.sensitivity,
                           args.sensitivity_samples, args.sensitivity_from)

@@ -1,2 +1,2 @@
 """ONNX export: a decoder graph with KV cache whose quantized linears are com.microsoft::MatMulNBits (their
-layout: edgeq/layout.py)."""
+layout: edgeq/quant/layout.py)."""

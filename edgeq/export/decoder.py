@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
-from ..models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
-from ..qweight import QuantizedWeight
-from ..layout import MS_DOMAIN, NodeLayout, node_layout, node_tensors, shares_codes_with_lookup
+from ..io.models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
+from ..quant.qweight import QuantizedWeight
+from ..quant.layout import MS_DOMAIN, NodeLayout, node_layout, node_tensors, shares_codes_with_lookup
 
 OPSET = 23  # RMSNormalization (the first norm) is standard from 23; the others fuse the residual add
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoint
-from ..head import attach_head, head_spec
+from ..io import checkpoint
+from ..io.head import attach_head, head_spec
 from ..errors import EdgeqError
-from ..paths import check_output_folder
+from ..util.paths import check_output_folder
 from ..runtime.session import MODEL_FILE, OrtDecoder, cpu_session
 from ..runtime.slicing import sliceable_metadata
 from .decoder import build_decoder, matmulnbits_name
 from .genai import write_genai_config
-from ..qweight import QuantizedWeight
-from ..layout import HEAD_WIDTHS, node_layout
+from ..quant.qweight import QuantizedWeight
+from ..quant.layout import HEAD_WIDTHS, node_layout
 
 # relative L2 error of logits, ORT vs torch, on a fixed prompt (see PARITY_PROMPT). The graph's weights
 # are always checked at accuracy level 0 (fp32 compute), where a correct export agrees to about 1e-6
@@ -42,8 +42,8 @@ def load_for_export(model: str | None, fp32: bool, bits: int | float | None = No
     checkpoint's codes sliced to that width."""
     from transformers import AutoTokenizer
 
-    from .. import models
-    from ..inputs import kind_of, resolve_model
+    from ..io import models
+    from ..io.inputs import kind_of, resolve_model
     if fp32:
         if bits is not None:
             raise EdgeqError("--bits slices a quantized checkpoint; --fp32 exports a float model")
@@ -77,7 +77,7 @@ def served_widths(meta: dict) -> list[int] | None:
 def quantize_lm_head(model, arch, bits: int) -> QuantizedWeight:
     """RTN of the output head at 8 or 4 bits, written into the torch model (the parity reference; see
     head.attach_head for what becomes of a tied embedding)."""
-    from ..models import get_module
+    from ..io.models import get_module
     from ..solvers import get_solver
     weight = get_module(model, arch.lm_head).weight.data
     qw = get_solver("rtn")(weight, None, head_spec(weight.shape[1], bits))
@@ -159,8 +159,8 @@ def export(model: str | None, out, *, fp32: bool = False, accuracy_level: int = 
     what its checkpoint computes (benchmarks/head_widths.py measures what each head width costs)."""
     import onnx
 
-    from ..paths import atomic_folder
-    from ..models import arch_of
+    from ..util.paths import atomic_folder
+    from ..io.models import arch_of
     t0 = time.perf_counter()
     out = Path(out)
     check_output_folder(out)

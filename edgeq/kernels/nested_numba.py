@@ -16,7 +16,7 @@ import functools
 
 import numpy as np
 
-from ..nesting import MultiWidthLoss
+from ..quant.nesting import MultiWidthLoss
 from .checks import require_block_factor, require_c_float32
 
 

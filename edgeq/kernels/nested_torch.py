@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..nesting import MultiWidthLoss
+from ..quant.nesting import MultiWidthLoss
 
 
 class LossTensors:

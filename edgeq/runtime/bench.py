@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from ..memory import rss_mb
-from ..argtypes import parse_slice
+from ..util.memory import rss_mb
+from ..util.argtypes import parse_slice
 from .session import MODEL_FILE, OrtDecoder, check_length, greedy_decode, open_session, use_shared_thread_pool
 from .slicing import model_to_open
 

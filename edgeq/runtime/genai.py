@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from ..paths import read_json_object
+from ..util.paths import read_json_object
 from .session import GENAI_CONFIG
 
 

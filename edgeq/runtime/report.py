@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from ..errors import EdgeqError
-from ..paths import read_json_object
+from ..util.paths import read_json_object
 
 SCHEMA = 1
 # ISA features that decide which onnxruntime kernels run (x86 and ARM names as /proc/cpuinfo spells them)

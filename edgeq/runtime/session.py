@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgeqError
-from ..paths import read_json_object
+from ..util.paths import read_json_object
 
 MODEL_FILE = "model.onnx"
 GENAI_CONFIG = "genai_config.json"  # onnxruntime-genai's config beside it (edgeq export writes one)

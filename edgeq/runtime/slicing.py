@@ -11,7 +11,8 @@ import json
 
 import numpy as np
 
-from .. import mixnmatch, nesting, pack
+from ..planning import mixnmatch
+from ..quant import nesting, pack
 from ..errors import EdgeqError
 
 SLICEABLE_KEY = "edgeq.sliceable_nodes"   # comma-separated MatMulNBits node names

@@ -17,12 +17,12 @@ import math
 
 import torch
 
-from .. import grid
+from ..quant import grid
 from ..kernels import cd_rows
-from ..qweight import QuantizedWeight
+from ..quant.qweight import QuantizedWeight
 from .gptq import drop_dead_inputs
 from .gptq import solve as gptq_solve
-from ..argtypes import finite_float
+from ..util.argtypes import finite_float
 from ..errors import EdgeqError
 from .gptq import GPTQOptions
 from .method import Method, register

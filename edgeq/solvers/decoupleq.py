@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid
-from ..qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
-from ..argtypes import positive_int
+from ..util.argtypes import positive_int
 from ..kernels import BACKENDS
 from ..errors import EdgeqError
 from .method import Method, register

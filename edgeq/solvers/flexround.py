@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid
-from ..qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 from .signround import round_ste
 from .method import Method, Training, register
 from .options import CLIP, CLIPS, LR, Flag, check_choice, option

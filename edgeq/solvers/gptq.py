@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid
+from ..quant import grid
 from ..errors import EdgeqError
 from ..kernels import BACKENDS, gptq_block
-from ..qweight import QuantizedWeight
+from ..quant.qweight import QuantizedWeight
 from .method import Method, register
 from .options import ACT_ORDER, CLIP, CLIPS, DAMP, check_choice, option
 

@@ -14,9 +14,9 @@ import math
 
 import torch
 
-from .. import grid
+from ..quant import grid
 from .flexround import FlexRound
-from ..argtypes import positive_int
+from ..util.argtypes import positive_int
 from ..errors import EdgeqError
 from .method import Method, Training, register
 from .options import CLIP, CLIPS, LR, Flag, check_choice, option

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid, nesting
+from ..quant import grid, nesting
 from ..errors import EdgeqError
 from ..kernels import nested_block
-from ..qweight import QuantizedWeight
+from ..quant.qweight import QuantizedWeight
 from .gptq import drop_dead_inputs, inverse_hessian_factor, sweep
 from .gptq import GPTQOptions
 from .method import Method, register

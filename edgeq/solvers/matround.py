@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid, nesting
+from ..quant import grid, nesting
 from ..errors import EdgeqError
-from ..qweight import QuantizedWeight
+from ..quant.qweight import QuantizedWeight
 from .matquant import fit_nested_params
 from .method import Method, Training, register
 from .options import CLIP, CLIPS, LR, WEIGHTS, WIDTHS, check_choice, check_nesting, option

@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..argtypes import finite_float, positive_int, weights_arg, widths_arg
+from ..util.argtypes import finite_float, positive_int, weights_arg, widths_arg
 from ..errors import EdgeqError
-from ..nesting import DEFAULT_WIDTHS, MultiWidthLoss, default_weights
+from ..quant.nesting import DEFAULT_WIDTHS, MultiWidthLoss, default_weights
 
 CLIPS = ("minmax", "mse")
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid
-from ..qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 from .method import Method, register
 from .options import CLIP, CLIPS, check_choice, option
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import grid
-from ..qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 from .method import Method, Training, register
 
 # Learned methods: steps sized so that SmolLM2-135M takes < 20 min on 2 cores. Learning rates from SmolLM2

@@ -9,7 +9,7 @@ import tempfile
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 
 def check_output_folder(out: Path | str) -> None:

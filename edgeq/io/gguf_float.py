@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 from .architectures import arch_of
 from .safetensors_scan import INDEX
 
@@ -36,7 +36,7 @@ def convert(gguf_path: Path, out: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from .safetensors_write import write_safetensors
-    from .progress import progress_bar
+    from ..util.progress import progress_bar
     config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     config.dtype = torch.float32  # de-quantized: what we store is a float model
     with torch.device("meta"):

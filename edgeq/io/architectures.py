@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import grid
+from ..quant import grid
 from .allocate import Allocation, allocate
-from .config import SENSITIVITY_SAMPLES
-from .errors import EdgeqError
-from .paths import read_json_object
-from .layout import initializer_bytes, layout_for
+from ..config import SENSITIVITY_SAMPLES
+from ..errors import EdgeqError
+from ..util.paths import read_json_object
+from ..quant.layout import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
 UNITS = ("bits", "mb")

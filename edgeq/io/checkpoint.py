@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import pack
-from .errors import EdgeqError
-from .paths import atomic_folder  # noqa: F401  (the checkpoint's writes go through it)
-from .qweight import QuantizedWeight
+from ..quant import pack
+from ..errors import EdgeqError
+from ..util.paths import atomic_folder  # noqa: F401  (the checkpoint's writes go through it)
+from ..quant.qweight import QuantizedWeight
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -271,7 +271,7 @@ def _model_of_state(config, arch, state: dict[str, torch.Tensor]):
 def slice_plan(meta: dict, config, budget: float) -> dict[str, int]:
     """{linear: width} of a nested checkpoint for an average of `budget` code bits (Mix'n'Match), one width
     per group of linears sharing an input, as the device plans it from the export (mixnmatch.py)."""
-    from . import mixnmatch
+    from ..planning import mixnmatch
     groups, units = slice_units(meta, config)
     per_unit = mixnmatch.plan(units, meta["slice_estimates"]["widths"], budget)
     return {name: per_unit[group[0]] for group in groups for name in group}
@@ -280,7 +280,7 @@ def slice_plan(meta: dict, config, budget: float) -> dict[str, int]:
 def slice_units(meta: dict, config) -> tuple[list[list[str]], dict[str, tuple]]:
     """(the groups of linears sharing an input, block by block; mixnmatch units named after each group's
     first linear) of a checkpoint with slice estimates."""
-    from . import mixnmatch
+    from ..planning import mixnmatch
     from .models import arch_of
     record = meta.get("slice_estimates")
     if not record:

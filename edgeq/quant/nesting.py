@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 DEFAULT_WIDTHS = (8, 4, 2)
 # For DEFAULT_WIDTHS. Equal weights let the 2-bit error, ~16x the 4-bit one, decide nearly every code;

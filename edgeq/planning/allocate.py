@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 MAX_STATES = 500_000  # cost units the table spans (a byte per layer each); beyond, costs are rounded up
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 PER_CHANNEL = -1
 CLIP_METHODS = ("minmax", "mse")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from . import grid
-from .qweight import QuantizedWeight
+from ..quant import grid
+from ..quant.qweight import QuantizedWeight
 
 
 def head_spec(k: int, bits: int) -> grid.QuantSpec:
@@ -24,7 +24,7 @@ def head_spec(k: int, bits: int) -> grid.QuantSpec:
 def attach_head(model, arch, qw: QuantizedWeight) -> None:
     """Put the dequantized head into the torch model: into the tied table when the lookup can share its
     codes (the embedding then reads the same values), else into an untied head of its own."""
-    from .layout import node_layout, shares_codes_with_lookup
+    from ..quant.layout import node_layout, shares_codes_with_lookup
     from .models import get_module, head_is_tied
     head = get_module(model, arch.lm_head)
     if head_is_tied(model) and shares_codes_with_lookup(qw, node_layout(arch.lm_head, qw)):

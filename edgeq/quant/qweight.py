@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from . import grid, nesting
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 
 @dataclass(frozen=True, eq=False)

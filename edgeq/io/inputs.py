@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 ONNX_FILE = "model.onnx"  # runtime.session.MODEL_FILE, kept here so this module imports no numpy
 CHECKPOINT_META = "quantization.json"  # checkpoint.META_FILE, for the same reason

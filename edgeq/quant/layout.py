@@ -14,7 +14,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from . import pack
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 if TYPE_CHECKING:  # qweight needs torch; this module is read on the device too
     from .qweight import QuantizedWeight

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 
 
 def group_size_arg(value: str) -> int:

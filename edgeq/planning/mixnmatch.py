@@ -10,8 +10,8 @@ is the exact knapsack of allocate.py over those, the one mixed precision uses.
 from __future__ import annotations
 
 from .allocate import allocate
-from .config import SENSITIVITY_SAMPLES
-from .errors import EdgeqError
+from ..config import SENSITIVITY_SAMPLES
+from ..errors import EdgeqError
 
 SAMPLES = SENSITIVITY_SAMPLES  # calibration windows for the Fisher diagonal behind the estimates
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import EdgeqError
+from ..errors import EdgeqError
 from .hub import PICKLE_SUFFIXES
 
 FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
