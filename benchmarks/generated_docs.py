@@ -166,6 +166,40 @@ def phase_result(r: dict) -> str:
     return "-"
 
 
+# The compute-dtype check of docs/calibration.md: GPTQ at W4 g128 and W2 g64, float32 against bfloat16
+# calibration products, on the method table's protocol, in a results file of their own.
+CALIB_DTYPE_ROWS = [f"gptq {bits} {group} --calib-dtype {dtype}" for bits, group in ((4, 128), (2, 64))
+                    for dtype in ("float32", "bfloat16")]
+CALIB_DTYPE_RESULTS = RESULTS / "calib_dtype.jsonl"
+
+
+def calib_dtype() -> str:
+    rows = " ".join(f'--row "{row}"' for row in CALIB_DTYPE_ROWS)
+    command = f"python benchmarks/quality.py --results {CALIB_DTYPE_RESULTS.relative_to(ROOT)} {rows}"
+    return quality.render_table(quality.read_results(CALIB_DTYPE_RESULTS), quality.PROTOCOLS[MAIN_PROTOCOL],
+                                source=CALIB_DTYPE_RESULTS, command=command)
+
+
+def quantize_speed() -> str:
+    """Every run of benchmarks/quantize_speed.py, each phase beside its floor at the run's own GEMM rates."""
+    rows = [json.loads(line) for line in (RESULTS / "quantize_speed.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["| model (blocks) | windows x batch | device, threads | products | forward s (floor) | Hessians s (floor) "
+             "| forward + Hessians / fp32 floor | solver s | wall s | GEMM GFLOP/s | commit |", "|---" * 11 + "|"]
+    for r in rows:
+        s, f = r["seconds"], r["floor_seconds"]
+        rate = r["gflops_measured"][r["calib_dtype"]]["forward"]
+        fp32_floor = f["forward_fp32"] + f["hessian_fp32"]
+        lines.append(f"| {Path(r['config']).stem} ({r['layers']}) | {r['samples']} x {r['seq_len']}, {r['batch_size']} "
+                     f"| {r['device']}, {r['threads']} | {r['calib_dtype']} | {s['forward']:.1f} ({f['forward']:.1f}) "
+                     f"| {s['hessian']:.1f} ({f['hessian']:.1f}) | {(s['forward'] + s['hessian']) / fp32_floor:.2f} "
+                     f"| {s['solver']:.1f} | {s['wall']:.1f} | {rate:.0f} | {r['commit']} |")
+    machines = sorted({f"{r['machine'].get('cpu', '?')} ({r['machine'].get('cores', '?')} cores)" for r in rows})
+    return ("`python benchmarks/quantize_speed.py --layers 6 --calib-dtype float32|bfloat16` (random-init model of the "
+            f"config's shape, random calibration ids; {', '.join(machines)}; benchmarks/results/quantize_speed.jsonl, "
+            "every run in the order measured). Floors: the phase's FLOPs as they ran over the GEMM rate measured in "
+            "the same run, in the run's dtype; the fp32 floor is the same work at the fp32 rate.\n\n" + "\n".join(lines))
+
+
 def benchmarks_index() -> str:
     """Every script under benchmarks/ with the first line of its docstring."""
     import ast
@@ -196,7 +230,8 @@ def render(name: str) -> str:
     renderers = {"recommended": recommended, "methods-summary": methods_summary, "head-widths": head_widths,
                  "vs-llamacpp": vs_llamacpp, "aarch64": aarch64, "vs-genai-builder": vs_genai_builder,
                  "method-options": lambda: method_options(arg), "method-rows": lambda: method_rows(arg),
-                 "scale": lambda: scale(arg), "benchmarks-index": benchmarks_index}
+                 "scale": lambda: scale(arg), "benchmarks-index": benchmarks_index,
+                 "calib-dtype": calib_dtype, "quantize-speed": quantize_speed}
     if kind not in renderers:
         raise SystemExit(f"unknown generated block {name!r}")
     return renderers[kind]()

@@ -97,6 +97,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":
         meta["calibration"]["propagate"] = config.propagate
+    if calibrated:
+        meta["calibration"]["compute_dtype"] = str(recipe.calib_dtype).removeprefix("torch.")
     if config.layer_grids:
         meta["layer_grids"] = [list(g) for g in config.layer_grids]
     if config.mixed:

@@ -19,6 +19,10 @@ DEFAULT_SEQ_LEN = 128
 # Windows (the first of the calibration set) behind the Fisher sensitivity estimates of mixed precision and
 # Mix'n'Match: 16,384 tokens, as the 32 x 512 they were measured with before the windows got shorter.
 SENSITIVITY_SAMPLES = 128
+# The calibration forward's matrix products (calib/precision.py): auto = bfloat16 where the device has native
+# bf16 GEMMs, for the layer methods, whose quality under it was measured (docs/calibration.md); float32 where
+# blocks are trained (learned methods, --block-epochs), on those forwards' outputs: not measured under it.
+CALIB_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class QuantConfig:
     first_token_weight: float = 1.0
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
+    calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
 
     @property
     def spec(self):
@@ -71,6 +76,8 @@ class QuantConfig:
         method = get_method(self.method)
         options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
         check_device(self.device)
+        if self.calib_dtype not in CALIB_DTYPES:
+            raise EdgeqError(f"--calib-dtype must be one of {', '.join(CALIB_DTYPES)}, got {self.calib_dtype!r}")
         check_training_options(self, method.calibrated, method.learned)
         if self.lm_head not in HEAD_WIDTHS.values():
             raise EdgeqError(f"the head is quantized at {' or '.join(k for k, v in HEAD_WIDTHS.items() if v)} bits "

@@ -9,6 +9,7 @@ import torch
 
 from ..io.models import SINGLE_KIND
 from .capture import block_output, to_device
+from .precision import compute_in
 from .reconstruct import token_errors
 
 
@@ -19,6 +20,7 @@ class Batches:
     size: int              # windows per batch
     device: str = "cpu"    # where the block runs (the states stay on the CPU)
     kind: str = SINGLE_KIND  # the layer kind of the block these batches feed now (models.layer_kinds)
+    dtype: torch.dtype = torch.float32  # the forward's matrix products (precision.py); the states stay as they are
 
     @property
     def count(self) -> int:
@@ -54,7 +56,8 @@ class Batches:
         With targets, returns the block loss of the outputs against them (solvers.method.BLOCK_LOSSES)."""
         total = 0.0
         for b, rows in self:
-            out = block_output(block, *self.inputs(b))
+            with compute_in(self.dtype, self.device):
+                out = block_output(block, *self.inputs(b))
             if targets is not None:
                 total += float(token_errors(out, self.take(b, targets), loss).sum())
             self.hidden[rows] = out.to(self.hidden.device)

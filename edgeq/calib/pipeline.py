@@ -32,7 +32,8 @@ from ..io.safetensors_scan import release_mapped_tables
 from ..solvers import Method, get_method, weighted_error
 from .batches import Batches
 from .blockwise import refine_scales
-from .capture import HessianAccumulator, block_output, capture_block_inputs, hessian_hooks
+from .capture import HessianAccumulator, StopForward, block_output, capture_block_inputs, hessian_hooks, stop_at
+from .precision import compute_in, resolve_calib_dtype
 from .reconstruct import reconstruct_block
 from .resume import ResumeState
 
@@ -63,6 +64,11 @@ class Recipe:
     first_token_weight = property(lambda self: self.config.first_token_weight)
     block_loss = property(lambda self: self.config.trained_block_loss)
 
+    @property
+    def calib_dtype(self) -> torch.dtype:
+        """The calibration forward's products (precision.py), 'auto' resolved for this device."""
+        return resolve_calib_dtype(self.config.calib_dtype, self.config.device, self.config.trains_blocks)
+
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
         return grid.fit_to_columns(self.layer_specs.get(linear, self.spec), k)
@@ -74,7 +80,8 @@ class Recipe:
                           + ([self.propagate] if self.propagate != "quantized" else [])
                           + ([f"head {self.head_bits}"] if self.head_bits else [])
                           + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else [])
-                          + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else []),
+                          + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else [])
+                          + ([f"calib {self.calib_dtype}"] if self.calib_dtype != torch.float32 else []),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -138,7 +145,8 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     if method.calibrated:
         t = time.perf_counter()
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
-        batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, recipe.batch_size, device)
+        batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, recipe.batch_size, device,
+                          dtype=recipe.calib_dtype)
         del captured
         release_mapped_tables()  # the embedding's pages: the block loop never reads it
         timings.forward += time.perf_counter() - t
@@ -190,7 +198,7 @@ def quantize_head(model, arch: Arch, recipe: Recipe, batches: Batches | None, ti
     if batches is not None:
         norm = get_module(model, arch.final_norm)
         # the head, its norm and the states stay on the CPU
-        acc = HessianAccumulator(W.shape[1], W.device, recipe.first_token_weight)
+        acc = HessianAccumulator(W.shape[1], W.device, recipe.first_token_weight, batches.dtype)
         for _, rows in batches:
             acc.add(norm(batches.hidden[rows].to(W.device)))
         H = acc.hessian()
@@ -287,16 +295,25 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
 @torch.no_grad()
 def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0):
     """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
-    given (targets may be the states themselves: each batch is read before its rows are overwritten)."""
-    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight)
+    given (targets may be the states themselves: each batch is read before its rows are overwritten). Without
+    targets nobody reads the outputs, so each pass ends at the last linear's input: its GEMM (down_proj's, a
+    quarter of a Llama block's) is never run."""
+    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype)
+    stop = stop_at(get_module(block, arch.down)) if targets is None else None
     t = time.perf_counter()
     try:
         for b, rows in batches:
-            out = block_output(block, *batches.inputs(b))
+            try:
+                with compute_in(batches.dtype, batches.device):
+                    out = block_output(block, *batches.inputs(b))
+            except StopForward:
+                continue
             if targets is not None:
                 targets[rows] = out.to(targets.device)
     finally:
         remove()
+        if stop is not None:
+            stop.remove()
     hessian_time = sum(acc.seconds for acc in accumulators.values())
     timings.hessian += hessian_time
     timings.forward += time.perf_counter() - t - hessian_time

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from ..util.argtypes import bits_arg, candidates_arg, finite_float, group_size_arg, layer_grid_arg, positive_int, weights_arg
-from ..config import SENSITIVITY_SAMPLES
+from ..config import CALIB_DTYPES, SENSITIVITY_SAMPLES
 from ..config import default_of
 from ..errors import EdgeqError
 from ..quant.layout import HEAD_WIDTHS
@@ -135,6 +135,11 @@ def add_calibration_flags(q) -> None:
                    "and values every later token reads) counts in the Hessians (default: 1, as GPTQ)")
     q.add_argument("--seed", type=int, default=default_of("seed"), help="seed of the calibration window sampling")
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
+    q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
+                   help="the calibration forward's matrix products: auto = bfloat16 where the device multiplies "
+                   "bf16 natively (AVX512-BF16, AMX, Arm BF16, CUDA) for the layer methods, float32 elsewhere and "
+                   "where blocks are trained; the states, Hessian sums and solvers stay float32 (default: auto; "
+                   "docs/calibration.md has its measured cost)")
 
 def add_mixed_flags(q) -> None:
     m = q.add_argument_group("mixed precision (a width per linear, chosen to fit a size budget)")
@@ -194,5 +199,6 @@ def config_from(args):
                        samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
+                       calib_dtype=args.calib_dtype,
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])
