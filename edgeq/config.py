@@ -19,6 +19,12 @@ DEFAULT_SEQ_LEN = 128
 # Windows (the first of the calibration set) behind the Fisher sensitivity estimates of mixed precision and
 # Mix'n'Match: 16,384 tokens, as the 32 x 512 they were measured with before the windows got shorter.
 SENSITIVITY_SAMPLES = 128
+# The most memory one block call's widest activation may take where no block is trained (the layer methods'
+# forwards): their windows go through a block as many at a time as fit, not --batch-size (the training batch
+# of block training). Fewer, larger calls: autocast's casts, kernel launches and per-call Python are paid once
+# per call, and the GEMMs get tall enough for their full rate; results differ only in float summation order.
+# 32 MiB: 42 windows of 128 tokens on SmolLM2 (intermediate 1536), 4 on Llama-3.1-8B (14336).
+FORWARD_CALL_BYTES = 32 << 20
 # The calibration forward's matrix products (calib/precision.py): auto = bfloat16 where the device has native
 # bf16 GEMMs, for the layer methods, whose quality under it was measured (docs/calibration.md); float32 where
 # blocks are trained (learned methods, --block-epochs), on those forwards' outputs: not measured under it.

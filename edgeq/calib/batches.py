@@ -55,10 +55,10 @@ class Batches:
         """hidden <- block(hidden), batch by batch, so the next block's inputs need no second buffer.
         With targets, returns the block loss of the outputs against them (solvers.method.BLOCK_LOSSES)."""
         total = 0.0
-        for b, rows in self:
-            with compute_in(self.dtype, self.device):
+        with compute_in(self.dtype, self.device):  # once for every batch: autocast casts each weight once
+            for b, rows in self:
                 out = block_output(block, *self.inputs(b))
-            if targets is not None:
-                total += float(token_errors(out, self.take(b, targets), loss).sum())
-            self.hidden[rows] = out.to(self.hidden.device)
+                if targets is not None:
+                    total += float(token_errors(out, self.take(b, targets), loss).sum())
+                self.hidden[rows] = out.to(self.hidden.device)
         return total / self.hidden[..., 0].numel()

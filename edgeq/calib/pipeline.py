@@ -23,7 +23,7 @@ import torch
 
 from ..quant import grid
 from ..io.checkpoint import PackedCodes
-from ..config import QuantConfig
+from ..config import FORWARD_CALL_BYTES, QuantConfig
 from ..util.memory import release_freed_memory
 from ..io.models import Arch, get_module, is_streamed, layer_kinds, load_block, release_weights
 from ..util.progress import progress_bar
@@ -68,6 +68,16 @@ class Recipe:
     def calib_dtype(self) -> torch.dtype:
         """The calibration forward's products (precision.py), 'auto' resolved for this device."""
         return resolve_calib_dtype(self.config.calib_dtype, self.config.device, self.config.trains_blocks)
+
+    def forward_batch(self, model_config, seq_len: int) -> int:
+        """Windows per block call: --batch-size where blocks are trained (the training batch), else as many as
+        config.FORWARD_CALL_BYTES allows for the block's widest float32 activation per token (the MLP's
+        intermediate, or the attention scores of every head over the window), never fewer than --batch-size."""
+        if self.config.trains_blocks:
+            return self.batch_size
+        width = max(model_config.hidden_size, getattr(model_config, "intermediate_size", 0) or 0,
+                    model_config.num_attention_heads * seq_len)
+        return max(self.batch_size, FORWARD_CALL_BYTES // (4 * width * seq_len))
 
     def spec_of(self, linear: str, k: int) -> grid.QuantSpec:
         """The linear's grid for its K input columns (see grid.fit_to_columns)."""
@@ -144,8 +154,9 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     batches, fp_states = None, None
     if method.calibrated:
         t = time.perf_counter()
-        captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, recipe.batch_size)
-        batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, recipe.batch_size, device,
+        size = recipe.forward_batch(model.config, windows.shape[1])
+        captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, size)
+        batches = Batches(resume.load_hidden() if start else captured, kwargs_per_batch, size, device,
                           dtype=recipe.calib_dtype)
         del captured
         release_mapped_tables()  # the embedding's pages: the block loop never reads it
@@ -302,14 +313,15 @@ def collect_hessians(block, arch, batches: Batches, timings, targets=None, first
     stop = stop_at(get_module(block, arch.down)) if targets is None else None
     t = time.perf_counter()
     try:
-        for b, rows in batches:
-            try:
-                with compute_in(batches.dtype, batches.device):
+        # one autocast region for every batch: each weight is cast to the products' dtype once, not per batch
+        with compute_in(batches.dtype, batches.device):
+            for b, rows in batches:
+                try:
                     out = block_output(block, *batches.inputs(b))
-            except StopForward:
-                continue
-            if targets is not None:
-                targets[rows] = out.to(targets.device)
+                except StopForward:
+                    continue
+                if targets is not None:
+                    targets[rows] = out.to(targets.device)
     finally:
         remove()
         if stop is not None:
