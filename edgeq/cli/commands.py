@@ -46,8 +46,11 @@ def cmd_eval(args) -> None:
             json.dump(results[0] if len(results) == 1 else results, f, indent=2)
 
 def cmd_export(args) -> None:
+    if args.format == "gptq":
+        return cmd_export_gptq(args)
     from ..export.onnx import export
-    r = export(with_revision(args.model, args.revision), args.out, fp32=args.fp32, accuracy_level=args.accuracy_level, lm_head=args.lm_head,
+    level = 4 if args.accuracy_level is None else args.accuracy_level
+    r = export(with_revision(args.model, args.revision), args.out, fp32=args.fp32, accuracy_level=level, lm_head=args.lm_head,
                ort_format=args.ort_format, bits=args.bits)
     size = sum(r["bytes"].values()) / 2 ** 20
     print(f"wrote {args.out}: {r['matmulnbits_nodes']} MatMulNBits nodes, {size:.1f} MB, accuracy level "
@@ -56,6 +59,18 @@ def cmd_export(args) -> None:
     three = sorted({v["stored_bits"] for v in r["layers"].values() if v["stored_bits"] == 3})
     if three:
         print("note: 3-bit codes are stored in the 4-bit MatMulNBits container (onnxruntime has no 3-bit kernel)")
+
+def cmd_export_gptq(args) -> None:
+    from ..export.gptq import export_gptq
+    onnx_only = [flag for flag, given in (("--fp32", args.fp32), ("--ort-format", args.ort_format),
+                                          ("--accuracy-level", args.accuracy_level is not None)) if given]
+    if onnx_only:
+        raise EdgeqError(f"{', '.join(onnx_only)} applies to --format onnx, not gptq")
+    r = export_gptq(with_revision(args.model, args.revision), args.out, lm_head=args.lm_head, bits=args.bits)
+    q = r["quantization_config"]
+    print(f"wrote {args.out}: GPTQ {q['bits']}-bit, group {q['group_size']}, {r['linears']} linears "
+          f"({len(q.get('dynamic', {}))} in `dynamic`), {r['bytes'] / 2 ** 20:.1f} MB; float16 scales change a "
+          f"scale by at most {r['scale_float16_relative_error']:.1e}")
 
 def provider_options(pairs: list[str]) -> dict:
     options = {}
