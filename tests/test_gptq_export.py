@@ -15,6 +15,7 @@ import torch
 from edgeq import api
 from edgeq.errors import EdgeqError
 from edgeq.export import gptq
+from edgeq.quant import gptq_format as fmt
 from edgeq.export.onnx import export
 from edgeq.quant.qweight import QuantizedWeight
 from edgeq.runtime.session import OrtDecoder
@@ -32,11 +33,11 @@ def _builder_base():
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_our_words_unpack_as_the_builder_unpacks_them(bits):
     codes = torch.randint(0, 2 ** bits, (64, 24), generator=torch.Generator().manual_seed(bits))
-    words = gptq.pack_rows(codes.numpy(), bits)
+    words = fmt.pack_rows(codes.numpy(), bits)
     assert words.dtype == np.int32 and words.shape == (64 * bits // 32, 24)
     theirs = _builder_base().unpack_on_row_for_2_4_8_bits(None, torch.from_numpy(words), bits, transpose=True)
     assert torch.equal(theirs.to(torch.int64), codes)
-    assert np.array_equal(gptq.unpack_rows(words, bits), codes.numpy())
+    assert np.array_equal(fmt.unpack_rows(words, bits), codes.numpy())
 
 
 def _weight(n=32, k=160, bits=4, group=128, seed=0):
@@ -50,17 +51,17 @@ def _weight(n=32, k=160, bits=4, group=128, seed=0):
 @pytest.mark.parametrize("bits, group", [(4, 128), (3, 32), (2, 64), (8, 160)])
 def test_a_group_that_does_not_tile_k_is_written_exactly_as_smaller_groups(bits, group):
     qw = _weight(bits=bits, group=group)
-    tensors = gptq.gptq_tensors("m", qw)
-    written = gptq.written_group(qw)
+    tensors = fmt.gptq_tensors("m", qw)
+    written = fmt.written_group(qw)
     assert written == (160 if group >= 160 else np.gcd(group, 160))  # g128 on K = 160: groups of 32
     assert tensors["m.scales"].shape == (160 // written, 32) and tensors["m.scales"].dtype == torch.float16
-    back = gptq.dequantize_gptq(tensors, "m", gptq.CONTAINER_BITS[bits])
+    back = fmt.dequantize_gptq(tensors, "m", fmt.CONTAINER_BITS[bits])
     exact = qw.dequantize()
     assert (back - exact).abs().max() <= 1e-3 * exact.abs().max()  # float16 scales only
-    container = gptq.CONTAINER_BITS[bits]
+    container = fmt.CONTAINER_BITS[bits]
     repeat = 1 if group >= 160 else group // written
     zero = qw.zero.to(torch.int64).repeat_interleave(repeat, dim=1)[:, :160 // written].T.numpy()
-    stored = gptq.unpack_rows(tensors["m.qzeros"].numpy().T, container).T
+    stored = fmt.unpack_rows(tensors["m.qzeros"].numpy().T, container).T
     assert np.array_equal(stored, (zero - 1) % 2 ** container)  # v1 stores zero - 1
 
 
@@ -68,7 +69,7 @@ def test_widths_without_a_gptq_packing_are_refused():
     six = QuantizedWeight(torch.zeros(4, 32, dtype=torch.uint8), torch.ones(4, 1), torch.zeros(4, 1, dtype=torch.uint8),
                           6, 32)
     with pytest.raises(EdgeqError, match="6-bit codes have no GPTQ packing"):
-        gptq.gptq_tensors("m", six)
+        fmt.gptq_tensors("m", six)
 
 
 @pytest.fixture(scope="module")

@@ -143,11 +143,13 @@ def scorer(model: str | None, bits: int | float | None = None):
 
     import torch
 
-    from ..io import checkpoint, models
+    from ..io import models
     from .nll import window_nll
-    if given.kind == "checkpoint":
+    if given.kind in ("checkpoint", "gptq"):
         from transformers import AutoTokenizer
-        loaded, _, _ = checkpoint.load_checkpoint(given.path, bits)
+
+        from ..io.gptq_folder import load_quantized
+        loaded, _, _ = load_quantized(given, bits)
         tokenizer = AutoTokenizer.from_pretrained(given.path)
     else:
         loaded, _ = models.load_model(given.source)

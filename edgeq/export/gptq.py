@@ -2,11 +2,7 @@
 transformers, vLLM, SGLang and onnxruntime-genai's builder all load (AutoGPTQ's v1 layout, as GPTQModel writes it
 by default), so that a model calibrated here runs on a GPU server too.
 
-Per quantized linear [N, K] (W = scale * (q - zero), groups along K):
-    NAME.qweight  int32 [K * bits / 32, N]   the codes of 32 / bits consecutive inputs per word, LSB first
-    NAME.qzeros   int32 [G, N * bits / 32]   zero point - 1 (v1's convention, which every reader adds back)
-    NAME.scales   float16 [G, N]
-    NAME.g_idx    int32 [K]                  each input's group (k // group size: no act-order permutation)
+The tensors of each linear: quant/gptq_format.py.
 
 What maps exactly: the codes and the integer zero points. What is rounded: the scales, float32 to float16
 (`scale_error` reports the largest relative change), and the float tensors, written in float16 as GPTQ folders
@@ -18,82 +14,15 @@ builder reads too."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import EdgeqError
+from ..quant.gptq_format import container_bits, dequantize_gptq, gptq_tensors, written_group
 from ..quant.qweight import QuantizedWeight
-
-CONTAINER_BITS = {2: 2, 3: 4, 4: 4, 8: 8}  # code width -> the packed width every GPTQ reader unpacks
-FLOAT16_MAX = float(torch.finfo(torch.float16).max)
-
-
-def container_bits(name: str, qw: QuantizedWeight) -> int:
-    if qw.bits not in CONTAINER_BITS:
-        raise EdgeqError(f"{name}: {qw.bits}-bit codes have no GPTQ packing (2, 3 in 4, 4 and 8 bits do)")
-    return CONTAINER_BITS[qw.bits]
-
-
-def written_group(qw: QuantizedWeight) -> int:
-    """The group size in the folder: the checkpoint's, or the largest one dividing both it and K (exact: the
-    smaller groups repeat their group's parameters). Per-channel is one group of K."""
-    k = qw.shape[1]
-    return k if qw.group_size >= k else math.gcd(qw.group_size, k)
-
-
-def pack_rows(values: np.ndarray, bits: int) -> np.ndarray:
-    """[R, C] codes -> int32 [R * bits / 32, C]: word j of a column holds rows j*n .. j*n + n - 1 (n = 32 / bits),
-    row j*n + i at bit i * bits."""
-    per_word = 32 // bits
-    if values.shape[0] % per_word:
-        raise EdgeqError(f"{values.shape[0]} rows do not fill {bits}-bit int32 words ({per_word} a word)")
-    v = values.astype(np.uint32).reshape(-1, per_word, values.shape[1])
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, :, None]
-    return np.ascontiguousarray(np.bitwise_or.reduce(v << shifts, axis=1)).view(np.int32)
-
-
-def unpack_rows(words: np.ndarray, bits: int) -> np.ndarray:
-    """int32 [R * bits / 32, C] -> [R, C] codes (pack_rows' inverse)."""
-    per_word = 32 // bits
-    shifts = (np.arange(per_word, dtype=np.uint32) * bits)[None, :, None]
-    v = (words.view(np.uint32)[:, None, :] >> shifts) & ((1 << bits) - 1)
-    return v.reshape(-1, words.shape[1])
-
-
-def gptq_tensors(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
-    """NAME.qweight / qzeros / scales / g_idx of one linear (the module docstring's layout)."""
-    bits, group = container_bits(name, qw), written_group(qw)
-    n, k = qw.shape
-    repeat = 1 if qw.group_size >= k else qw.group_size // group
-    groups = k // group
-    scale = qw.scale.repeat_interleave(repeat, dim=1)[:, :groups]
-    zero = qw.zero.to(torch.int64).repeat_interleave(repeat, dim=1)[:, :groups]
-    if float(scale.abs().max()) > FLOAT16_MAX:
-        raise EdgeqError(f"{name}: a scale of {float(scale.abs().max()):.3g} overflows GPTQ's float16 scales")
-    if (n * bits) % 32 or (k * bits) % 32:
-        raise EdgeqError(f"{name}: [{n}, {k}] does not fill {bits}-bit int32 words; GPTQ cannot store it")
-    stored_zero = (zero.T.numpy() - 1) & ((1 << bits) - 1)  # v1: zero - 1, wrapped as the writers wrap it
-    return {f"{name}.qweight": torch.from_numpy(pack_rows(qw.q.T.numpy(), bits)),
-            f"{name}.qzeros": torch.from_numpy(pack_rows(stored_zero.T, bits).T.copy()),
-            f"{name}.scales": scale.T.contiguous().to(torch.float16),
-            f"{name}.g_idx": (torch.arange(k, dtype=torch.int32) // group)}
-
-
-def dequantize_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
-    """[N, K] float32 weight of a v1 GPTQ linear, read from its tensors by the format alone (the export's
-    check, and the reader of other tools' GPTQ folders)."""
-    q = unpack_rows(tensors[f"{name}.qweight"].numpy(), bits).astype(np.float32)  # [K, N]
-    zero = unpack_rows(tensors[f"{name}.qzeros"].numpy().T, bits).T  # [G, N], stored - 1
-    zero = ((zero.astype(np.int64) + 1) & ((1 << bits) - 1)).astype(np.float32)
-    g_idx = tensors[f"{name}.g_idx"].numpy().astype(np.int64)
-    scale = tensors[f"{name}.scales"].float().numpy()
-    return torch.from_numpy((scale[g_idx] * (q - zero[g_idx])).T.copy())
-
 
 def is_symmetric(qw: QuantizedWeight) -> bool:
     return bool((qw.zero == 1 << (qw.bits - 1)).all())

@@ -12,7 +12,7 @@ from ..errors import EdgeqError
 
 ONNX_FILE = "model.onnx"  # runtime.session.MODEL_FILE, kept here so this module imports no numpy
 CHECKPOINT_META = "quantization.json"  # checkpoint.META_FILE, for the same reason
-KINDS = ("onnx", "checkpoint", "float")
+KINDS = ("onnx", "checkpoint", "gptq", "float")
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class ModelInput:
 
 
 DESCRIPTIONS = {"onnx": "an exported ONNX folder", "checkpoint": "an edgeq checkpoint",
+                "gptq": "a GPTQ-format folder (another tool's quantized model)",
                 "float": "a float model (folder, .gguf file or Hub id)"}
 
 
@@ -41,6 +42,9 @@ def kind_of(model: str | None) -> str:
             return "onnx"
         if (path / CHECKPOINT_META).is_file():
             return "checkpoint"
+        from .gptq_folder import is_gptq_folder
+        if is_gptq_folder(path):
+            return "gptq"
     return "float"
 
 
