@@ -183,7 +183,7 @@ def calib_dtype() -> str:
 def quantize_speed() -> str:
     """Every run of benchmarks/quantize_speed.py, each phase beside its floor at the run's own GEMM rates."""
     rows = [json.loads(line) for line in (RESULTS / "quantize_speed.jsonl").read_text().splitlines() if line.strip()]
-    lines = ["| model (blocks) | windows x batch | device, threads | products | forward s (floor) | Hessians s (floor) "
+    lines = ["| model (blocks) | windows, --batch-size | device, threads | products | forward s (floor) | Hessians s (floor) "
              "| forward + Hessians / fp32 floor | solver s | wall s | GEMM GFLOP/s | commit |", "|---" * 11 + "|"]
     for r in rows:
         s, f = r["seconds"], r["floor_seconds"]

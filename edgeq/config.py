@@ -26,8 +26,8 @@ SENSITIVITY_SAMPLES = 128
 # 32 MiB: 42 windows of 128 tokens on SmolLM2 (intermediate 1536), 4 on Llama-3.1-8B (14336).
 FORWARD_CALL_BYTES = 32 << 20
 # The calibration forward's matrix products (calib/precision.py): auto = bfloat16 where the device has native
-# bf16 GEMMs, for the layer methods, whose quality under it was measured (docs/calibration.md); float32 where
-# blocks are trained (learned methods, --block-epochs), on those forwards' outputs: not measured under it.
+# bf16 GEMMs, for the layer methods at 4 bits or more, whose quality under it was measured (docs/calibration.md);
+# float32 below 4 bits (measured: W2 loses) and where blocks are trained (learned methods, --block-epochs): not measured.
 CALIB_DTYPES = ("auto", "float32", "bfloat16")
 
 

@@ -46,6 +46,10 @@ def test_auto_follows_the_cpu_and_stays_float32_where_blocks_are_trained():
     with pytest.raises(EdgeqError, match="--calib-dtype must be one of"):
         QuantConfig(calib_dtype="half").validate()
     assert pipeline.Recipe(QuantConfig(method="signround", calib_dtype="auto")).calib_dtype == torch.float32
+    assert resolve_calib_dtype("auto", "cpu", min_bits=2) == torch.float32  # measured: W2 loses under bf16
+    assert pipeline.Recipe(QuantConfig(bits=2, group_size=64)).calib_dtype == torch.float32
+    assert pipeline.Recipe(QuantConfig(layer_grids=(("down_proj", 3, 128),))).calib_dtype == torch.float32
+    assert pipeline.Recipe(QuantConfig(bits=2, group_size=64, calib_dtype="bfloat16")).calib_dtype == torch.bfloat16
 
 
 def test_bf16_hessian_keeps_a_float32_sum_close_to_the_float32_one():

@@ -67,7 +67,10 @@ class Recipe:
     @property
     def calib_dtype(self) -> torch.dtype:
         """The calibration forward's products (precision.py), 'auto' resolved for this device."""
-        return resolve_calib_dtype(self.config.calib_dtype, self.config.device, self.config.trains_blocks)
+        config = self.config
+        widths = [config.bits, *(bits for _, bits, _ in config.layer_grids),
+                  *(bits for bits, _ in (config.mixed.candidates if config.mixed else ()))]
+        return resolve_calib_dtype(config.calib_dtype, config.device, config.trains_blocks, min(widths))
 
     def forward_batch(self, model_config, seq_len: int) -> int:
         """Windows per block call: --batch-size where blocks are trained (the training batch), else as many as

@@ -42,13 +42,17 @@ def _darwin_feature(name: str) -> bool:
     return result.returncode == 0 and result.stdout.strip() == "1"
 
 
-def resolve_calib_dtype(name: str, device: str, trains_blocks: bool = False) -> torch.dtype:
-    """'auto' -> bfloat16 where the device has native bf16 GEMMs (float32 where blocks are trained, a learned
-    method or --block-epochs: config.py says why), else float32; the others as named."""
+BF16_MIN_BITS = 4  # auto's bf16 only where every linear has at least this many bits
+
+
+def resolve_calib_dtype(name: str, device: str, trains_blocks: bool = False, min_bits: int = 8) -> torch.dtype:
+    """'auto' -> bfloat16 where the device has native bf16 GEMMs, else float32; float32 too where blocks are
+    trained (a learned method or --block-epochs: not measured) or any linear gets fewer than 4 bits (measured:
+    GPTQ W2 g64 loses 4-5% more on news with bf16 products, docs/calibration.md); the others as named."""
     if name not in CALIB_DTYPES:
         raise EdgeqError(f"--calib-dtype must be one of {', '.join(CALIB_DTYPES)}, got {name!r}")
     if name == "auto":
-        if trains_blocks:
+        if trains_blocks or min_bits < BF16_MIN_BITS:
             return torch.float32
         native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
         return torch.bfloat16 if native else torch.float32

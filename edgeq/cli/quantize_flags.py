@@ -137,8 +137,8 @@ def add_calibration_flags(q) -> None:
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
                    help="the calibration forward's matrix products: auto = bfloat16 where the device multiplies "
-                   "bf16 natively (AVX512-BF16, AMX, Arm BF16, CUDA) for the layer methods, float32 elsewhere and "
-                   "where blocks are trained; the states, Hessian sums and solvers stay float32 (default: auto; "
+                   "bf16 natively (AVX512-BF16, AMX, Arm BF16, CUDA) for the layer methods at 4 bits or more, float32 "
+                   "elsewhere, below 4 bits and where blocks are trained; the states, Hessian sums and solvers stay float32 (default: auto; "
                    "docs/calibration.md has its measured cost)")
 
 def add_mixed_flags(q) -> None:
