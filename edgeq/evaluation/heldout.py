@@ -145,10 +145,10 @@ def scorer(model: str | None, bits: int | float | None = None):
 
     from ..io import models
     from .nll import window_nll
-    if given.kind in ("checkpoint", "gptq"):
+    if given.kind in ("checkpoint", "quantized"):
         from transformers import AutoTokenizer
 
-        from ..io.gptq_folder import load_quantized
+        from ..io.quantized_folder import load_quantized
         loaded, _, _ = load_quantized(given, bits)
         tokenizer = AutoTokenizer.from_pretrained(given.path)
     else:

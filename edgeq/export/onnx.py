@@ -50,10 +50,10 @@ def load_for_export(model: str | None, fp32: bool, bits: int | float | None = No
         given = resolve_model(model).refuse_unless("float", command="export --fp32")
         loaded, _ = models.load_model(given.source)
         return loaded, models.load_tokenizer(given.source), {}, given.label, {}
-    if kind_of(model) not in ("checkpoint", "gptq"):  # a float model is not fetched only to be refused
+    if kind_of(model) not in ("checkpoint", "quantized"):  # a float model is not fetched only to be refused
         raise EdgeqError(f"not an edgeq checkpoint: {model} (export a float model with --fp32)")
     given = resolve_model(model)
-    from ..io.gptq_folder import load_quantized
+    from ..io.quantized_folder import load_quantized
     loaded, qweights, meta = load_quantized(given, bits)
     return loaded, AutoTokenizer.from_pretrained(given.path), qweights, given.label, meta
 

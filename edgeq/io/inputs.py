@@ -1,6 +1,6 @@
 """What a MODEL argument names, worked out once where a command starts: an exported ONNX folder, an edgeq
-checkpoint, or a float model (the bundled one, a Hugging Face folder, bf16 shards, a GGUF file, a Hub id,
-resolved to a models.ModelSource). Commands dispatch on the kind instead of probing the path again as it
+checkpoint, another tool's quantized folder, or a float model (the bundled one, a Hugging Face folder, bf16
+shards, a GGUF file, a Hub id, resolved to a models.ModelSource). Commands dispatch on the kind instead of probing the path again as it
 travels. Torch-free: a device's runtime install scores an ONNX folder through here.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..errors import EdgeqError
 
 ONNX_FILE = "model.onnx"  # runtime.session.MODEL_FILE, kept here so this module imports no numpy
 CHECKPOINT_META = "quantization.json"  # checkpoint.META_FILE, for the same reason
-KINDS = ("onnx", "checkpoint", "gptq", "float")
+KINDS = ("onnx", "checkpoint", "quantized", "float")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ModelInput:
 
 
 DESCRIPTIONS = {"onnx": "an exported ONNX folder", "checkpoint": "an edgeq checkpoint",
-                "gptq": "a GPTQ-format folder (another tool's quantized model)",
+                "quantized": "a folder quantized by another tool (GPTQ, AWQ, compressed-tensors, auto-round)",
                 "float": "a float model (folder, .gguf file or Hub id)"}
 
 
@@ -42,9 +42,9 @@ def kind_of(model: str | None) -> str:
             return "onnx"
         if (path / CHECKPOINT_META).is_file():
             return "checkpoint"
-        from .gptq_folder import is_gptq_folder
-        if is_gptq_folder(path):
-            return "gptq"
+        from .quantized_folder import is_quantized_folder
+        if is_quantized_folder(path):
+            return "quantized"
     return "float"
 
 

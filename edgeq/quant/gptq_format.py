@@ -6,7 +6,7 @@ and onnxruntime-genai's builder read them (W = scale * (q - zero), groups along 
     NAME.scales   float16 [G, N]
     NAME.g_idx    int32 [K]                  each input's group (k // group size without act-order)
 
-Written by export/gptq.py, read by io/gptq_folder.py: the format is known here only."""
+Written by export/gptq.py, read by io/folder_readers.py: the format is known here only."""
 from __future__ import annotations
 
 import math
@@ -70,6 +70,12 @@ def gptq_tensors(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
             f"{name}.qzeros": torch.from_numpy(pack_rows(stored_zero.T, bits).T.copy()),
             f"{name}.scales": scale.T.contiguous().to(torch.float16),
             f"{name}.g_idx": (torch.arange(k, dtype=torch.int32) // group)}
+
+
+def shift_zero_points(qzeros: torch.Tensor, bits: int, by: int) -> torch.Tensor:
+    """Packed qzeros with every zero point moved by `by`, wrapped to `bits` (v2 -> v1 is by = -1)."""
+    zero = unpack_rows(qzeros.numpy().T, bits)
+    return torch.from_numpy(pack_rows((zero.astype(np.int64) + by) & ((1 << bits) - 1), bits).T.copy())
 
 
 def dequantize_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
