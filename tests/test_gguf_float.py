@@ -61,3 +61,32 @@ def test_a_non_finite_weight_is_refused_with_its_name():
     tensor = SimpleNamespace(name="blk.2.attn_norm.weight", tensor_type=GGMLQuantizationType.F32, data=data)
     with pytest.raises(EdgeqError, match="blk.2.attn_norm.weight"):
         _float_tensor(tensor, TensorProcessor(), chunk_rows=3)
+
+
+def test_a_gguf_with_its_float_cache_is_not_parsed_again(monkeypatch):
+    """Validation and the config read the cache converted from this very file (path, size, mtime): parsing the
+    bundled GGUF's header took ~8 s a time, twice, in every quantize's load phase."""
+    import gguf
+
+    from edgeq.io.validate import check_float_source
+    source = models.bundled_source()
+    models.float_folder(source)  # the cache exists (converted once, as every load does)
+    assert models.cached_float_folder(source) is not None
+
+    def parsed(*args, **kwargs):
+        raise AssertionError("the GGUF was parsed")
+    monkeypatch.setattr(gguf, "GGUFReader", parsed)
+    check_float_source(source)
+    config = models.load_config(source)
+    assert config.model_type == "llama" and config.num_hidden_layers == 30
+
+
+def test_a_gguf_without_a_cache_is_still_read_whole(tmp_path):
+    source = models.bundled_source()
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes((source.folder / source.gguf_file).read_bytes()[:1_000_000])  # cut: another file, no cache
+    cut = models.ModelSource(tmp_path, copy.name, str(copy))
+    assert models.cached_float_folder(cut) is None
+    from edgeq.io.validate import check_float_source
+    with pytest.raises(EdgeqError, match="truncated"):
+        check_float_source(cut)

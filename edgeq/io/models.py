@@ -69,6 +69,9 @@ def resolve_source(model: str | None) -> ModelSource:
 def load_config(source: ModelSource):
     from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoConfig
+    cached = cached_float_folder(source)
+    if cached is not None:  # the config the model loads with; parsing the GGUF's header again costs ~8 s
+        source = ModelSource(cached, None, source.label)
     try:
         config = AutoConfig.from_pretrained(source.folder, gguf_file=source.gguf_file)
     except (ValueError, KeyError, TypeError, OSError, StrictDataclassError) as err:  # transformers' validation
@@ -89,14 +92,28 @@ def float_folder(source: ModelSource) -> Path:
         return source.folder
     from ..util.paths import atomic_folder
     from .gguf_float import convert
-    gguf = source.folder / source.gguf_file
+    folder = cached_float_folder(source)
+    if folder is None:
+        folder = _float_cache_path(source.folder / source.gguf_file)
+        with atomic_folder(folder) as tmp:
+            convert(source.folder / source.gguf_file, tmp)
+    return folder
+
+
+def _float_cache_path(gguf: Path) -> Path:
     stat = gguf.stat()
     key = hashlib.sha256(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    folder = cache_root() / "float" / f"{gguf.stem}-{key}"
-    if not (folder / WEIGHTS).exists() and not (folder / INDEX).exists():  # WEIGHTS: caches made before
-        with atomic_folder(folder) as tmp:
-            convert(gguf, tmp)
-    return folder
+    return cache_root() / "float" / f"{gguf.stem}-{key}"
+
+
+def cached_float_folder(source: ModelSource) -> Path | None:
+    """The float cache of a GGUF source where one was converted from this very file (path, size and mtime in
+    its name; written atomically after a complete read, so it stands for a file that parsed whole), else None."""
+    if source.gguf_file is None:
+        return None
+    folder = _float_cache_path(source.folder / source.gguf_file)
+    complete = (folder / WEIGHTS).exists() or (folder / INDEX).exists()  # WEIGHTS: caches made before shards
+    return folder if complete and (folder / "config.json").is_file() else None
 
 
 def tensor_names(path: Path) -> list[str]:

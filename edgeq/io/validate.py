@@ -108,10 +108,11 @@ def check_tokenizer(folder: Path) -> None:
 
 def check_float_source(source) -> None:
     """The whole pass over a models.ModelSource: its GGUF file, or its folder's config, weights and tokenizer."""
+    from .models import cached_float_folder, load_config
     if source.gguf_file is not None:
-        check_gguf(source.folder / source.gguf_file)
+        if cached_float_folder(source) is None:  # a cache was converted from this file after a whole read
+            check_gguf(source.folder / source.gguf_file)
         return
-    from .models import load_config
     check_config(source.folder)
     files = check_weight_files(source.folder)
     config = load_config(source)
