@@ -47,7 +47,7 @@ def gptq_module_grid(name: str, config: dict) -> tuple[int, int] | None:
 
 
 def read_gptq(config: dict, tensors: dict, grid_of=gptq_module_grid):
-    from ..quant.gptq_format import qweight_from_gptq, shift_zero_points
+    from ..quant.gptq_format import qweight_from_gptq
     fmt = str(config.get("checkpoint_format", "gptq")).lower()
     if fmt not in GPTQ_ZERO_OFFSETS:
         raise EdgeqError(f"GPTQ checkpoint_format {fmt!r} is not read (gptq and gptq_v2 are)")
@@ -57,9 +57,7 @@ def read_gptq(config: dict, tensors: dict, grid_of=gptq_module_grid):
         grid = grid_of(name, config)
         if grid is None:
             raise EdgeqError(f"{name}: packed codes in a module the folder's config leaves unquantized")
-        if GPTQ_ZERO_OFFSETS[fmt] == 0 and f"{name}.qzeros" in tensors:  # the reader expects v1's zero - 1
-            tensors[f"{name}.qzeros"] = shift_zero_points(tensors[f"{name}.qzeros"], grid[0], -1)
-        qweights[name] = qweight_from_gptq(tensors, name, *grid)
+        qweights[name] = qweight_from_gptq(tensors, name, *grid, zero_offset=GPTQ_ZERO_OFFSETS[fmt])
     return qweights, _packed(qweights, GPTQ_PARTS)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
+from .grid import n_groups, stored_group
 from .qweight import QuantizedWeight
 
 AWQ_BITS = 4
@@ -38,8 +39,8 @@ def qweight_from_awq(tensors: dict[str, torch.Tensor], name: str, bits: int, gro
             raise EdgeqError(f"{name}: the AWQ folder has no {name}.{part}")
     q = unpack_columns(tensors[f"{name}.qweight"].numpy())  # [K, N]
     k, n = q.shape
-    group = k if group_size in (-1, 0) or group_size >= k else group_size
-    groups = -(-k // group)
+    group = stored_group(group_size, k)
+    groups = n_groups(k, group)
     scales, zero = tensors[f"{name}.scales"], unpack_columns(tensors[f"{name}.qzeros"].numpy())
     for part, shape in (("scales", tuple(scales.shape)), ("qzeros", zero.shape)):
         if shape != (groups, n):

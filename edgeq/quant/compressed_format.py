@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
+from .grid import n_groups, stored_group
+from .pack import unpack_codes
 from .qweight import QuantizedWeight
 
 STRATEGIES = ("group", "channel", "tensor")  # weight strategies read; "block" (2-D tiles, FP8's) is not
@@ -23,13 +25,11 @@ STRATEGIES = ("group", "channel", "tensor")  # weight strategies read; "block" (
 
 def unpack_stream(words: np.ndarray, bits: int, count: int) -> np.ndarray:
     """int32 [R, W] -> [R, count] unsigned codes: element i of a row at bit i * bits of the row's little-endian
-    bit stream (compressed-tensors' pack_to_int32 along its last dimension)."""
-    stream = np.unpackbits(words.astype("<i4").view(np.uint8).reshape(words.shape[0], -1), axis=1,
-                           bitorder="little")
-    if stream.shape[1] < count * bits:
+    bit stream (compressed-tensors' pack_to_int32 along its last dimension): the little-endian words' bytes are
+    quant/pack.py's own stream."""
+    if words.shape[1] * 32 < count * bits:
         raise EdgeqError(f"{words.shape[1]} int32 words a row cannot hold {count} {bits}-bit codes")
-    digits = stream[:, :count * bits].reshape(words.shape[0], count, bits).astype(np.uint16)
-    return (digits << np.arange(bits, dtype=np.uint16)).sum(axis=2).astype(np.uint8)
+    return unpack_codes(words.astype("<i4").view(np.uint8).reshape(words.shape[0], -1), bits, count)
 
 
 def qweight_from_compressed(tensors: dict[str, torch.Tensor], name: str, weights: dict) -> QuantizedWeight:
@@ -46,9 +46,9 @@ def qweight_from_compressed(tensors: dict[str, torch.Tensor], name: str, weights
         raise EdgeqError(f"{name}: weight_packed holds {q.shape[0]} rows, weight_shape says {n}")
     scale = tensors[f"{name}.weight_scale"].float().reshape(n, -1) if strategy != "tensor" else \
         tensors[f"{name}.weight_scale"].float().reshape(1, 1).expand(n, 1)
-    group = k if strategy != "group" else int(weights["group_size"])
-    if scale.shape[1] != -(-k // group):
-        raise EdgeqError(f"{name}: weight_scale of shape {tuple(scale.shape)}, expected {(n, -(-k // group))}")
+    group = stored_group(int(weights["group_size"]) if strategy == "group" else -1, k)
+    if scale.shape[1] != n_groups(k, group):
+        raise EdgeqError(f"{name}: weight_scale of shape {tuple(scale.shape)}, expected {(n, n_groups(k, group))}")
     _refuse_act_order(tensors, name, k, group)
     zero = _zero_points(tensors, name, bits, weights, scale.shape)
     return QuantizedWeight(torch.from_numpy(q), scale.contiguous(), zero, bits, group)

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
+from .grid import n_groups, stored_group
+from .pack import CONTAINER as CONTAINER_BITS  # code width -> the packed width every GPTQ reader unpacks
 from .qweight import QuantizedWeight
 
-CONTAINER_BITS = {2: 2, 3: 4, 4: 4, 8: 8}  # code width -> the packed width every GPTQ reader unpacks
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
 
@@ -72,12 +73,6 @@ def gptq_tensors(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
             f"{name}.g_idx": (torch.arange(k, dtype=torch.int32) // group)}
 
 
-def shift_zero_points(qzeros: torch.Tensor, bits: int, by: int) -> torch.Tensor:
-    """Packed qzeros with every zero point moved by `by`, wrapped to `bits` (v2 -> v1 is by = -1)."""
-    zero = unpack_rows(qzeros.numpy().T, bits)
-    return torch.from_numpy(pack_rows((zero.astype(np.int64) + by) & ((1 << bits) - 1), bits).T.copy())
-
-
 def dequantize_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
     """[N, K] float32 weight of a v1 GPTQ linear, read from its tensors by the format alone (the export's
     check, and the reader of other tools' GPTQ folders)."""
@@ -89,9 +84,11 @@ def dequantize_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int) -> t
     return torch.from_numpy((scale[g_idx] * (q - zero[g_idx])).T.copy())
 
 
-def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, group_size: int) -> QuantizedWeight:
+def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, group_size: int,
+                      zero_offset: int = 1) -> QuantizedWeight:
     """One linear of a GPTQ folder as a QuantizedWeight (the codes and zero points as stored, the float16 scales
-    widened). group_size -1 is per-channel. An act-order g_idx (columns not in group order) is refused."""
+    widened). group_size -1 is per-channel. zero_offset is what the writer subtracted from each zero point (1 in
+    v1, what every tool saves; 0 in v2). An act-order g_idx (columns not in group order) is refused."""
     if bits not in (2, 4, 8):
         raise EdgeqError(f"{name}: {bits}-bit GPTQ packing is not read (2, 4 and 8 bits are)")
     for part in ("qweight", "qzeros", "scales"):
@@ -99,8 +96,8 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
             raise EdgeqError(f"{name}: the GPTQ folder has no {name}.{part}")
     q = unpack_rows(tensors[f"{name}.qweight"].numpy(), bits)  # [K, N]
     k, n = q.shape
-    group = k if group_size in (-1, 0) or group_size >= k else group_size
-    groups = -(-k // group)
+    group = stored_group(group_size, k)
+    groups = n_groups(k, group)
     scales = tensors[f"{name}.scales"]
     if tuple(scales.shape) != (groups, n):
         raise EdgeqError(f"{name}: scales of shape {tuple(scales.shape)}, expected {(groups, n)} for "
@@ -112,7 +109,7 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
     if g_idx is not None and not torch.equal(g_idx.to(torch.int64), torch.arange(k) // group):
         raise EdgeqError(f"{name}: its g_idx reorders the columns (act-order, desc_act); edgeq reads GPTQ "
                          "folders quantized in column order only")
-    zero = (stored.astype(np.int64) + 1) & ((1 << bits) - 1)  # v1 stores zero - 1
+    zero = (stored.astype(np.int64) + zero_offset) & ((1 << bits) - 1)  # wrapped as the writers wrap it
     return QuantizedWeight(torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8)),
                            scales.float().T.contiguous(), torch.from_numpy(zero.T.astype(np.uint8).copy()),
                            bits, group)

@@ -47,6 +47,12 @@ def fit_to_columns(spec: QuantSpec, k: int) -> QuantSpec:
     return spec
 
 
+def stored_group(group_size: int, k: int) -> int:
+    """Another format's group size as a QuantizedWeight holds it: K for per-channel (-1 or 0 there, or a group
+    at least K wide)."""
+    return k if group_size in (-1, 0) or group_size >= k else group_size
+
+
 def n_groups(k: int, group_size: int) -> int:
     return -(-k // group_size)
 
