@@ -22,9 +22,8 @@ RESULTS = RESULTS_DIR / "load_time.jsonl"
 
 
 def seconds_load(tree: Path, method: str) -> float:
-    """One `edgeq quantize` of the bundled model with `tree` first on the path, stopped right after loading
-    (--max-blocks is not a flag: a 1-block model is not the bundled one, so the run goes to the end for rtn;
-    gptq runs with --samples 8 to keep the rest short)."""
+    """The seconds_load of one whole `edgeq quantize` of the bundled model with `tree` first on the path (gptq
+    runs with --samples 8 to keep the rest of the run short; the load still tokenizes the calibration text)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "ckpt"
         args = [sys.executable, "-m", "edgeq.cli", "quantize", "--method", method, "--out", str(out), "--quiet"]
