@@ -59,7 +59,7 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
                                                 progress))
         calib_digest = calib_record["digest"]
     release_freed_memory()  # tokenizer scratch would otherwise stay in the heap for the whole run
-    loaded, _ = models.load_model(source, stream_blocks=True)
+    loaded, transform_records = load_transformed(source, config, stream_blocks=True)
     arch = models.arch_of(loaded.config)
     t_load = time.perf_counter() - t0
 
@@ -88,6 +88,7 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
         "block_epochs": config.block_epochs, "block_lr": config.block_lr, "base_model": source.label,
         "calibration": calib_record if calibrated else None, "lm_head_bits": config.lm_head,
+        "transforms": transform_records,
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
@@ -117,6 +118,15 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)
     resume.discard()
     return checkpoint.read_meta(out)
+
+
+def load_transformed(source, config: QuantConfig, stream_blocks: bool = False):
+    """(the float model with the run's pre-transforms applied, their records): every pass of a quantize run
+    (calibration, Fisher estimates, slice estimates) sees the model its solvers quantize."""
+    from .io import models
+    from .transforms import apply_transforms
+    model, config_ = models.load_model(source, stream_blocks=stream_blocks)
+    return model, apply_transforms(model, models.arch_of(config_), config.transforms, config.seed)
 
 
 def block_linear_shapes(model, arch) -> dict[str, tuple[int, int]]:
@@ -183,7 +193,7 @@ def _measure_sensitivity(source, loaded, arch, windows, specs, config: QuantConf
     from .solvers import get_method
     model, fisher = loaded, None
     if config.mixed.estimator == "fisher":
-        model, _ = models.load_model(source)
+        model, _ = load_transformed(source, config)
         fisher = sensitivity.fisher_diagonal(model, arch, windows, progress)
     method, opts = config.method, config.solver_opts
     if get_method(method).learned:  # what a width costs is estimated from GPTQ's solution: no block training per candidate
@@ -203,7 +213,7 @@ def _slice_estimates(source, arch, windows, qweights, config: QuantConfig, progr
     from .planning.mixnmatch import SAMPLES
     from .solvers import get_method
     widths = sorted(get_method(config.method).resolve(config.solver_opts).widths, reverse=True)
-    model, _ = models.load_model(source)
+    model, _ = load_transformed(source, config)
     fisher = sensitivity.fisher_diagonal(model, arch, windows[:SAMPLES], progress)
     layers = sensitivity.slice_estimates(model, fisher, qweights, widths)
     del model, fisher

@@ -57,6 +57,7 @@ class QuantConfig:
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
     calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
+    transforms: tuple = ()     # pre-transforms applied to the float model before calibration (transforms/)
 
     @property
     def spec(self):
@@ -82,6 +83,8 @@ class QuantConfig:
         method = get_method(self.method)
         options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
         check_device(self.device)
+        from .transforms import check_transforms
+        check_transforms(self.transforms)
         if self.calib_dtype not in CALIB_DTYPES:
             raise EdgeqError(f"--calib-dtype must be one of {', '.join(CALIB_DTYPES)}, got {self.calib_dtype!r}")
         check_training_options(self, method.calibrated, method.learned)

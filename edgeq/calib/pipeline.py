@@ -94,7 +94,9 @@ class Recipe:
                           + ([f"head {self.head_bits}"] if self.head_bits else [])
                           + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else [])
                           + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else [])
-                          + ([f"calib {self.calib_dtype}"] if self.calib_dtype != torch.float32 else []),
+                          + ([f"calib {self.calib_dtype}"] if self.calib_dtype != torch.float32 else [])
+                          + ([f"transforms {list(self.config.transforms)} seed {self.config.seed}"]
+                             if self.config.transforms else []),
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

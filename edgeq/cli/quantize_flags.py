@@ -111,7 +111,15 @@ def add_quantize_parser(sub) -> None:
     q.add_argument("--layer-grid", action="append", type=layer_grid_arg, default=[], metavar="PATTERN=BITS[:GROUP]",
                    help="a grid by hand for every linear whose name contains PATTERN, e.g. down_proj=4:128 "
                    "(repeatable; the later wins; the others keep --bits/--group-size)")
+    add_transform_flag(q)
     q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_transform_flag(q) -> None:
+    from ..transforms import TRANSFORMS
+    q.add_argument("--transform", action="append", default=[], choices=list(TRANSFORMS), metavar="NAME",
+                   help="an exact rewrite of the float model before calibration (repeatable, in order): "
+                   + "; ".join(f"{t.name}: {t.help}" for t in TRANSFORMS.values()))
 
 def add_calibration_flags(q) -> None:
     q.add_argument("--calib", nargs="+", metavar="PART", help="calibration text, one or more parts: a text or "
@@ -199,6 +207,6 @@ def config_from(args):
                        samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
-                       calib_dtype=args.calib_dtype,
+                       calib_dtype=args.calib_dtype, transforms=tuple(args.transform),
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])

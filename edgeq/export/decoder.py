@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import EdgeqError
+from ..io.head import final_mix
 from ..io.models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
 from ..quant.qweight import QuantizedWeight
 from ..quant.layout import MS_DOMAIN, NodeLayout, node_layout, node_tensors, shares_codes_with_lookup
@@ -445,6 +446,9 @@ def build_decoder(model, qweights: dict[str, QuantizedWeight], accuracy_level: i
                         skip, None, style)[0]
         skip = scaled_branch(g, skip, style)
     x, _ = norm(g, "final_norm", get_module(model, arch.final_norm).weight, dims.eps, residual, skip, style)
+    mix = final_mix(model, arch)
+    if mix is not None:  # a rotated model's tied head: the final norm's gain, rotated (io/head.py)
+        x = g.op("MatMul", [x, g.constant("final_norm_mix", tensor(mix))], "final_norm_mixed")[0]
     lm_head(g, x, model, arch, table, lin)
     inputs, outputs = graph_io(config, dims)
     proto = helper.make_model(helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, g.initializers),

@@ -111,6 +111,26 @@ def write_gptq_folder(tmp: Path, model, tokenizer, qweights: dict[str, Quantized
     return report
 
 
+def untie_final_mix(model, arch, head_quantized: bool, label: str) -> None:
+    """A rotated model's tied head reads its table after a d x d matrix (io/head.py's final mix), which no
+    GPTQ reader runs: a float head takes the matrix into an untied head of its own (table @ mix; the mix is
+    symmetric); a quantized one cannot, and is refused."""
+    import torch
+    from ..io.head import FINAL_MIX, final_mix
+    from ..io.models import get_module
+    mix = final_mix(model, arch)
+    if mix is None:
+        return
+    if head_quantized:
+        raise EdgeqError(f"{label} was rotated with a tied head whose codes the embedding shares: the GPTQ format "
+                         "has no place for the matrix after its final norm; export with --lm-head fp, or to ONNX")
+    head, norm = get_module(model, arch.lm_head), get_module(model, arch.final_norm)
+    head.weight = torch.nn.Parameter(get_module(model, arch.embed).weight.data @ mix, requires_grad=False)
+    model.config.tie_word_embeddings = False
+    del norm._buffers[FINAL_MIX]
+    norm._forward_hooks.clear()
+
+
 def export_gptq(model: str, out, *, lm_head: str | None = None, bits: int | float | None = None) -> dict:
     """Write `out`, a Hugging Face folder in the GPTQ format, from an edgeq checkpoint (its `bits` slice, and
     its head at `lm_head` bits if the checkpoint's head is float). Nothing is left at `out` if any check fails."""
@@ -130,6 +150,7 @@ def export_gptq(model: str, out, *, lm_head: str | None = None, bits: int | floa
         qweights = {**qweights, arch.lm_head: quantize_lm_head(loaded, arch, HEAD_WIDTHS[lm_head])}
     for name, qw in qweights.items():
         container_bits(name, qw)  # refused before anything is written
+    untie_final_mix(loaded, arch, arch.lm_head in qweights, model)
     with atomic_folder(out) as tmp:
         report = write_gptq_folder(tmp, loaded, tokenizer, qweights, arch)
     return {**report, "source": label, "method": meta.get("method")}

@@ -18,6 +18,7 @@ from ..quant import pack
 from ..errors import EdgeqError
 from ..util.paths import atomic_folder  # noqa: F401  (the checkpoint's writes go through it)
 from ..quant.qweight import QuantizedWeight
+from .head import FINAL_MIX, attach_final_mix
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -259,12 +260,15 @@ def _model_of_state(config, arch, state: dict[str, torch.Tensor]):
     for key in tied:
         if stored:
             state.setdefault(key, state[stored[0]])
+    mix = state.pop(f"{arch.final_norm}.{FINAL_MIX}", None)  # a rotated model's tied head (io/head.py)
     model = empty_model(config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     if missing or unexpected:
         raise EdgeqError(f"checkpoint does not match its config: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
     rebuild_non_weights(model, arch)
+    if mix is not None:
+        attach_final_mix(model, arch, mix)
     return model
 
 

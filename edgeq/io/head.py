@@ -32,3 +32,26 @@ def attach_head(model, arch, qw: QuantizedWeight) -> None:
     else:
         head.weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
         model.config.tie_word_embeddings = False
+
+
+# A rotated residual stream (transforms/rotate.py) with a tied head: the table is the rotated embedding, so the
+# final norm's gain cannot be folded into a head of its own. It stays a d x d matrix after the norm
+# (Q^T diag(gain) Q), stored as this buffer of the final norm and exported as one float MatMul.
+FINAL_MIX = "rotation_mix"
+
+
+def _mix_output(norm, inputs, output):
+    return output @ getattr(norm, FINAL_MIX)
+
+
+def attach_final_mix(model, arch, mix: torch.Tensor) -> None:
+    """Make the final norm's output go through `mix` (its row vectors times the matrix)."""
+    from .architectures import get_module
+    norm = get_module(model, arch.final_norm)
+    norm.register_buffer(FINAL_MIX, mix.to(torch.float32).contiguous())
+    norm.register_forward_hook(_mix_output)
+
+
+def final_mix(model, arch) -> torch.Tensor | None:
+    from .architectures import get_module
+    return getattr(get_module(model, arch.final_norm), FINAL_MIX, None)

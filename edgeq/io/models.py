@@ -234,6 +234,9 @@ def load_block(model, arch: Arch, index: int) -> None:
     if is_streamed(model):
         prefix = f"{arch.blocks}.{index}."
         _assign(model, {n: f for n, f in model.edgeq_weight_files.items() if n.startswith(prefix)})
+        transform = getattr(model, "edgeq_block_transform", None)  # a pre-transform (transforms/) of each block
+        if transform is not None:
+            transform(get_module(model, arch.blocks)[index])
 
 
 def release_weights(model, names) -> None:
