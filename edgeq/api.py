@@ -25,7 +25,9 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see texts.py), None =
     the default mix; calib_mix: one weight per part."""
     from .solvers import get_method
+    from .transforms import check_transforms
     config.validate()
+    check_transforms(config.transforms)
     calibrated = get_method(config.method).calibrated
     if calib is not None and not calibrated and not config.mixed:
         raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")

@@ -83,8 +83,6 @@ class QuantConfig:
         method = get_method(self.method)
         options = method.resolve(self.solver_opts)  # unknown options and bad values refused here
         check_device(self.device)
-        from .transforms import check_transforms
-        check_transforms(self.transforms)
         if self.calib_dtype not in CALIB_DTYPES:
             raise EdgeqError(f"--calib-dtype must be one of {', '.join(CALIB_DTYPES)}, got {self.calib_dtype!r}")
         check_training_options(self, method.calibrated, method.learned)
