@@ -21,6 +21,7 @@ import torch
 
 from ..errors import EdgeqError
 from ..io.head import final_mix
+from ..io.architectures import head_dim
 from ..io.models import arch_of, get_module, head_is_tied, layer_kinds, logits_scale, rope_layers
 from ..quant.qweight import QuantizedWeight
 from ..quant.layout import MS_DOMAIN, NodeLayout, node_layout, node_tensors, shares_codes_with_lookup
@@ -61,8 +62,8 @@ class Dims:
 
     @classmethod
     def of(cls, config) -> "Dims":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        return cls(config.num_attention_heads, config.num_key_value_heads, head_dim, float(config.rms_norm_eps))
+        return cls(config.num_attention_heads, config.num_key_value_heads, head_dim(config),
+                   float(config.rms_norm_eps))
 
 
 @dataclass(frozen=True)

@@ -116,19 +116,17 @@ def untie_final_mix(model, arch, head_quantized: bool, label: str) -> None:
     GPTQ reader runs: a float head takes the matrix into an untied head of its own (table @ mix; the mix is
     symmetric); a quantized one cannot, and is refused."""
     import torch
-    from ..io.head import FINAL_MIX, final_mix
+    from ..io.head import detach_final_mix, final_mix
     from ..io.models import get_module
-    mix = final_mix(model, arch)
-    if mix is None:
+    if final_mix(model, arch) is None:
         return
     if head_quantized:
         raise EdgeqError(f"{label} was rotated with a tied head whose codes the embedding shares: the GPTQ format "
                          "has no place for the matrix after its final norm; export with --lm-head fp, or to ONNX")
-    head, norm = get_module(model, arch.lm_head), get_module(model, arch.final_norm)
-    head.weight = torch.nn.Parameter(get_module(model, arch.embed).weight.data @ mix, requires_grad=False)
+    mix = detach_final_mix(model, arch)
+    table = get_module(model, arch.embed).weight.data
+    get_module(model, arch.lm_head).weight = torch.nn.Parameter(table @ mix, requires_grad=False)
     model.config.tie_word_embeddings = False
-    del norm._buffers[FINAL_MIX]
-    norm._forward_hooks.clear()
 
 
 def export_gptq(model: str, out, *, lm_head: str | None = None, bits: int | float | None = None) -> dict:

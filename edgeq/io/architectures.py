@@ -79,6 +79,11 @@ def logits_scale(config) -> float | None:
     return None if scaling in (None, 1, 1.0) else 1.0 / float(scaling)
 
 
+def head_dim(config) -> int:
+    """Each attention head's width: the config's head_dim where it sets one (Qwen3, Gemma 3), else hidden / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def arch_of(config) -> Arch:
     return arch_of_type(getattr(config, "model_type", None))
 

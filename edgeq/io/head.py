@@ -49,7 +49,16 @@ def attach_final_mix(model, arch, mix: torch.Tensor) -> None:
     from .architectures import get_module
     norm = get_module(model, arch.final_norm)
     norm.register_buffer(FINAL_MIX, mix.to(torch.float32).contiguous())
-    norm.register_forward_hook(_mix_output)
+    norm.edgeq_mix_hook = norm.register_forward_hook(_mix_output)
+
+
+def detach_final_mix(model, arch) -> torch.Tensor:
+    """Undo attach_final_mix: the final norm is a plain norm again; returns the matrix."""
+    from .architectures import get_module
+    norm = get_module(model, arch.final_norm)
+    norm.edgeq_mix_hook.remove()
+    del norm.edgeq_mix_hook
+    return norm._buffers.pop(FINAL_MIX)
 
 
 def final_mix(model, arch) -> torch.Tensor | None:

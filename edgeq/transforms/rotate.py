@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import EdgeqError
-from ..io.architectures import Arch, get_module
+from ..io.architectures import Arch, get_module, head_dim, head_is_tied
 from ..io.head import attach_final_mix
 from .hadamard import random_rotation
 
@@ -52,10 +52,6 @@ def check_supported(config) -> None:
         raise EdgeqError(f"--transform rotate does not apply to {model_type}: {REFUSED[model_type]}")
     if model_type not in SUPPORTED:
         raise EdgeqError(f"--transform rotate supports {', '.join(SUPPORTED)}, not {model_type!r}")
-
-
-def head_dim(config) -> int:
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _set(linear_or_norm, name: str, value: torch.Tensor) -> None:
@@ -108,11 +104,12 @@ def rotate_outside_blocks(model, arch: Arch, rotation: Rotation) -> None:
     """The embedding, the final norm and the head; a tied head keeps its table and gets the final mix."""
     Q = rotation.residual
     embed, norm, head = (get_module(model, name) for name in (arch.embed, arch.final_norm, arch.lm_head))
-    tied = head.weight is embed.weight
+    tied = head_is_tied(model)
     gain = norm.weight.data.double().clone()
-    embed.weight.data = (embed.weight.data.double() @ Q).float()  # in place of the (possibly mapped) table
+    # the Parameter's data replaced (a streamed model's table is mapped from its file): a tied head, the same
+    # Parameter, reads the rotated table too
+    embed.weight.data = (embed.weight.data.double() @ Q).float()
     if tied:
-        head.weight = embed.weight
         attach_final_mix(model, arch, Q.T @ torch.diag(gain) @ Q)
     else:
         _set(head, "weight", (head.weight.data.double() * gain[None, :]) @ Q)
