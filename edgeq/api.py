@@ -24,11 +24,9 @@ def quantize(model: str | None, out, config: QuantConfig = QuantConfig(), calib:
     """Quantize `model` (None = the bundled SmolLM2-135M) into a checkpoint folder `out`; return its meta.
     calib: calibration parts (files, folders, globs, builtin:NAME, or "self"; see texts.py), None =
     the default mix; calib_mix: one weight per part."""
-    from .solvers import get_method
-    from .transforms import check_transforms
     config.validate()
-    check_transforms(config.transforms)
-    calibrated = get_method(config.method).calibrated
+    check_run_transforms(config)
+    calibrated = uses_calibration(config)
     if calib is not None and not calibrated and not config.mixed:
         raise EdgeqError(f"{config.method} uses no calibration text: drop --calib (or choose a calibrated method)")
     check_output_folder(out)
@@ -42,9 +40,10 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     from .calib.resume import ResumeState
     from .io.inputs import resolve_model
     from .solvers import get_method
+    from .transforms.awq import summary as awq_summary
 
     t0 = time.perf_counter()
-    calibrated = get_method(config.method).calibrated
+    calibrated = uses_calibration(config)
     check_output_folder(out)  # again under the lock: a run that held it may have just written `out`
     spec = config.spec
     source = resolve_model(model).refuse_unless("float", command="quantize").source
@@ -90,7 +89,7 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         "group_size": spec.group_size, "sym": spec.sym, "solver_opts": config.solver_opts,
         "block_epochs": config.block_epochs, "block_lr": config.block_lr, "base_model": source.label,
         "calibration": calib_record if calibrated else None, "lm_head_bits": config.lm_head,
-        "transforms": transform_records,
+        "transforms": transform_records + ([awq_summary(timings.awq)] if timings.awq else []),
         "layer_errors": timings.layer_errors,
         "block_losses": timings.block_losses,
     }
@@ -120,6 +119,22 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)
     resume.discard()
     return checkpoint.read_meta(out)
+
+
+def uses_calibration(config: QuantConfig) -> bool:
+    """The method calibrates, or a block transform (awq) reads each block's inputs, RTN's included."""
+    from .solvers import get_method
+    from .transforms import block_transforms
+    return get_method(config.method).calibrated or bool(block_transforms(config.transforms))
+
+
+def check_run_transforms(config: QuantConfig) -> None:
+    from .solvers import get_method
+    from .transforms import block_transforms, check_transforms
+    check_transforms(config.transforms)
+    if block_transforms(config.transforms) and get_method(config.method).nested:
+        raise EdgeqError(f"--transform awq does not apply to {config.method}: its slice estimates re-read the "
+                         "float model, which awq's folded scales change")
 
 
 def load_transformed(source, config: QuantConfig, stream_blocks: bool = False):

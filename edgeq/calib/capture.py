@@ -90,6 +90,7 @@ class HessianAccumulator:
 
     def __init__(self, k: int, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32):
         self.sum = torch.zeros(k, k, dtype=torch.float32, device=device)
+        self.abs_sum = torch.zeros(k, dtype=torch.float32, device=device)  # mean |x| per channel (awq)
         self.count = 0
         self.seconds = 0.0
         self.first_token_weight = first_token_weight  # each window's first position counts this many times
@@ -101,6 +102,7 @@ class HessianAccumulator:
             self._add_product(x[:, 0], self.first_token_weight - 1.0)
         x = x.reshape(-1, x.shape[-1])
         self._add_product(x, 1.0)
+        self.abs_sum += x.abs().sum(0, dtype=torch.float32)
         self.count += x.shape[0]
         self.seconds += time.perf_counter() - t
 
@@ -113,6 +115,15 @@ class HessianAccumulator:
 
     def hessian(self) -> torch.Tensor:
         return self.sum / max(self.count, 1)
+
+    def mean_abs(self) -> torch.Tensor:
+        return self.abs_sum / max(self.count, 1)
+
+    def rescale_inputs(self, s: torch.Tensor) -> None:
+        """The statistics of x / s (awq moved s from the inputs into the weights): H -> diag(1/s) H diag(1/s)."""
+        inv = (1.0 / s).to(self.sum)
+        self.sum.mul_(inv[:, None]).mul_(inv[None, :])
+        self.abs_sum.mul_(inv)
 
     def take_hessian(self) -> torch.Tensor:
         """hessian(), divided where the sum lies (no second K x K matrix); the accumulator is spent."""

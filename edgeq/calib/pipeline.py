@@ -30,6 +30,7 @@ from ..util.progress import progress_bar
 from ..quant.qweight import QuantizedWeight
 from ..io.safetensors_scan import release_mapped_tables
 from ..solvers import Method, get_method, weighted_error
+from ..transforms import block_transforms
 from .batches import Batches
 from .blockwise import refine_scales
 from .capture import HessianAccumulator, StopForward, block_output, capture_block_inputs, hessian_hooks, stop_at
@@ -72,6 +73,15 @@ class Recipe:
                   *(bits for bits, _ in (config.mixed.candidates if config.mixed else ()))]
         return resolve_calib_dtype(config.calib_dtype, config.device, config.trains_blocks, min(widths))
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the run reads calibration inputs: the method's, or a block transform's (awq under rtn)."""
+        return get_method(self.method).calibrated or bool(block_transforms(self.config.transforms))
+
+    @property
+    def scales_inputs(self) -> bool:
+        return "awq" in self.config.transforms
+
     def forward_batch(self, model_config, seq_len: int) -> int:
         """Windows per block call: --batch-size where blocks are trained (the training batch), else as many as
         config.FORWARD_CALL_BYTES allows for the block's widest float32 activation per token (the MLP's
@@ -109,6 +119,7 @@ class Timings:
     block_training: float = 0.0
     layer_errors: dict = field(default_factory=dict)  # linear -> H-weighted error (calibrated methods)
     block_losses: dict = field(default_factory=dict)  # block -> output MSE per training epoch, then after
+    awq: dict = field(default_factory=dict)  # block -> each input group's searched alpha (transforms/awq.py)
     resumed_from_block: int = 0  # > 0: the blocks before it ran in an earlier, interrupted process
 
 
@@ -116,6 +127,7 @@ class Timings:
 class BlockJob:
     """One block to quantize: everything a block quantizer reads."""
     block: torch.nn.Module
+    model_config: object
     index: int
     last: bool                     # the last block feeds no other
     arch: Arch
@@ -155,9 +167,10 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
     for i in range(start):
         load_block(model, arch, i)
     _apply(model, resume.load_qweights(start) if start else {})
+    _set_floats(model, resume.load_floats(start) if start else {})
     timings = Timings(resumed_from_block=start)
     batches, fp_states = None, None
-    if method.calibrated:
+    if recipe.calibrated:
         t = time.perf_counter()
         size = recipe.forward_batch(model.config, windows.shape[1])
         captured, kwargs_per_batch = capture_block_inputs(model, arch, windows, size)
@@ -176,13 +189,14 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         load_block(model, arch, i)
         feeds_nothing = i == len(blocks) - 1 and not recipe.head_bits  # a calibrated head reads the last outputs
         block_batches = batches.for_kind(kinds[i]) if batches else None
-        job = BlockJob(blocks[i].to(device), i, feeds_nothing, arch, recipe, method, block_batches, fp_states,
+        job = BlockJob(blocks[i].to(device), model.config, i, feeds_nothing, arch, recipe, method, block_batches, fp_states,
                        timings, bar.set_postfix_str)
         block_q = BLOCK_QUANTIZERS[method.kind](job)
         blocks[i] = job.block.to("cpu")
         if resume.folder is None:
             in_memory.update(PackedCodes.of(block_q))
-        resume.save(i + 1, batches.hidden if batches else None, block_q, fp_states)
+        resume.save(i + 1, batches.hidden if batches else None, block_q, fp_states,
+                    _float_parameters(blocks[i], f"{arch.blocks}.{i}.", block_q))
         if is_streamed(model):
             release_weights(model, block_q)
         release_freed_memory()
@@ -238,6 +252,8 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     if batches is not None:
         hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets,
                                     recipe.first_token_weight)
+        if recipe.scales_inputs:
+            _scale_inputs(job, hessians)
     solver = job.method.solver()
     block_q = {}
     for group in job.arch.input_groups:
@@ -270,6 +286,8 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
     the next block's float inputs); every linear's rounding is trained on the quantized inputs to reproduce
     them; the block gets the trained weights and the quantized states move on through it."""
     timings, batches = job.timings, job.batches
+    if job.recipe.scales_inputs:  # on the quantized inputs, before the float block's outputs are taken
+        _scale_inputs(job, collect_hessians(job.block, job.arch, batches, timings))
     t = time.perf_counter()
     batches.with_states(job.fp_states).run(job.block)
     timings.forward += time.perf_counter() - t
@@ -298,6 +316,33 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
 
 
 BLOCK_QUANTIZERS = {"layer": quantize_layerwise, "learned": quantize_learned}  # by Method.kind
+
+
+def _scale_inputs(job: BlockJob, accumulators: dict) -> None:
+    """awq: search the block's input scales on its Hessians, fold them into its weights, and rescale the
+    Hessians to the scaled inputs the solvers now see."""
+    from ..transforms import awq
+    t = time.perf_counter()
+    stats = {name: (acc.hessian(), acc.mean_abs()) for name, acc in accumulators.items()}
+    scales, record = awq.scale_block(job.block, job.arch, job.model_config, stats, job.spec_of)
+    del stats
+    for name, s in scales.items():
+        accumulators[name].rescale_inputs(s)
+    job.timings.awq[str(job.index)] = record
+    job.timings.solver += time.perf_counter() - t
+
+
+def _float_parameters(block, prefix: str, block_q: dict) -> dict[str, torch.Tensor]:
+    """The block's parameters that stay float (norms, biases), as they are now: a transform may have changed
+    them (awq divides norms and biases), so a resumed run takes them from the resume folder."""
+    return {prefix + name: p.detach() for name, p in block.named_parameters()
+            if not (name.endswith(".weight") and prefix + name[:-len(".weight")] in block_q)}
+
+
+def _set_floats(model, floats: dict[str, torch.Tensor]) -> None:
+    for name, value in floats.items():
+        module, attribute = name.rsplit(".", 1)
+        getattr(get_module(model, module), attribute).data = value
 
 
 def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:

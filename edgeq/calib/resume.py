@@ -35,14 +35,18 @@ class ResumeState:
         return next_block
 
     def save(self, next_block: int, hidden: torch.Tensor, qweights: dict[str, QuantizedWeight],
-             fp_hidden: torch.Tensor | None = None) -> None:
-        """fp_hidden: the float model's states, which learned-rounding methods train towards."""
+             fp_hidden: torch.Tensor | None = None, floats: dict[str, torch.Tensor] | None = None) -> None:
+        """fp_hidden: the float model's states, which learned-rounding methods train towards; floats: the
+        block's parameters that stay float (norms, biases), as the block leaves them."""
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
         block = next_block - 1
         save_tensors(self.folder / f"block_{block:04d}.safetensors", qweights_to_tensors(qweights),
                      {"layout": json.dumps(qweights_layout(qweights))})
+        if floats:
+            save_tensors(self.folder / f"block_{block:04d}.float.safetensors",
+                         {name: t.contiguous() for name, t in floats.items()})
         for name, states in (("hidden", hidden), ("fp_hidden", fp_hidden)):
             if states is not None:
                 save_tensor_file(self.folder / f"{name}.safetensors", states)
@@ -59,6 +63,15 @@ class ResumeState:
 
     def load_qweights(self, blocks: int) -> dict[str, QuantizedWeight]:
         return self.load_packed(blocks).unpacked()
+
+    def load_floats(self, blocks: int) -> dict[str, torch.Tensor]:
+        """The first `blocks` blocks' float parameters (a folder written before they were kept has none)."""
+        floats = {}
+        for b in range(blocks):
+            path = self.folder / f"block_{b:04d}.float.safetensors"
+            if path.exists():
+                floats.update(load_tensors_and_metadata(path)[0])
+        return floats
 
     def load_hidden(self, name: str = "hidden") -> torch.Tensor | None:
         path = self.folder / f"{name}.safetensors"
