@@ -72,6 +72,7 @@ def test_the_size_model_is_the_bytes_the_exporter_writes(n, k, bits, group):
 
 def test_budget_parsing():
     assert mixed.parse_budget("3.0") == (3.0, "bits") and mixed.parse_budget("25MB") == (25.0, "mb")
+    assert mixed.parse_budget("3.3bpw") == (3.3, "bpw")
     with pytest.raises(EdgeqError, match="--budget"):
         mixed.parse_budget("three")
 
@@ -177,6 +178,20 @@ def test_a_size_budget_in_mb_and_reused_estimates(mixed_checkpoint, tiny_model_d
     assert small["mixed"]["bits_per_weight"] < meta["mixed"]["bits_per_weight"]
     hessian = quantize(tiny_model_dir, tmp_path / "h", mixed_config(3.0, estimator="hessian", sensitivity_from=str(out)))
     assert hessian["mixed"]["estimator"] == "hessian" and hessian["mixed"]["bits_per_weight"] <= 3.0
+
+
+def test_a_budget_in_stored_bits_per_weight_counts_scales_and_zero_points(mixed_checkpoint, tiny_model_dir,
+                                                                           tmp_path):
+    out, meta = mixed_checkpoint
+    budget = meta["mixed"]["stored_bits_per_weight"] - 0.25  # below what the 3.0 code-bit plan stores
+    small = quantize(tiny_model_dir, tmp_path / "bpw", mixed_config(budget, "bpw", sensitivity_from=str(out)))
+    layers = small["layers"]
+    weights = sum(n * k for n, k in (v["shape"] for v in layers.values()))
+    stored = sum(8 * initializer_bytes(v["shape"][0], layout_for(name, v["shape"][1], v["bits"], v["group_size"]))
+                 for name, v in layers.items())
+    assert stored / weights <= budget and stored / weights == pytest.approx(small["mixed"]["stored_bits_per_weight"],
+                                                                            abs=1e-3)
+    assert small["mixed"]["bits_per_weight"] < meta["mixed"]["bits_per_weight"]
 
 
 def test_block_training_keeps_each_linears_own_width(mixed_checkpoint, tiny_model_dir, tmp_path):

@@ -152,8 +152,9 @@ def add_calibration_flags(q) -> None:
 def add_mixed_flags(q) -> None:
     m = q.add_argument_group("mixed precision (a width per linear, chosen to fit a size budget)")
     m.add_argument("--mixed", action="store_true", help="quantize with a width per linear; needs --budget")
-    m.add_argument("--budget", help="average code bits per quantized weight (e.g. 3.0), or the megabytes of "
-                   "the MatMulNBits weights onnxruntime stores (e.g. 30MB); implies --mixed")
+    m.add_argument("--budget", help="average code bits per quantized weight (e.g. 3.0), stored bits per "
+                   "quantized weight, scales and zero points counted (e.g. 3.3bpw, llama.cpp's bpw), or the "
+                   "megabytes of the MatMulNBits weights onnxruntime stores (e.g. 30MB); implies --mixed")
     m.add_argument("--candidates", type=candidates_arg, help="the grids a layer may get, BITS[:GROUP] "
                    "(default: 2:64,4:128,8:128, the widths onnxruntime runs fast)")
     m.add_argument("--sensitivity", choices=["fisher", "hessian"], default="fisher",

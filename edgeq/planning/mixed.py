@@ -1,9 +1,11 @@
 """Mixed precision under a size budget: a width per linear from a few candidate grids, chosen by an exact
 knapsack on per-layer sensitivity estimates (calib/sensitivity.py).
 
-The budget is either the average code bits per quantized weight (`3.0`: what papers call the bit width;
-scales and zero points not counted) or the megabytes onnxruntime stores for the quantized linears
-(`25MB`: MatMulNBits codes, float32 scales and packed zero points, the true size on the device).
+The budget is the average code bits per quantized weight (`3.0`: what papers call the bit width; scales and
+zero points not counted), the average stored bits per quantized weight (`3.3bpw`: llama.cpp's bits per
+weight, scales and zero points counted as onnxruntime stores them), or the megabytes onnxruntime stores for
+the quantized linears (`25MB`: MatMulNBits codes, float32 scales and packed zero points, the true size on the
+device). The last two are what the device reads.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from ..util.paths import read_json_object
 from ..quant.layout import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
-UNITS = ("bits", "mb")
+UNITS = ("bits", "bpw", "mb")  # code bits a weight, stored bits a weight, stored megabytes
 ESTIMATORS = ("fisher", "hessian")
 
 
@@ -49,28 +51,30 @@ def label(spec: grid.QuantSpec) -> str:
 
 
 def parse_budget(text: str) -> tuple[float, str]:
-    """'3.0' -> (3.0, 'bits'); '25MB' -> (25.0, 'mb')."""
+    """'3.0' -> (3.0, 'bits'); '3.3bpw' -> (3.3, 'bpw'); '25MB' -> (25.0, 'mb')."""
     text = text.strip().lower()
-    unit = "mb" if text.endswith("mb") else "bits"
+    unit = next((u for u in ("mb", "bpw") if text.endswith(u)), "bits")
     try:
-        value = float(text[:-2] if unit == "mb" else text)
+        value = float(text[:-len(unit)] if unit != "bits" else text)
     except ValueError:
-        raise EdgeqError(f"--budget takes average bits per weight (3.0) or megabytes (25MB), got {text!r}") from None
+        raise EdgeqError(f"--budget takes average code bits per weight (3.0), stored bits per weight (3.3bpw) or "
+                         f"megabytes (25MB), got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise EdgeqError(f"--budget must be a positive finite number, got {text!r}")
     return value, unit
 
 
 def cost(name: str, shape: tuple[int, int], spec: grid.QuantSpec, unit: str) -> int:
-    """Code bits of the layer, or the bytes of its MatMulNBits initializers."""
+    """Code bits of the layer, or the bits (bpw) or bytes (mb) of its MatMulNBits initializers."""
     n, k = shape
     if unit == "bits":
         return n * k * spec.bits
-    return initializer_bytes(n, layout_for(name, k, spec.bits, spec.group_size))
+    stored = initializer_bytes(n, layout_for(name, k, spec.bits, spec.group_size))
+    return 8 * stored if unit == "bpw" else stored
 
 
 def budget_in_units(mp: MixedPrecision, shapes: dict[str, tuple[int, int]]) -> int:
-    if mp.unit == "bits":
+    if mp.unit in ("bits", "bpw"):
         return int(mp.budget * sum(n * k for n, k in shapes.values()))
     return int(mp.budget * 2 ** 20)
 
@@ -89,8 +93,9 @@ def check_budget(mp: MixedPrecision, shapes: dict, specs: list[grid.QuantSpec]) 
 
 
 def describe(units: int, unit: str, shapes: dict) -> str:
-    if unit == "bits":
-        return f"{units / sum(n * k for n, k in shapes.values()):.3f} bits per weight"
+    if unit in ("bits", "bpw"):
+        kind = "code" if unit == "bits" else "stored"
+        return f"{units / sum(n * k for n, k in shapes.values()):.3f} {kind} bits per weight"
     return f"{units / 2 ** 20:.2f} MB"
 
 
@@ -117,7 +122,8 @@ def summary(mp: MixedPrecision, shapes: dict, chosen: dict[str, grid.QuantSpec],
         "budget": mp.budget, "unit": mp.unit, "estimator": mp.estimator, "samples": mp.samples,
         "sensitivity_from": mp.sensitivity_from,
         "candidates": [label(s) for s in specs], "exact": result.exact,
-        "bits_per_weight": round(code_bits / weights, 4), "matmulnbits_mb": round(size / 2 ** 20, 3),
+        "bits_per_weight": round(code_bits / weights, 4), "stored_bits_per_weight": round(8 * size / weights, 4),
+        "matmulnbits_mb": round(size / 2 ** 20, 3),
         "layers": {n: {"width": label(s), "estimate": estimates[n][specs.index(s)]} for n, s in chosen.items()},
     }
 
@@ -130,7 +136,10 @@ def table(mixed_meta: dict) -> str:
     counts = {}
     for row in mixed_meta["layers"].values():
         counts[row["width"]] = counts.get(row["width"], 0) + 1
-    lines.append(f"{mixed_meta['bits_per_weight']:.3f} code bits per weight, {mixed_meta['matmulnbits_mb']:.2f} MB "
+    stored = mixed_meta.get("stored_bits_per_weight")  # checkpoints from before it was recorded lack it
+    lines.append(f"{mixed_meta['bits_per_weight']:.3f} code bits per weight"
+                 + (f" ({stored:.3f} stored)" if stored is not None else "")
+                 + f", {mixed_meta['matmulnbits_mb']:.2f} MB "
                  f"of MatMulNBits weights; layers per width: "
                  + ", ".join(f"{w} {counts.get(w, 0)}" for w in mixed_meta["candidates"]))
     return "\n".join(lines)
