@@ -1,0 +1,235 @@
+"""The deployable front: stored bytes per weight against perplexity x fp32 on Persuasion and news, for what
+edgeq exports and for llama.cpp's own types made from the same float weights.
+
+    python benchmarks/front.py edgeq CKPT [CKPT ...] [--lm-head 8]   # export, score the ONNX folder, one row each
+    python benchmarks/front.py llamacpp Q4_K_M Q3_K_M Q2_K ...        # llama.cpp's quantizer, scored through llama-cpp-python
+    python benchmarks/front.py --table                                # the markdown table and the PNG from the rows
+
+What a point is, on both sides, is what a device loads and runs:
+- edgeq: `edgeq export CKPT --lm-head 8` (a tied embedding shares the head's 8-bit codes), accuracy level 4
+  (int8 activations, onnxruntime's fast CPU path), scored by `edgeq eval` on the ONNX folder (onnxruntime);
+- llama.cpp: the bundled Q4_1 GGUF re-quantized by llama.cpp (allow_requantize): llama.cpp de-quantizes each
+  tensor to float32 first, and that float32 is exactly the float model edgeq starts from (edgeq's float cache
+  is the same de-quantization), so each type is llama.cpp's quantizer on the same float weights. Scored
+  through llama-cpp-python on edgeq's own token windows (the same ids, 40 x 512 from the start of each text).
+Bytes are the tensors' stored bytes (the ONNX initializers; the GGUF's tensor data, from the gguf library),
+tokenizer and metadata left out on both sides, over the model's parameter count (the tied table once).
+Perplexity x fp32 divides by the fp32 row of benchmarks/results/quality.jsonl (the same windows, torch).
+No importance matrix: llama-cpp-python builds llama.cpp's library, not its llama-imatrix tool.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from harness import RESULTS_DIR, ROOT, append_result, news_text, read_results, stamp
+
+RESULTS = RESULTS_DIR / "front.jsonl"
+QUALITY = RESULTS_DIR / "quality.jsonl"
+TABLE_DOC = ROOT / "docs" / "results" / "front.md"
+PLOT = RESULTS_DIR / "front.png"
+WORK = ROOT / "runs" / "front"
+TEXTS = (("persuasion", "builtin:persuasion"), ("news", None))  # None: the news text (harness.news_text)
+SEQ_LEN, WINDOWS = 512, 40
+
+
+def text_paths() -> list[tuple[str, str]]:
+    return [(label, path or str(news_text())) for label, path in TEXTS]
+
+
+def fp32_perplexities() -> dict[str, float]:
+    rows = [r for r in read_results(QUALITY) if r["label"] == "fp32" and r["eval"].get("news", {}).get("windows") == WINDOWS]
+    if not rows:
+        raise SystemExit("no fp32 row in benchmarks/results/quality.jsonl: run benchmarks/quality.py --row fp32")
+    return {label: rows[-1]["eval"][label]["perplexity"] for label, _ in TEXTS}
+
+
+def parameter_count() -> int:
+    from edgeq.io import models
+    return models.parameter_bytes_of_config(models.load_config(models.bundled_source())) // 4
+
+
+# ---- edgeq points ----
+
+def onnx_tensor_bytes(folder: Path) -> int:
+    import onnx
+    from onnx.external_data_helper import ExternalDataInfo, uses_external_data
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    total = 0
+    for init in graph.initializer:
+        total += int(ExternalDataInfo(init).length) if uses_external_data(init) else len(init.raw_data)
+    return total
+
+
+def edgeq_cli(*args) -> str:
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"edgeq {' '.join(map(str, args))} failed: {done.stderr[-1500:]}")
+    return done.stdout
+
+
+def edgeq_point(checkpoint: Path, label: str, lm_head: str) -> dict:
+    folder = WORK / f"{checkpoint.name}-head{lm_head}"
+    if not (folder / "model.onnx").is_file():
+        edgeq_cli("export", checkpoint, "--out", folder, "--lm-head", lm_head)
+    scores = WORK / f"{folder.name}.eval.json"
+    edgeq_cli("eval", folder, "--text", *[p for _, p in text_paths()], "--seq-len", SEQ_LEN, "--max-windows",
+              WINDOWS, "--json", scores, "--quiet")
+    results = json.loads(scores.read_text())
+    meta = json.loads((checkpoint / "quantization.json").read_text())
+    return {"tool": "edgeq", "label": label, "checkpoint": checkpoint.name, "lm_head": lm_head,
+            "transforms": [t["name"] for t in meta.get("transforms") or []], "tensor_bytes": onnx_tensor_bytes(folder),
+            "perplexity": {label_: r["perplexity"] for (label_, _), r in zip(TEXTS, results)}}
+
+
+# ---- llama.cpp points ----
+
+def gguf_tensor_bytes(path: Path) -> int:
+    from gguf import GGUFReader
+    return sum(int(t.n_bytes) for t in GGUFReader(str(path)).tensors)
+
+
+def requantized(kind: str) -> Path:
+    import llama_cpp
+    from edgeq.io import models
+    source = models.bundled_source()
+    gguf = source.folder / source.gguf_file
+    if kind == "Q4_1":
+        return gguf
+    out = WORK / f"{gguf.stem}-{kind}.gguf"
+    if not out.is_file():
+        WORK.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
+        params.allow_requantize = True
+        if llama_cpp.llama_model_quantize(str(gguf).encode(), str(out).encode(), params) != 0:
+            raise SystemExit(f"llama.cpp could not quantize to {kind}")
+    return out
+
+
+def windows_of(path: str) -> np.ndarray:
+    from edgeq.evaluation.heldout import eval_windows, read_text, sequence_start, token_ids
+    from edgeq.io import models
+    tokenizer = models.load_tokenizer(models.bundled_source())
+    return eval_windows(token_ids(tokenizer, read_text(path)[0]), SEQ_LEN, WINDOWS, sequence_start(tokenizer))
+
+
+def llamacpp_perplexity(llm, windows: np.ndarray) -> float:
+    """exp(mean NLL of every next token of every window), the windows scored one at a time from an empty cache."""
+    nll, count = 0.0, 0
+    for window in windows:
+        llm.reset()
+        llm.eval([int(t) for t in window])
+        logits = np.asarray(llm.scores[:len(window) - 1], dtype=np.float64)
+        top = logits.max(axis=1, keepdims=True)
+        log_z = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+        nll += float((log_z - logits[np.arange(len(window) - 1), window[1:]]).sum())
+        count += len(window) - 1
+    return math.exp(nll / count)
+
+
+def llamacpp_point(kind: str, threads: int) -> dict:
+    import llama_cpp
+    path = requantized(kind)
+    llm = llama_cpp.Llama(str(path), n_ctx=SEQ_LEN, n_batch=SEQ_LEN, logits_all=True, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    return {"tool": "llama.cpp", "label": f"llama.cpp {kind}" + (" (the bundled source)" if kind == "Q4_1" else ""),
+            "type": kind, "llama_cpp_python": llama_cpp.__version__, "tensor_bytes": gguf_tensor_bytes(path),
+            "perplexity": {label: llamacpp_perplexity(llm, windows_of(p)) for label, p in text_paths()}}
+
+
+# ---- the table and the plot ----
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    fp, params = fp32_perplexities(), None
+    out = []
+    for r in rows:
+        params = params or parameter_count()
+        out.append({**r, "bits_per_weight": 8 * r["tensor_bytes"] / params,
+                    "over_fp": {label: r["perplexity"][label] / fp[label] for label, _ in TEXTS}})
+    return sorted(out, key=lambda r: r["bits_per_weight"])
+
+
+def latest_rows() -> list[dict]:
+    rows = {}
+    for r in read_results(RESULTS):
+        rows[(r["tool"], r["label"])] = r
+    return list(rows.values())
+
+
+def render_table(rows: list[dict]) -> str:
+    lines = ["| point | MB (tensors) | stored bits / weight | Persuasion x fp32 | news x fp32 |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['tensor_bytes'] / 2 ** 20:.1f} | {r['bits_per_weight']:.3f} | "
+                     f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(TEXTS), figsize=(11, 4.5))
+    for ax, (label, _) in zip(axes, TEXTS):
+        for tool, marker in (("edgeq", "o"), ("llama.cpp", "s")):
+            points = [r for r in rows if r["tool"] == tool]
+            ax.scatter([r["bits_per_weight"] for r in points], [r["over_fp"][label] for r in points], marker=marker,
+                       label=tool)
+            for r in points:
+                ax.annotate(r["label"].removeprefix("llama.cpp ").removeprefix("edgeq "),
+                            (r["bits_per_weight"], r["over_fp"][label]), fontsize=6)
+        ax.set_yscale("log")
+        ax.set_xlabel("stored bits per weight (tensors / parameters)")
+        ax.set_ylabel(f"{label} perplexity x fp32")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("SmolLM2-135M: the deployable front (edgeq ONNX, head 8-bit, level 4; llama.cpp types)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+
+
+def write_docs() -> None:
+    rows = with_ratios(latest_rows())
+    TABLE_DOC.write_text("# The deployable front (generated by benchmarks/front.py --table; do not edit)\n\n"
+                         + (__doc__.split("\n\n", 2)[2].strip()) + "\n\n" + render_table(rows)
+                         + "\n\n![front](../../benchmarks/results/front.png)\n")
+    plot(rows, PLOT)
+    print(render_table(rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("tool", nargs="?", choices=["edgeq", "llamacpp"])
+    parser.add_argument("items", nargs="*", help="edgeq checkpoints, or llama.cpp types (Q4_K_M, Q3_K_M, Q2_K, ...)")
+    parser.add_argument("--label", action="append", default=[], help="edgeq: a label per checkpoint")
+    parser.add_argument("--lm-head", default="8", choices=["fp", "8", "4"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="write docs/results/front.md and the PNG")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    if args.tool == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+        print("llama-cpp-python is not installed (see benchmarks/vs_llamacpp.py for the build): no llama.cpp rows")
+        return 0
+    for i, item in enumerate(args.items):
+        if args.tool == "edgeq":
+            label = args.label[i] if i < len(args.label) else f"edgeq {Path(item).name}"
+            row = edgeq_point(Path(item), label, args.lm_head)
+        else:
+            row = llamacpp_point(item, args.threads)
+        append_result(RESULTS, {**row, **stamp()})
+        print(json.dumps({k: row[k] for k in ("label", "tensor_bytes", "perplexity")}), flush=True)
+    if args.table:
+        write_docs()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
