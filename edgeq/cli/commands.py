@@ -46,6 +46,10 @@ def cmd_eval(args) -> None:
             json.dump(results[0] if len(results) == 1 else results, f, indent=2)
 
 def cmd_export(args) -> None:
+    if args.format == "gguf":
+        return cmd_export_gguf(args)
+    if args.gguf_base is not None:
+        raise EdgeqError("--gguf-base applies to --format gguf")
     if args.format == "gptq":
         return cmd_export_gptq(args)
     from ..export.onnx import export
@@ -59,6 +63,19 @@ def cmd_export(args) -> None:
     three = sorted({v["stored_bits"] for v in r["layers"].values() if v["stored_bits"] == 3})
     if three:
         print("note: 3-bit codes are stored in the 4-bit MatMulNBits container (onnxruntime has no 3-bit kernel)")
+
+def cmd_export_gguf(args) -> None:
+    from ..export.gguf import export_gguf
+    refused = [flag for flag, given in (("--fp32", args.fp32), ("--ort-format", args.ort_format), ("--bits", args.bits),
+                                        ("--lm-head", args.lm_head), ("--accuracy-level", args.accuracy_level))
+               if given is not None and given is not False]
+    if refused:
+        raise EdgeqError(f"{', '.join(refused)} applies to --format onnx, not gguf")
+    r = export_gguf(with_revision(args.model, args.revision), args.out, gguf_base=args.gguf_base)
+    types = ", ".join(f"{count} {kind}" for kind, count in r["types"].items())
+    print(f"wrote {args.out}: {types} linears, {r['bytes'] / 2 ** 20:.1f} MB; read back through gguf's "
+          f"de-quantizer within {r['readback_relative_error']:.1e} of the checkpoint (float16 scales)")
+
 
 def cmd_export_gptq(args) -> None:
     from ..export.gptq import export_gptq

@@ -25,6 +25,7 @@ EPILOG_EXPORT = """examples:
   edgeq export smollm2-w4 --out w4-mobile --lm-head 8 --ort-format
   edgeq export mq --bits 4 --out mq-int4-onnx                  # one width of a matquant checkpoint
   edgeq export smollm2-w4 --format gptq --out smollm2-w4-gptq  # for transformers, vLLM, SGLang
+  edgeq export smollm2-w4-g32 --format gguf --out smollm2.gguf # for llama.cpp (W4/W8 g32: Q4_0, Q4_1, Q8_0)
 Every export is checked (onnx.checker, an onnxruntime session, logits against torch) before the folder
 appears. onnxruntime runs 2, 4 and 8 bits; 3-bit codes are stored in the 4-bit container."""
 
@@ -74,7 +75,7 @@ def add_eval_parser(sub) -> None:
 MIXNMATCH_HELP = ("a number with a decimal point is an average (Mix'n'Match): --bits 3.5 gives each layer group the "
                   "width, from those the codes serve, that meets 3.5 code bits per weight at the least estimated loss")
 
-EXPORT_FORMATS = ("onnx", "gptq")
+EXPORT_FORMATS = ("onnx", "gptq", "gguf")
 
 
 def add_export_parser(sub) -> None:
@@ -82,10 +83,14 @@ def add_export_parser(sub) -> None:
                        epilog=EPILOG_EXPORT, formatter_class=argparse.RawDescriptionHelpFormatter)
     x.add_argument("model", nargs="?", help=f"edgeq checkpoint (or, with --fp32, a {MODEL_HELP}; default bundled)")
     add_revision_flag(x)
-    x.add_argument("--out", required=True, help="folder to create (must not exist or be empty)")
+    x.add_argument("--out", required=True, help="folder to create (must not exist or be empty); with --format "
+                   "gguf, the .gguf file to create")
     x.add_argument("--format", choices=EXPORT_FORMATS, default="onnx",
                    help="onnx: the decoder onnxruntime and onnxruntime-genai run (default); gptq: a Hugging Face "
-                   "folder in the GPTQ format (transformers, vLLM, SGLang, genai's builder load it; docs/export.md)")
+                   "folder in the GPTQ format (transformers, vLLM, SGLang, genai's builder load it; docs/export.md); gguf: "
+                   "one file llama.cpp runs, for 4-bit and 8-bit grids in groups of 32 (Q4_0, Q4_1, Q8_0)")
+    x.add_argument("--gguf-base", help="--format gguf: a GGUF of the same float model, whose tokenizer and "
+                   "hyperparameters the file copies (default: the bundled model's, for checkpoints made from it)")
     x.add_argument("--fp32", action="store_true", help="export the float model: the size/latency baseline")
     x.add_argument("--accuracy-level", type=int, choices=range(5),
                    help="MatMulNBits compute: 4 = int8 activations, the fast CPU path (default); 0 = fp32")
