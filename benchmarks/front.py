@@ -148,10 +148,9 @@ def llamacpp_point(kind: str, threads: int) -> dict:
 # ---- the table and the plot ----
 
 def with_ratios(rows: list[dict]) -> list[dict]:
-    fp, params = fp32_perplexities(), None
+    fp, params = fp32_perplexities(), parameter_count()
     out = []
     for r in rows:
-        params = params or parameter_count()
         out.append({**r, "bits_per_weight": 8 * r["tensor_bytes"] / params,
                     "over_fp": {label: r["perplexity"][label] / fp[label] for label, _ in TEXTS}})
     return sorted(out, key=lambda r: r["bits_per_weight"])

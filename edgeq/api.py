@@ -123,9 +123,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
 
 def uses_calibration(config: QuantConfig) -> bool:
     """The method calibrates, or a block transform (awq) reads each block's inputs, RTN's included."""
-    from .solvers import get_method
-    from .transforms import block_transforms
-    return get_method(config.method).calibrated or bool(block_transforms(config.transforms))
+    from .calib.pipeline import Recipe
+    return Recipe(config).calibrated
 
 
 def check_run_transforms(config: QuantConfig) -> None:

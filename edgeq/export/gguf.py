@@ -26,6 +26,7 @@ import torch
 
 from ..errors import EdgeqError
 from ..quant.qweight import QuantizedWeight
+from .gptq import is_symmetric
 
 BLOCK = 32
 # (bits, symmetric) -> llama.cpp block type name (gguf.GGMLQuantizationType), and its file type
@@ -35,7 +36,7 @@ ARCHITECTURES = ("llama",)  # general.architecture values whose tensors edgeq na
 
 
 def block_type(name: str, qw: QuantizedWeight) -> str:
-    symmetric = bool((qw.zero == 1 << (qw.bits - 1)).all())
+    symmetric = is_symmetric(qw)
     kind = TYPES.get((qw.bits, symmetric))
     if qw.group_size != BLOCK or kind is None:
         grids = ", ".join(f"{bits}-bit {'symmetric' if sym else 'asymmetric'}" for bits, sym in TYPES)
@@ -122,14 +123,15 @@ def float_tensor(base: BaseFile, name: str, value: torch.Tensor):
     return quantize(array, gguf.GGMLQuantizationType.Q8_0), gguf.GGMLQuantizationType.Q8_0
 
 
-def quantized_tensors(model, qweights: dict[str, QuantizedWeight], name_map) -> dict:
-    """{GGUF name: (block bytes, type, the checkpoint's weight as written)} of every quantized linear."""
+def quantized_tensors(model, qweights: dict[str, QuantizedWeight], kinds: dict[str, str], name_map) -> dict:
+    """{GGUF name: (block bytes, type, the checkpoint's weight as written)} of every quantized linear, each of
+    block type kinds[name]."""
     import gguf
     config = model.config
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     out = {}
     for name, qw in qweights.items():
-        kind = block_type(name, qw)
+        kind = kinds[name]
         if name.endswith("q_proj") or name.endswith("k_proj"):
             qw = permuted(qw, rotary_row_order(qw.q.shape[0], heads if name.endswith("q_proj") else kv_heads))
         out[gguf_name(name_map, name + ".weight")] = (pack_blocks(qw, kind), gguf.GGMLQuantizationType[kind],
@@ -186,21 +188,21 @@ def export_gguf(model: str, out, *, gguf_base: str | None = None) -> dict:
     kinds = {name: block_type(name, qw) for name, qw in qweights.items()}  # refused before anything is read
     base = BaseFile(base_gguf(meta, gguf_base))
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, loaded.config.num_hidden_layers)
-    written = quantized_tensors(loaded, qweights, name_map)
+    written = quantized_tensors(loaded, qweights, kinds, name_map)
     readback = check_read_back(written)
     tensors = {name: (data, kind) for name, (data, kind, _) in written.items()}
     skip = {f"{name}.weight" for name in qweights} | ({f"{arch.lm_head}.weight"} if loaded.config.tie_word_embeddings else set())
     for hf_name, value in loaded.state_dict().items():
         if hf_name not in skip:
-            tensors[gguf_name(name_map, hf_name)] = float_tensor(base, gguf_name(name_map, hf_name), value)
+            name = gguf_name(name_map, hf_name)
+            tensors[name] = float_tensor(base, name, value)
     if set(base.tensors) != set(tensors):
         differ = sorted(set(base.tensors) ^ set(tensors))
         raise EdgeqError(f"{base.path} is not the checkpoint's model: tensors {differ[:3]} are in one only")
     main = Counter(kinds.values()).most_common(1)[0][0]
     tmp = out.with_name(out.name + ".partial")
     try:
-        write_file(tmp, base, dict(sorted(tensors.items(), key=lambda kv: list(base.tensors).index(kv[0]))),
-                   FILE_TYPES[main])
+        write_file(tmp, base, {name: tensors[name] for name in base.tensors}, FILE_TYPES[main])  # the base's order
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -37,6 +37,15 @@ def check_transforms(names) -> None:
         raise EdgeqError("a --transform is given twice")
 
 
+def check_family(transform: str, config, supported: tuple, refused: dict) -> None:
+    """A one-line refusal of a model family a transform does not apply to (refused: family -> why)."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in refused:
+        raise EdgeqError(f"--transform {transform} does not apply to {model_type}: {refused[model_type]}")
+    if model_type not in supported:
+        raise EdgeqError(f"--transform {transform} supports {', '.join(supported)}, not {model_type!r}")
+
+
 def block_transforms(names) -> list[str]:
     """The named transforms that run inside the block loop (they need calibration inputs)."""
     return [name for name in names if TRANSFORMS[name].stage == "block"]

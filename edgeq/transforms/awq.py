@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import EdgeqError
 from ..io.architectures import Arch, get_module, head_dim
 from ..quant import grid
+from . import check_family
 
 GRID = 20  # AWQ's: alpha in {0, 1/20, ..., 19/20}
 NORMS = ("input_layernorm", "post_attention_layernorm")  # what q/k/v and gate/up read
@@ -35,17 +35,9 @@ SUPPORTED = ("granite", "llama", "mistral", "phi3", "qwen2", "qwen3", "smollm3")
 REFUSED = {"gemma3_text": "Gemma 3's (1 + w) norms are not folded by edgeq's awq yet"}
 
 
-def check_supported(config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type in REFUSED:
-        raise EdgeqError(f"--transform awq does not apply to {model_type}: {REFUSED[model_type]}")
-    if model_type not in SUPPORTED:
-        raise EdgeqError(f"--transform awq supports {', '.join(SUPPORTED)}, not {model_type!r}")
-
-
 def apply(model, arch: Arch, seed: int = 0) -> None:
     """Nothing to do on the whole model: the scales are searched block by block (scale_block)."""
-    check_supported(model.config)
+    check_family("awq", model.config, SUPPORTED, REFUSED)
 
 
 def fake_quantize(W: torch.Tensor, spec: grid.QuantSpec) -> torch.Tensor:

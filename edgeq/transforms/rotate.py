@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import EdgeqError
 from ..io.architectures import Arch, get_module, head_dim, head_is_tied
 from ..io.head import attach_final_mix
+from . import check_family
 from .hadamard import random_rotation
 
 READER_NORMS = ("input_layernorm", "post_attention_layernorm")  # read by the attention's and the MLP's inputs
@@ -47,11 +47,7 @@ class Rotation:
 
 
 def check_supported(config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type in REFUSED:
-        raise EdgeqError(f"--transform rotate does not apply to {model_type}: {REFUSED[model_type]}")
-    if model_type not in SUPPORTED:
-        raise EdgeqError(f"--transform rotate supports {', '.join(SUPPORTED)}, not {model_type!r}")
+    check_family("rotate", config, SUPPORTED, REFUSED)
 
 
 def _set(linear_or_norm, name: str, value: torch.Tensor) -> None:
