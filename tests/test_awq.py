@@ -22,7 +22,7 @@ def block_stats(model, arch, ids):
     blocks = get_module(model, arch.blocks)
     per_block = []
     for block in blocks:
-        accumulators, remove = hessian_hooks(block, arch, "cpu")
+        accumulators, remove = hessian_hooks(block, arch, "cpu", track_abs=True)
         per_block.append((accumulators, remove))
     with torch.no_grad():
         model(ids)
@@ -67,7 +67,7 @@ def test_the_scaled_hessian_is_the_hessian_of_the_scaled_inputs():
     from edgeq.calib.capture import HessianAccumulator
     x = torch.randn(50, 8)
     s = torch.rand(8) + 0.5
-    a, b = HessianAccumulator(8, "cpu"), HessianAccumulator(8, "cpu")
+    a, b = HessianAccumulator(8, "cpu", track_abs=True), HessianAccumulator(8, "cpu", track_abs=True)
     a.add(x)
     a.rescale_inputs(s)
     b.add(x / s)

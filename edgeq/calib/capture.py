@@ -88,9 +88,11 @@ class HessianAccumulator:
     once at its output) added into the float32 sum: a ~2^-9 relative rounding per batch that averages out over
     the batches, far below GPTQ's 1% damping."""
 
-    def __init__(self, k: int, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32):
+    def __init__(self, k: int, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
+                 track_abs: bool = False):
         self.sum = torch.zeros(k, k, dtype=torch.float32, device=device)
-        self.abs_sum = torch.zeros(k, dtype=torch.float32, device=device)  # mean |x| per channel (awq)
+        # mean |x| per channel, only for awq's search: an extra pass over every batch's activations otherwise
+        self.abs_sum = torch.zeros(k, dtype=torch.float32, device=device) if track_abs else None
         self.count = 0
         self.seconds = 0.0
         self.first_token_weight = first_token_weight  # each window's first position counts this many times
@@ -102,7 +104,8 @@ class HessianAccumulator:
             self._add_product(x[:, 0], self.first_token_weight - 1.0)
         x = x.reshape(-1, x.shape[-1])
         self._add_product(x, 1.0)
-        self.abs_sum += x.abs().sum(0, dtype=torch.float32)
+        if self.abs_sum is not None:
+            self.abs_sum += x.abs().sum(0, dtype=torch.float32)
         self.count += x.shape[0]
         self.seconds += time.perf_counter() - t
 
@@ -117,13 +120,16 @@ class HessianAccumulator:
         return self.sum / max(self.count, 1)
 
     def mean_abs(self) -> torch.Tensor:
+        if self.abs_sum is None:
+            raise RuntimeError("mean |x| was not tracked: make the accumulator with track_abs=True")
         return self.abs_sum / max(self.count, 1)
 
     def rescale_inputs(self, s: torch.Tensor) -> None:
         """The statistics of x / s (awq moved s from the inputs into the weights): H -> diag(1/s) H diag(1/s)."""
         inv = (1.0 / s).to(self.sum)
         self.sum.mul_(inv[:, None]).mul_(inv[None, :])
-        self.abs_sum.mul_(inv)
+        if self.abs_sum is not None:
+            self.abs_sum.mul_(inv)
 
     def take_hessian(self) -> torch.Tensor:
         """hessian(), divided where the sum lies (no second K x K matrix); the accumulator is spent."""
@@ -131,13 +137,14 @@ class HessianAccumulator:
         return H
 
 
-def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32):
+def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
+                  track_abs: bool = False):
     """One accumulator per input group (q/k/v share one, gate/up share one), fed by a hook on its first
-    linear. Returns ({first linear name: accumulator}, remove-hooks function)."""
+    linear; track_abs: each also sums |x| per channel (awq's statistic). Returns ({first linear name: accumulator}, remove-hooks function)."""
     accumulators, handles = {}, []
     for group in arch.input_groups:
         linear = get_module(block, group[0])
-        acc = HessianAccumulator(linear.in_features, device, first_token_weight, dtype)
+        acc = HessianAccumulator(linear.in_features, device, first_token_weight, dtype, track_abs)
         accumulators[group[0]] = acc
         handles.append(linear.register_forward_pre_hook(lambda m, args, acc=acc: acc.add(args[0])))
 

@@ -251,7 +251,7 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     hessians = None
     if batches is not None:
         hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets,
-                                    recipe.first_token_weight)
+                                    recipe.first_token_weight, track_abs=recipe.scales_inputs)
         if recipe.scales_inputs:
             _scale_inputs(job, hessians)
     solver = job.method.solver()
@@ -287,7 +287,7 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
     them; the block gets the trained weights and the quantized states move on through it."""
     timings, batches = job.timings, job.batches
     if job.recipe.scales_inputs:  # on the quantized inputs, before the float block's outputs are taken
-        _scale_inputs(job, collect_hessians(job.block, job.arch, batches, timings))
+        _scale_inputs(job, collect_hessians(job.block, job.arch, batches, timings, track_abs=True))
     t = time.perf_counter()
     batches.with_states(job.fp_states).run(job.block)
     timings.forward += time.perf_counter() - t
@@ -354,12 +354,13 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
 
 
 @torch.no_grad()
-def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0):
+def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0,
+                     track_abs: bool = False):
     """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
     given (targets may be the states themselves: each batch is read before its rows are overwritten). Without
     targets nobody reads the outputs, so each pass ends at the last linear's input: its GEMM (down_proj's, a
     quarter of a Llama block's) is never run."""
-    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype)
+    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
     stop = stop_at(get_module(block, arch.down)) if targets is None else None
     t = time.perf_counter()
     try:
