@@ -108,7 +108,8 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
     g_idx = tensors.get(f"{name}.g_idx")
     if g_idx is not None and not torch.equal(g_idx.to(torch.int64), torch.arange(k) // group):
         raise EdgeqError(f"{name}: its g_idx reorders the columns (act-order, desc_act); edgeq reads GPTQ "
-                         "folders quantized in column order only")
+                         "folders quantized in column order only (onnxruntime's g_idx path runs 20-120x slower "
+                         "at a decode step: benchmarks/act_order.py); re-quantize with desc_act false")
     zero = (stored.astype(np.int64) + zero_offset) & ((1 << bits) - 1)  # wrapped as the writers wrap it
     return QuantizedWeight(torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8)),
                            scales.float().T.contiguous(), torch.from_numpy(zero.T.astype(np.uint8).copy()),
