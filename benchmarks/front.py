@@ -3,6 +3,7 @@ edgeq exports and for llama.cpp's own types made from the same float weights.
 
     python benchmarks/front.py edgeq CKPT [CKPT ...] [--lm-head 8]   # export, score the ONNX folder, one row each
     python benchmarks/front.py llamacpp Q4_K_M Q3_K_M Q2_K ...        # llama.cpp's quantizer, scored through llama-cpp-python
+    python benchmarks/front.py gguf CKPT [CKPT ...]                   # edgeq's GGUF export (W4/W8 g32), run by llama.cpp
     python benchmarks/front.py --table                                # the markdown table and the PNG from the rows
 
 What a point is, on both sides, is what a device loads and runs:
@@ -15,6 +16,9 @@ What a point is, on both sides, is what a device loads and runs:
 Bytes are the tensors' stored bytes (the ONNX initializers; the GGUF's tensor data, from the gguf library),
 tokenizer and metadata left out on both sides, over the model's parameter count (the tied table once).
 Perplexity x fp32 divides by the fp32 row of benchmarks/results/quality.jsonl (the same windows, torch).
+- edgeq in llama.cpp: `edgeq export CKPT --format gguf` (W4 g32 sym -> Q4_0, asym -> Q4_1, W8 g32 -> Q8_0),
+  scored through llama-cpp-python as llama.cpp's own types are; the row also keeps `edgeq eval CKPT` (torch,
+  the same windows) as checkpoint_perplexity, so llama.cpp's reading of the file is checked against edgeq's.
 No importance matrix: llama-cpp-python builds llama.cpp's library, not its llama-imatrix tool.
 """
 from __future__ import annotations
@@ -135,14 +139,35 @@ def llamacpp_perplexity(llm, windows: np.ndarray) -> float:
     return math.exp(nll / count)
 
 
+def llamacpp_perplexities(path: Path, threads: int) -> dict[str, float]:
+    import llama_cpp
+    llm = llama_cpp.Llama(str(path), n_ctx=SEQ_LEN, n_batch=SEQ_LEN, logits_all=True, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+    return {label: llamacpp_perplexity(llm, windows_of(p)) for label, p in text_paths()}
+
+
 def llamacpp_point(kind: str, threads: int) -> dict:
     import llama_cpp
     path = requantized(kind)
-    llm = llama_cpp.Llama(str(path), n_ctx=SEQ_LEN, n_batch=SEQ_LEN, logits_all=True, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
     return {"tool": "llama.cpp", "label": f"llama.cpp {kind}" + (" (the bundled source)" if kind == "Q4_1" else ""),
             "type": kind, "llama_cpp_python": llama_cpp.__version__, "tensor_bytes": gguf_tensor_bytes(path),
-            "perplexity": {label: llamacpp_perplexity(llm, windows_of(p)) for label, p in text_paths()}}
+            "perplexity": llamacpp_perplexities(path, threads)}
+
+
+def edgeq_gguf_point(checkpoint: Path, label: str, threads: int) -> dict:
+    """edgeq's GGUF of a checkpoint, run by llama.cpp, beside edgeq's own (torch) scores of the checkpoint."""
+    import llama_cpp
+    path = WORK / f"{checkpoint.name}.gguf"
+    if not path.is_file():
+        edgeq_cli("export", checkpoint, "--format", "gguf", "--out", path)
+    scores = WORK / f"{checkpoint.name}.torch.eval.json"
+    edgeq_cli("eval", checkpoint, "--text", *[p for _, p in text_paths()], "--seq-len", SEQ_LEN, "--max-windows",
+              WINDOWS, "--json", scores, "--quiet")
+    torch_scores = json.loads(scores.read_text())
+    return {"tool": "edgeq in llama.cpp", "label": label, "checkpoint": checkpoint.name,
+            "llama_cpp_python": llama_cpp.__version__, "tensor_bytes": gguf_tensor_bytes(path),
+            "perplexity": llamacpp_perplexities(path, threads),
+            "checkpoint_perplexity": {label_: r["perplexity"] for (label_, _), r in zip(TEXTS, torch_scores)}}
 
 
 # ---- the table and the plot ----
@@ -151,8 +176,11 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     fp, params = fp32_perplexities(), parameter_count()
     out = []
     for r in rows:
-        out.append({**r, "bits_per_weight": 8 * r["tensor_bytes"] / params,
-                    "over_fp": {label: r["perplexity"][label] / fp[label] for label, _ in TEXTS}})
+        row = {**r, "bits_per_weight": 8 * r["tensor_bytes"] / params,
+               "over_fp": {label: r["perplexity"][label] / fp[label] for label, _ in TEXTS}}
+        if "checkpoint_perplexity" in r:
+            row["checkpoint_over_fp"] = {label: r["checkpoint_perplexity"][label] / fp[label] for label, _ in TEXTS}
+        out.append(row)
     return sorted(out, key=lambda r: r["bits_per_weight"])
 
 
@@ -164,11 +192,14 @@ def latest_rows() -> list[dict]:
 
 
 def render_table(rows: list[dict]) -> str:
-    lines = ["| point | MB (tensors) | stored bits / weight | Persuasion x fp32 | news x fp32 |",
-             "|---|---|---|---|---|"]
+    lines = ["| point | runs in | MB (tensors) | stored bits / weight | Persuasion x fp32 | news x fp32 | "
+             "the checkpoint in torch (Persuasion / news) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['tensor_bytes'] / 2 ** 20:.1f} | {r['bits_per_weight']:.3f} | "
-                     f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} |")
+        own = r.get("checkpoint_over_fp")
+        own = f"{own['persuasion']:.4f} / {own['news']:.4f}" if own else "-"
+        runtime = "onnxruntime" if r["tool"] == "edgeq" else "llama.cpp"
+        lines.append(f"| {r['label']} | {runtime} | {r['tensor_bytes'] / 2 ** 20:.1f} | {r['bits_per_weight']:.3f} | "
+                     f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} | {own} |")
     return "\n".join(lines)
 
 
@@ -178,7 +209,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(TEXTS), figsize=(11, 4.5))
     for ax, (label, _) in zip(axes, TEXTS):
-        for tool, marker in (("edgeq", "o"), ("llama.cpp", "s")):
+        for tool, marker in (("edgeq", "o"), ("llama.cpp", "s"), ("edgeq in llama.cpp", "^")):
             points = [r for r in rows if r["tool"] == tool]
             ax.scatter([r["bits_per_weight"] for r in points], [r["over_fp"][label] for r in points], marker=marker,
                        label=tool)
@@ -206,21 +237,24 @@ def write_docs() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tool", nargs="?", choices=["edgeq", "llamacpp"])
-    parser.add_argument("items", nargs="*", help="edgeq checkpoints, or llama.cpp types (Q4_K_M, Q3_K_M, Q2_K, ...)")
+    parser.add_argument("tool", nargs="?", choices=["edgeq", "llamacpp", "gguf"])
+    parser.add_argument("items", nargs="*", help="edgeq checkpoints (edgeq, gguf), or llama.cpp types (Q4_K_M, "
+                        "Q3_K_M, Q2_K, ...)")
     parser.add_argument("--label", action="append", default=[], help="edgeq: a label per checkpoint")
     parser.add_argument("--lm-head", default="8", choices=["fp", "8", "4"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="write docs/results/front.md and the PNG")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    if args.tool == "llamacpp" and importlib.util.find_spec("llama_cpp") is None:
+    if args.tool in ("llamacpp", "gguf") and importlib.util.find_spec("llama_cpp") is None:
         print("llama-cpp-python is not installed (see benchmarks/vs_llamacpp.py for the build): no llama.cpp rows")
         return 0
     for i, item in enumerate(args.items):
+        label = args.label[i] if i < len(args.label) else f"edgeq {Path(item).name}"
         if args.tool == "edgeq":
-            label = args.label[i] if i < len(args.label) else f"edgeq {Path(item).name}"
             row = edgeq_point(Path(item), label, args.lm_head)
+        elif args.tool == "gguf":
+            row = edgeq_gguf_point(Path(item), label, args.threads)
         else:
             row = llamacpp_point(item, args.threads)
         append_result(RESULTS, {**row, **stamp()})
