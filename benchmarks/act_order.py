@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from edgeq.quant.pack import pack_blocks, pack_codes
 from harness import RESULTS_DIR, git_commit, machine
 
 # (linear, N, K): K a multiple of the group, as GPTQ's act-order g_idx needs (SmolLM2's K = 576 is not of 128)
@@ -50,18 +51,9 @@ def dequantized(w: dict) -> np.ndarray:
     return (w["codes"].astype(np.float32) - w["zeros"][:, g]) * w["scales"][:, g]  # [N, K]
 
 
-def pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    """[N, K] 4-bit codes -> MatMulNBits' B [N, K / GROUP, GROUP / 2]: low nibble first."""
-    n, k = codes.shape
-    pairs = codes.reshape(n, k // 2, 2)
-    return (pairs[..., 0] | (pairs[..., 1] << 4)).astype(np.uint8).reshape(n, k // GROUP, GROUP // 2)
-
-
 def pack_zero_points(zeros: np.ndarray) -> np.ndarray:
-    n, groups = zeros.shape
-    padded = np.zeros((n, groups + groups % 2), dtype=np.uint8)
-    padded[:, :groups] = zeros
-    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1)
+    """[N, groups] 4-bit zero points -> MatMulNBits' packed row-padded bytes (each row starts on a byte)."""
+    return pack_codes(zeros, BITS).reshape(-1)
 
 
 def session(n: int, k: int, m: int, w: dict, variant: str, threads: int) -> ort.InferenceSession:
@@ -78,7 +70,7 @@ def session(n: int, k: int, m: int, w: dict, variant: str, threads: int) -> ort.
         extra.append(onnx.numpy_helper.from_array(w["g_idx"], "g_idx"))
     nodes.append(helper.make_node("MatMulNBits", inputs, ["y"], domain="com.microsoft", K=k, N=n, bits=BITS,
                                   block_size=GROUP, accuracy_level=4))
-    arrays = ((pack_nibbles(codes), "B"), (w["scales"].reshape(-1), "S"), (zero_points, "Z"))
+    arrays = ((pack_blocks(codes, BITS, GROUP), "B"), (w["scales"].reshape(-1), "S"), (zero_points, "Z"))
     graph = helper.make_graph(
         nodes, variant, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
