@@ -221,6 +221,11 @@ def vs_genai_builder() -> str:
     return vs.render(quality.read_results(vs.RESULTS))
 
 
+def front() -> str:
+    import front as front_script
+    return front_script.table()
+
+
 def render(name: str) -> str:
     kind, _, arg = name.partition(":")
     if kind == "quality":
@@ -231,7 +236,7 @@ def render(name: str) -> str:
                  "vs-llamacpp": vs_llamacpp, "aarch64": aarch64, "vs-genai-builder": vs_genai_builder,
                  "method-options": lambda: method_options(arg), "method-rows": lambda: method_rows(arg),
                  "scale": lambda: scale(arg), "benchmarks-index": benchmarks_index,
-                 "calib-dtype": calib_dtype, "quantize-speed": quantize_speed}
+                 "calib-dtype": calib_dtype, "quantize-speed": quantize_speed, "front": front}
     if kind not in renderers:
         raise SystemExit(f"unknown generated block {name!r}")
     return renderers[kind]()
