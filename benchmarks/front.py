@@ -79,18 +79,22 @@ def edgeq_cli(*args) -> str:
     return done.stdout
 
 
+def edgeq_perplexities(target: Path, scores: Path) -> dict[str, float]:
+    """`edgeq eval` of a checkpoint or ONNX folder on the front's windows, {text label: perplexity}."""
+    edgeq_cli("eval", target, "--text", *[p for _, p in text_paths()], "--seq-len", SEQ_LEN, "--max-windows",
+              WINDOWS, "--json", scores, "--quiet")
+    return {label: r["perplexity"] for (label, _), r in zip(TEXTS, json.loads(scores.read_text()))}
+
+
 def edgeq_point(checkpoint: Path, label: str, lm_head: str) -> dict:
     folder = WORK / f"{checkpoint.name}-head{lm_head}"
     if not (folder / "model.onnx").is_file():
         edgeq_cli("export", checkpoint, "--out", folder, "--lm-head", lm_head)
-    scores = WORK / f"{folder.name}.eval.json"
-    edgeq_cli("eval", folder, "--text", *[p for _, p in text_paths()], "--seq-len", SEQ_LEN, "--max-windows",
-              WINDOWS, "--json", scores, "--quiet")
-    results = json.loads(scores.read_text())
+    perplexity = edgeq_perplexities(folder, WORK / f"{folder.name}.eval.json")
     meta = json.loads((checkpoint / "quantization.json").read_text())
     return {"tool": "edgeq", "label": label, "checkpoint": checkpoint.name, "lm_head": lm_head,
             "transforms": [t["name"] for t in meta.get("transforms") or []], "tensor_bytes": onnx_tensor_bytes(folder),
-            "perplexity": {label_: r["perplexity"] for (label_, _), r in zip(TEXTS, results)}}
+            "perplexity": perplexity}
 
 
 # ---- llama.cpp points ----
@@ -160,26 +164,24 @@ def edgeq_gguf_point(checkpoint: Path, label: str, threads: int) -> dict:
     path = WORK / f"{checkpoint.name}.gguf"
     if not path.is_file():
         edgeq_cli("export", checkpoint, "--format", "gguf", "--out", path)
-    scores = WORK / f"{checkpoint.name}.torch.eval.json"
-    edgeq_cli("eval", checkpoint, "--text", *[p for _, p in text_paths()], "--seq-len", SEQ_LEN, "--max-windows",
-              WINDOWS, "--json", scores, "--quiet")
-    torch_scores = json.loads(scores.read_text())
     return {"tool": "edgeq in llama.cpp", "label": label, "checkpoint": checkpoint.name,
             "llama_cpp_python": llama_cpp.__version__, "tensor_bytes": gguf_tensor_bytes(path),
             "perplexity": llamacpp_perplexities(path, threads),
-            "checkpoint_perplexity": {label_: r["perplexity"] for (label_, _), r in zip(TEXTS, torch_scores)}}
+            "checkpoint_perplexity": edgeq_perplexities(checkpoint, WORK / f"{checkpoint.name}.torch.eval.json")}
 
 
 # ---- the table and the plot ----
 
 def with_ratios(rows: list[dict]) -> list[dict]:
     fp, params = fp32_perplexities(), parameter_count()
+
+    def over(perplexity: dict) -> dict:
+        return {label: perplexity[label] / fp[label] for label, _ in TEXTS}
     out = []
     for r in rows:
-        row = {**r, "bits_per_weight": 8 * r["tensor_bytes"] / params,
-               "over_fp": {label: r["perplexity"][label] / fp[label] for label, _ in TEXTS}}
+        row = {**r, "bits_per_weight": 8 * r["tensor_bytes"] / params, "over_fp": over(r["perplexity"])}
         if "checkpoint_perplexity" in r:
-            row["checkpoint_over_fp"] = {label: r["checkpoint_perplexity"][label] / fp[label] for label, _ in TEXTS}
+            row["checkpoint_over_fp"] = over(r["checkpoint_perplexity"])
         out.append(row)
     return sorted(out, key=lambda r: r["bits_per_weight"])
 

@@ -140,7 +140,8 @@ class HessianAccumulator:
 def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
                   track_abs: bool = False):
     """One accumulator per input group (q/k/v share one, gate/up share one), fed by a hook on its first
-    linear; track_abs: each also sums |x| per channel (awq's statistic). Returns ({first linear name: accumulator}, remove-hooks function)."""
+    linear; with track_abs each also sums |x| per channel (awq's statistic). Returns ({first linear name:
+    accumulator}, remove-hooks function)."""
     accumulators, handles = {}, []
     for group in arch.input_groups:
         linear = get_module(block, group[0])
