@@ -226,6 +226,11 @@ def front() -> str:
     return front_script.table()
 
 
+def gptqmodel_interop() -> str:
+    import gptqmodel_interop as interop
+    return interop.table()
+
+
 def render(name: str) -> str:
     kind, _, arg = name.partition(":")
     if kind == "quality":
@@ -236,7 +241,8 @@ def render(name: str) -> str:
                  "vs-llamacpp": vs_llamacpp, "aarch64": aarch64, "vs-genai-builder": vs_genai_builder,
                  "method-options": lambda: method_options(arg), "method-rows": lambda: method_rows(arg),
                  "scale": lambda: scale(arg), "benchmarks-index": benchmarks_index,
-                 "calib-dtype": calib_dtype, "quantize-speed": quantize_speed, "front": front}
+                 "calib-dtype": calib_dtype, "quantize-speed": quantize_speed, "front": front,
+                 "gptqmodel-interop": gptqmodel_interop}
     if kind not in renderers:
         raise SystemExit(f"unknown generated block {name!r}")
     return renderers[kind]()

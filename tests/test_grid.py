@@ -116,3 +116,27 @@ def test_quantized_weight_validates_its_fields():
         QuantizedWeight(q + 16, scale, zero, 4, 32)                 # code outside 4 bits
     with pytest.raises(EdgeqError):
         QuantizedWeight(q, scale.double(), zero, 4, 32)             # scales must be float32
+    with pytest.raises(EdgeqError):
+        QuantizedWeight(q, scale, zero, 4, 32, torch.zeros(64, dtype=torch.int64))  # not a permutation
+
+
+def test_an_input_order_dequantizes_to_the_natural_columns_and_survives_slicing():
+    """Held column j is input input_order[j]: x @ W_hat^T == x[:, order] @ W_stored^T."""
+    from edgeq.quant.qweight import group_order
+    generator = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 256, (3, 64), generator=generator, dtype=torch.uint8)
+    scale, zero = torch.rand(3, 2, generator=generator) + 0.1, torch.full((3, 2), 128, dtype=torch.uint8)
+    order = torch.randperm(64, generator=generator)
+    qw = QuantizedWeight(q, scale, zero, 8, 32, order)
+    stored = QuantizedWeight(q, scale, zero, 8, 32).dequantize()
+    x = torch.randn(5, 64, generator=generator)
+    torch.testing.assert_close(x @ qw.dequantize().T, x[:, order] @ stored.T)
+    assert torch.equal(qw.codes_in_input_order()[:, order], q)
+    assert torch.equal(qw.slice(4).input_order, order)
+    g_idx = torch.empty(64, dtype=torch.int64)
+    g_idx[order] = torch.arange(64) // 32  # what GPTQ's act-order writes for these held columns
+    assert torch.equal(torch.sort(group_order(g_idx, 64, 32, "w")).values, torch.arange(64))
+    assert torch.equal(g_idx[group_order(g_idx, 64, 32, "w")], torch.arange(64) // 32)
+    assert group_order(torch.arange(64) // 32, 64, 32, "w") is None
+    with pytest.raises(EdgeqError, match="equal groups"):
+        group_order(torch.zeros(64, dtype=torch.int64), 64, 32, "w")

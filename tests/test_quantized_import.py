@@ -157,6 +157,45 @@ def test_v2_zero_points_read_as_the_same_weights(our_folder, tmp_path):
         assert torch.equal(qw.zero, v2_weights[name].zero) and torch.equal(qw.q, v2_weights[name].q)
 
 
+def _act_order(tensors):
+    """Every linear's inputs dealt to the groups in a random order, as GPTQ's desc_act writes g_idx (input i in
+    group rank(i) // group size), the codes left in input order: a different model, defined by the format."""
+    generator = torch.Generator().manual_seed(0)
+    for key in [k for k in tensors if k.endswith(".g_idx")]:
+        natural = tensors[key]
+        tensors[key] = natural[torch.argsort(torch.randperm(natural.numel(), generator=generator))].contiguous()
+
+
+def test_an_act_order_folder_reads_and_exports_with_its_columns_gathered(our_folder, tmp_path):
+    folder = _edited(our_folder, tmp_path, lambda q: q.update(desc_act=True), _act_order)
+    model, qweights, _ = load_quantized_folder(folder)
+    from edgeq.io.quantized_folder import read_tensors
+    tensors = read_tensors(folder)
+    modules = dict(model.named_modules())
+    for name, qw in qweights.items():
+        assert qw.input_order is not None  # GPTQ's own de-quantization, scale[g_idx] * (q - zero[g_idx]):
+        assert torch.equal(modules[name].weight, fmt.dequantize_gptq(tensors, name, 4))
+    out = edgeq_cli("export", folder, "--out", tmp_path / "onnx", "--accuracy-level", 0)
+    assert "MatMulNBits" in out
+    import onnx
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx"), load_external_data=False).graph
+    gathers = [n for n in graph.node if n.op_type == "Gather" and n.output[0].endswith("_gathered_input")]
+    assert len(gathers) >= len(qweights) // 3  # q/k/v and gate/up may share one (one order each, fused)
+    mine = OrtDecoder.from_folder(tmp_path / "onnx").forced_logits(PROMPT, FORCED)
+    want = _logits(model, PROMPT + FORCED)[len(PROMPT) - 1:].numpy()
+    assert np.linalg.norm(mine - want) / np.linalg.norm(want) < 2e-3
+    edgeq_cli("export", folder, "--format", "gptq", "--out", tmp_path / "again")  # on as act-order GPTQ
+    from safetensors.torch import load_file
+    again = load_file(str(tmp_path / "again" / "model.safetensors"))
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["quantization_config"]["desc_act"]
+    for name in qweights:
+        for part in ("g_idx", "qweight", "qzeros"):
+            assert torch.equal(again[f"{name}.{part}"].to(torch.int32), tensors[f"{name}.{part}"].to(torch.int32))
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(folder), "--format", "gguf", "--out",
+                           str(tmp_path / "never.gguf")], capture_output=True, text=True)
+    assert done.returncode == 2 and "act-order" in done.stderr and not (tmp_path / "never.gguf").exists()
+
+
 def _refused(folder, match):
     done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(folder), "--out",
                            str(folder.parent / "never")], capture_output=True, text=True)
@@ -169,10 +208,10 @@ def test_what_is_not_read_is_refused_in_one_line(our_folder, tmp_path):
              "checkpoint_format 'marlin' is not read")
     shutil.rmtree(tmp_path / "edited")
 
-    def act_order(tensors):
+    def unequal_groups(tensors):
         key = next(k for k in tensors if k.endswith(".g_idx"))
-        tensors[key] = tensors[key].flip(0).contiguous()
-    _refused(_edited(our_folder, tmp_path, edit_tensors=act_order), "act-order")
+        tensors[key] = torch.zeros_like(tensors[key])
+    _refused(_edited(our_folder, tmp_path, edit_tensors=unequal_groups), "only act-order's equal groups are read")
     shutil.rmtree(tmp_path / "edited")
 
     def no_scales(tensors):

@@ -142,7 +142,7 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
         b, scales, zeros = (np.concatenate(arrays, axis=0) for arrays in zip(*parts))
         k = quantized[0].shape[1]
         n = sum(qw.shape[0] for qw in quantized)
-        inputs = [x, g.constant(f"{prefix}_B", b), g.constant(f"{prefix}_scales", scales),
+        inputs = [gathered(g, x, prefix, quantized[0].input_order), g.constant(f"{prefix}_B", b), g.constant(f"{prefix}_scales", scales),
                   g.constant(f"{prefix}_zero_points", zeros)]
         g.op("MatMulNBits", inputs, out, domain=MS_DOMAIN, name=matmulnbits_name(names), K=k, N=n,
              bits=layout.bits, block_size=layout.block, accuracy_level=accuracy_level)
@@ -154,13 +154,31 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
     return g.op("Add", [out, g.constant(f"{prefix}_bias", bias)], f"{prefix}_biased")[0]
 
 
+def gathered(g: Graph, x: str, prefix: str, order) -> str:
+    """x, or x[..., order] for codes held in an act-order folder's group order (QuantizedWeight.input_order):
+    one Gather on the activations, exact, where MatMulNBits' own g_idx input is 20-120x slower at decode."""
+    if order is None:
+        return x
+    indices = g.constant(f"{prefix}_input_order", order.numpy().astype(np.int64))
+    return g.op("Gather", [x, indices], f"{prefix}_gathered_input", axis=-1)[0]
+
+
+def same_order(quantized: list[QuantizedWeight]) -> bool:
+    orders = [qw.input_order for qw in quantized]
+    if all(order is None for order in orders):
+        return True
+    return None not in orders and all(torch.equal(orders[0], order) for order in orders[1:])
+
+
 def fusable(names: list[str], qweights: dict[str, QuantizedWeight]) -> bool:
-    """One node can hold linears that are all float, or all quantized with one layout (bits and block);
-    mixed precision may give q, k and v different widths, and then each gets its own node."""
+    """One node can hold linears that are all float, or all quantized with one layout (bits and block) and one
+    input order; mixed precision may give q, k and v different widths (an act-order import, different
+    orders), and then each gets its own node."""
     quantized = [qweights.get(name) for name in names]
     if all(qw is None for qw in quantized):
         return True
-    return None not in quantized and len({node_layout(n, qw) for n, qw in zip(names, quantized)}) == 1
+    return None not in quantized and len({node_layout(n, qw) for n, qw in zip(names, quantized)}) == 1 \
+        and same_order(quantized)
 
 
 def linears(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str, QuantizedWeight],

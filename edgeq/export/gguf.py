@@ -38,6 +38,9 @@ ARCHITECTURES = ("llama",)  # general.architecture values whose tensors edgeq na
 def block_type(name: str, qw: QuantizedWeight) -> str:
     symmetric = is_symmetric(qw)
     kind = TYPES.get((qw.bits, symmetric))
+    if qw.input_order is not None:
+        raise EdgeqError(f"{name}: its groups follow an act-order g_idx (desc_act), and GGUF's blocks are 32 "
+                         "consecutive inputs; export it to ONNX, or re-quantize with desc_act false")
     if qw.group_size != BLOCK or kind is None:
         grids = ", ".join(f"{bits}-bit {'symmetric' if sym else 'asymmetric'}" for bits, sym in TYPES)
         raise EdgeqError(f"{name} is {qw.bits}-bit {'symmetric' if symmetric else 'asymmetric'} in groups of "

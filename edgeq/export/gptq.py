@@ -42,7 +42,8 @@ def quantization_config(qweights: dict[str, QuantizedWeight], head: str) -> dict
                for name, (bits, group) in grids.items() if (bits, group) != (main_bits, main_group)
                and not (per_channel and bits == main_bits)}
     config = {"quant_method": "gptq", "checkpoint_format": "gptq", "bits": main_bits,
-              "group_size": -1 if per_channel else main_group, "desc_act": False, "static_groups": False,
+              "group_size": -1 if per_channel else main_group,
+              "desc_act": any(qw.input_order is not None for qw in qweights.values()), "static_groups": False,
               "sym": all(is_symmetric(qw) for qw in qweights.values()), "true_sequential": True,
               "lm_head": head in qweights}
     if dynamic:

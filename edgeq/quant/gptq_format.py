@@ -4,7 +4,8 @@ and onnxruntime-genai's builder read them (W = scale * (q - zero), groups along 
     NAME.qweight  int32 [K * bits / 32, N]   the codes of 32 / bits consecutive inputs per word, LSB first
     NAME.qzeros   int32 [G, N * bits / 32]   zero point - 1 (v1's convention, which every reader adds back)
     NAME.scales   float16 [G, N]
-    NAME.g_idx    int32 [K]                  each input's group (k // group size without act-order)
+    NAME.g_idx    int32 [K]                  each input's group (k // group size without act-order; with
+                                             act-order (desc_act) the rank of the input in the sweep // group)
 
 Written by export/gptq.py, read by io/folder_readers.py: the format is known here only."""
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from ..errors import EdgeqError
 from .grid import n_groups, stored_group
 from .pack import CONTAINER as CONTAINER_BITS  # code width -> the packed width every GPTQ reader unpacks
-from .qweight import QuantizedWeight
+from .qweight import QuantizedWeight, group_order
 
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -67,10 +68,20 @@ def gptq_tensors(name: str, qw: QuantizedWeight) -> dict[str, torch.Tensor]:
     if (n * bits) % 32 or (k * bits) % 32:
         raise EdgeqError(f"{name}: [{n}, {k}] does not fill {bits}-bit int32 words; GPTQ cannot store it")
     stored_zero = (zero.T.numpy() - 1) & ((1 << bits) - 1)  # v1: zero - 1, wrapped as the writers wrap it
-    return {f"{name}.qweight": torch.from_numpy(pack_rows(qw.q.T.numpy(), bits)),
+    return {f"{name}.qweight": torch.from_numpy(pack_rows(qw.codes_in_input_order().T.numpy(), bits)),
             f"{name}.qzeros": torch.from_numpy(pack_rows(stored_zero.T, bits).T.copy()),
             f"{name}.scales": scale.T.contiguous().to(torch.float16),
-            f"{name}.g_idx": (torch.arange(k, dtype=torch.int32) // group)}
+            f"{name}.g_idx": g_idx_of(qw, group)}
+
+
+def g_idx_of(qw: QuantizedWeight, group: int) -> torch.Tensor:
+    """int32 [K]: each input's group; an act-order weight's inputs keep the groups of their held columns."""
+    held = torch.arange(qw.shape[1], dtype=torch.int32) // group
+    if qw.input_order is None:
+        return held
+    g_idx = torch.empty_like(held)
+    g_idx[qw.input_order] = held
+    return g_idx
 
 
 def dequantize_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int) -> torch.Tensor:
@@ -88,7 +99,8 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
                       zero_offset: int = 1) -> QuantizedWeight:
     """One linear of a GPTQ folder as a QuantizedWeight (the codes and zero points as stored, the float16 scales
     widened). group_size -1 is per-channel. zero_offset is what the writer subtracted from each zero point (1 in
-    v1, what every tool saves; 0 in v2). An act-order g_idx (columns not in group order) is refused."""
+    v1, what every tool saves; 0 in v2). An act-order g_idx (desc_act) is held as QuantizedWeight.input_order:
+    the columns sorted by group."""
     if bits not in (2, 4, 8):
         raise EdgeqError(f"{name}: {bits}-bit GPTQ packing is not read (2, 4 and 8 bits are)")
     for part in ("qweight", "qzeros", "scales"):
@@ -106,11 +118,9 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
     if stored.shape != (groups, n):
         raise EdgeqError(f"{name}: qzeros unpack to {stored.shape}, expected {(groups, n)}")
     g_idx = tensors.get(f"{name}.g_idx")
-    if g_idx is not None and not torch.equal(g_idx.to(torch.int64), torch.arange(k) // group):
-        raise EdgeqError(f"{name}: its g_idx reorders the columns (act-order, desc_act); edgeq reads GPTQ "
-                         "folders quantized in column order only (onnxruntime's g_idx path runs 20-120x slower "
-                         "at a decode step: benchmarks/act_order.py); re-quantize with desc_act false")
+    order = None if g_idx is None else group_order(g_idx, k, group, name)
+    codes = torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8))
     zero = (stored.astype(np.int64) + zero_offset) & ((1 << bits) - 1)  # wrapped as the writers wrap it
-    return QuantizedWeight(torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8)),
+    return QuantizedWeight(codes if order is None else codes[:, order].contiguous(),
                            scales.float().T.contiguous(), torch.from_numpy(zero.T.astype(np.uint8).copy()),
-                           bits, group)
+                           bits, group, order)

@@ -98,5 +98,6 @@ def group_columns(k: int, group_size: int) -> int:
 
 def shares_codes_with_lookup(qw: QuantizedWeight, layout: NodeLayout) -> bool:
     """MatMulNBits' B holds exactly the bytes of a [V, K] 8- or 4-bit table when no block is padded; only
-    then can one initializer serve both nodes (GatherBlockQuantized takes 4 and 8 bits)."""
-    return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0
+    then can one initializer serve both nodes (GatherBlockQuantized takes 4 and 8 bits), and only when the
+    columns are in the table's own order (no act-order input_order)."""
+    return layout.bits in (4, 8) and qw.shape[1] % layout.block == 0 and qw.input_order is None

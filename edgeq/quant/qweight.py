@@ -15,6 +15,12 @@ class QuantizedWeight:
 
     q: uint8 [N, K] in [0, 2^bits - 1]; scale: float32 [N, G]; zero: uint8 [N, G] (integer zero points,
     required by onnxruntime's fast MatMulNBits path); group_size == K means per-channel.
+
+    input_order: int64 [K] or None. None (every weight edgeq's solvers make) is the natural column order. An
+    act-order folder of another tool (GPTQ desc_act, its g_idx) is held with its columns sorted by group, so
+    that the groups are contiguous as above: stored column j is input input_order[j], and the product is
+    x[..., input_order] @ W_stored^T (the ONNX export gathers x first: benchmarks/act_order.py measured that
+    at 1.05-1.29x, where onnxruntime's own g_idx input ran 20-120x slower at a decode step).
     """
 
     q: torch.Tensor
@@ -22,6 +28,7 @@ class QuantizedWeight:
     zero: torch.Tensor
     bits: int
     group_size: int
+    input_order: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.q.dtype != torch.uint8 or self.zero.dtype != torch.uint8:
@@ -38,6 +45,11 @@ class QuantizedWeight:
         maxq = 2 ** self.bits - 1
         if int(self.q.max()) > maxq or int(self.zero.max()) > maxq:
             raise EdgeqError(f"codes or zero points exceed the {self.bits}-bit range")
+        if self.input_order is not None:
+            order = self.input_order
+            if order.dtype != torch.int64 or tuple(order.shape) != (k,) or \
+                    not torch.equal(torch.sort(order).values, torch.arange(k)):
+                raise EdgeqError(f"input_order must be a permutation of the {k} input columns (int64 [K])")
 
     @classmethod
     def from_float_params(cls, q, scale, zero, bits: int, group_size: int) -> "QuantizedWeight":
@@ -54,7 +66,13 @@ class QuantizedWeight:
         return self.scale.shape[1]
 
     def dequantize(self) -> torch.Tensor:
-        return grid.dequantize(self.q, self.scale, self.zero, self.group_size)
+        """W_hat [N, K] in the natural column order, whatever order the codes are held in."""
+        stored = grid.dequantize(self.q, self.scale, self.zero, self.group_size)
+        return stored if self.input_order is None else stored[:, torch.argsort(self.input_order)]
+
+    def codes_in_input_order(self) -> torch.Tensor:
+        """q [N, K] with column k the code of input k (the layout of formats that carry a g_idx)."""
+        return self.q if self.input_order is None else self.q[:, torch.argsort(self.input_order)]
 
     def slice(self, bits: int) -> "QuantizedWeight":
         """The `bits`-bit weight made of the most significant bits of these codes (MatQuant's nesting):
@@ -66,4 +84,21 @@ class QuantizedWeight:
         q = nesting.slice_codes(self.q.to(torch.int16), self.bits, bits)
         zero = nesting.slice_zero(self.zero.to(torch.int16), self.bits, bits)
         return QuantizedWeight(q.to(torch.uint8), self.scale * float(1 << (self.bits - bits)),
-                               zero.to(torch.uint8), bits, self.group_size)
+                               zero.to(torch.uint8), bits, self.group_size, self.input_order)
+
+
+def group_order(g_idx: torch.Tensor, k: int, group: int, name: str) -> torch.Tensor | None:
+    """The input_order that makes an act-order g_idx's groups contiguous (None when g_idx is the natural
+    order k // group). Each group must hold exactly `group` inputs, as GPTQ's act-order writes them (g_idx[i]
+    is the rank of input i in the sweep, over the group size); any other assignment has no contiguous form."""
+    g = g_idx.to(torch.int64).reshape(-1)
+    natural = torch.arange(k) // group
+    if g.shape != natural.shape:
+        raise EdgeqError(f"{name}: g_idx holds {g.numel()} entries for {k} inputs")
+    if torch.equal(g, natural):
+        return None
+    order = torch.argsort(g, stable=True)
+    if not torch.equal(g[order], natural):
+        raise EdgeqError(f"{name}: its g_idx puts other than {group} inputs in a group; only act-order's "
+                         "equal groups are read")
+    return order
