@@ -65,8 +65,10 @@ def calibration() -> list[dict]:
 
 
 def produce() -> None:
+    import os
     from gptqmodel import GPTQModel, QuantizeConfig
     source = float_model()
+    os.chdir(WORK)  # GPTQModel writes its logs/ into the working directory
     for name, options in PRODUCED.items():
         if (WORK / name / "config.json").is_file():
             continue
