@@ -5,6 +5,7 @@ loaded by transformers through GPTQModel, on a random-init Llama (hidden 128, 2 
     python benchmarks/gptqmodel_interop.py ours                  # edgeq quantizes the same float model, GPTQ folder
     VENV_GQ/bin/python benchmarks/gptqmodel_interop.py load      # transformers (+ GPTQModel's kernels) loads each
     python benchmarks/gptqmodel_interop.py check                 # edgeq reads each: logits, ONNX, rows
+    python benchmarks/gptqmodel_interop.py builder               # onnxruntime-genai's builder reads the 4-bit ones
 
 GPTQModel 7.7 needs torch >= 2.14.1 and transformers >= 5.20, which edgeq's own pins (torch 2.13 in CI) do not
 install: it lives in a second virtual environment (VENV_GQ: `pip install torch==2.14.1`, then
@@ -29,6 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "runs" / "gptqmodel"
 RESULTS = ROOT / "benchmarks" / "results" / "gptqmodel_interop.jsonl"
+BUILDER_RESULTS = ROOT / "benchmarks" / "results" / "gptqmodel_builder.jsonl"
 IDS = [1, 5, 9, 42, 7, 300, 1200, 77, 4096, 13, 250, 31999]
 # (folder name, GPTQModel's QuantizeConfig): act-order at 4 bits sym and asym and at 2 and 8 bits, and the
 # column-order default (act_group_aware) for contrast
@@ -149,10 +151,42 @@ def check() -> None:
         print(json.dumps(row))
 
 
+def builder() -> None:
+    """onnxruntime-genai's builder on the same 4-bit folders: it maps desc_act onto MatMulNBits' own g_idx input
+    (builders/base.py, use_g_idx), the path benchmarks/act_order.py measured. Its logits against transformers'."""
+    import onnx
+    from edgeq.runtime.session import OrtDecoder
+    sys.path.insert(0, str(Path(__file__).parent))
+    from harness import append_result, stamp
+    for folder in [p for p in quantized_folders() if (p / "transformers_logits.npy").is_file()]:
+        config = json.loads((folder / "config.json").read_text())["quantization_config"]
+        if config["bits"] != 4:
+            continue  # the builder's documented width
+        built = WORK / "builder" / folder.name
+        subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(built),
+                        "-p", "int4", "-e", "cpu", "--extra_options", "accuracy_level=0",
+                        "nodes_to_exclude=/lm_head/MatMul,/model/embed_tokens/Gather"], check=True,
+                       capture_output=True)
+        graph = onnx.load(str(built / "model.onnx"), load_external_data=False).graph
+        with_g_idx = sum(n.op_type == "MatMulNBits" and len(n.input) > 4 and n.input[4] != "" for n in graph.node)
+        logits = OrtDecoder.from_folder(built).forced_logits(IDS[:1], IDS[1:])
+        row = {"folder": folder.name, "reader": "onnxruntime-genai builder", "desc_act": config["desc_act"],
+               "sym": config["sym"], "matmulnbits_with_g_idx": with_g_idx,
+               "builder_onnx_vs_transformers": relative(logits, np.load(folder / "transformers_logits.npy"))}
+        append_result(BUILDER_RESULTS, {**row, **stamp()})
+        print(json.dumps(row))
+
+
 def onnx_gathers(folder: Path) -> int:
     import onnx
     graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
     return sum(node.op_type == "Gather" and node.output[0].endswith("_gathered_input") for node in graph.node)
+
+
+def builder_cell(row: dict | None) -> str:
+    if row is None:
+        return "- (4 bits only)"
+    return f"{row['builder_onnx_vs_transformers']:.1e} ({row['matmulnbits_with_g_idx']})"
 
 
 def table() -> str:
@@ -160,20 +194,22 @@ def table() -> str:
     sys.path.insert(0, str(Path(__file__).parent))
     from harness import read_results
     latest = {row["folder"]: row for row in read_results(RESULTS)}
+    built = {row["folder"]: row for row in read_results(BUILDER_RESULTS)}
     lines = ["| folder | written by | bits | group | sym | desc_act | act-order linears (Gathers in ONNX) | "
-             "transformers' kernel | edgeq torch vs transformers | edgeq ONNX vs transformers | ONNX vs edgeq torch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "transformers' kernel | edgeq torch vs transformers | edgeq ONNX vs transformers | ONNX vs edgeq torch | "
+             "genai builder's ONNX vs transformers (its MatMulNBits with g_idx) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in sorted(latest.items()):
         kernel = ", ".join(k.rsplit(".", 1)[1] for k in r["transformers_load"]["kernels"])
         lines.append(f"| {name} | {r['written_by']} | {r['bits']} | {r['group_size']} | {r['sym']} | "
                      f"{r['desc_act']} | {r['act_order_linears']} / {r['linears']} ({r['gathers_in_onnx']}) | "
                      f"{kernel} | {r['edgeq_torch_vs_transformers']:.1e} | {r['edgeq_onnx_vs_transformers']:.1e} | "
-                     f"{r['edgeq_onnx_vs_edgeq_torch']:.1e} |")
+                     f"{r['edgeq_onnx_vs_edgeq_torch']:.1e} | {builder_cell(built.get(name))} |")
     some = next(iter(latest.values()), None)
     versions = "" if some is None else (f"GPTQModel {some['transformers_load']['gptqmodel']}, transformers "
                                          f"{some['transformers_load']['transformers']}, torch {some['transformers_load']['torch']}; ")
     return "\n".join(lines) + (f"\n\nRelative logit errors over {len(IDS)} positions; {versions}"
-                               "`python benchmarks/gptqmodel_interop.py check` (the module docstring has the four steps).")
+                               "`python benchmarks/gptqmodel_interop.py check` and `... builder` (the module docstring has the steps).")
 
 
 def main() -> int:
@@ -186,7 +222,7 @@ def main() -> int:
             raise SystemExit("run `python benchmarks/gptqmodel_interop.py ours` in edgeq's environment first")
         from edgeq.io import models
         models.load_tokenizer(models.bundled_source()).save_pretrained(WORK / "tokenizer")
-    {"produce": produce, "ours": ours, "load": load, "check": check}[sys.argv[1]]()
+    {"produce": produce, "ours": ours, "load": load, "check": check, "builder": builder}[sys.argv[1]]()
     return 0
 
 
