@@ -3,7 +3,9 @@ checked against a real producer, auto-round 0.16.1 (its auto_gptq, auto_awq and 
 llm_compressor output, which the compressed-tensors library packs as llm-compressor's saves do), whose own
 fake-quantized weights (round to nearest, iters 0) ours must equal; transformers' own load of a folder where it
 loads here, and onnxruntime-genai's builder where it reads the format; then `edgeq export` and `edgeq eval` of
-such a folder, and the refusals of what is not read."""
+such a folder, and the refusals of what is not read. Act-order (desc_act) folders are checked here on a g_idx
+dealt as GPTQ's act-order deals it, against GPTQ's own de-quantization formula; GPTQModel itself (a torch it
+needs that CI does not install) writes them in benchmarks/gptqmodel_interop.py."""
 from __future__ import annotations
 
 import json
