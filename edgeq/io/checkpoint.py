@@ -28,6 +28,8 @@ META_FILE = "quantization.json"
 def qweights_to_tensors(qweights: dict[str, QuantizedWeight]) -> dict[str, torch.Tensor]:
     tensors = {}
     for name, qw in qweights.items():
+        if qw.input_order is not None:  # only another tool's act-order folder holds one; the format has no field
+            raise EdgeqError(f"{name}: an act-order weight (input_order) has no edgeq checkpoint layout")
         tensors[f"{name}.qweight"] = torch.from_numpy(pack.pack_blocks(qw.q.numpy(), qw.bits, qw.group_size))
         tensors[f"{name}.scales"] = qw.scale.contiguous()
         tensors[f"{name}.qzeros"] = torch.from_numpy(pack.pack_codes(qw.zero.numpy(), qw.bits))
