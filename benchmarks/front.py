@@ -27,13 +27,12 @@ import argparse
 import importlib.util
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from harness import RESULTS_DIR, ROOT, append_result, news_text, read_results, stamp
+from harness import RESULTS_DIR, ROOT, append_result, edgeq_cli, news_text, read_results, stamp
 
 RESULTS = RESULTS_DIR / "front.jsonl"
 QUALITY = RESULTS_DIR / "quality.jsonl"
@@ -70,13 +69,6 @@ def onnx_tensor_bytes(folder: Path) -> int:
     for init in graph.initializer:
         total += int(ExternalDataInfo(init).length) if uses_external_data(init) else len(init.raw_data)
     return total
-
-
-def edgeq_cli(*args) -> str:
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(f"edgeq {' '.join(map(str, args))} failed: {done.stderr[-1500:]}")
-    return done.stdout
 
 
 def edgeq_perplexities(target: Path, scores: Path) -> dict[str, float]:

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+from harness import RESULTS_DIR, ROOT, append_result, edgeq_cli, read_results, stamp  # stdlib only: both venvs
+
 WORK = ROOT / "runs" / "gptqmodel"
-RESULTS = ROOT / "benchmarks" / "results" / "gptqmodel_interop.jsonl"
-BUILDER_RESULTS = ROOT / "benchmarks" / "results" / "gptqmodel_builder.jsonl"
+RESULTS = RESULTS_DIR / "gptqmodel_interop.jsonl"
+BUILDER_RESULTS = RESULTS_DIR / "gptqmodel_builder.jsonl"
 IDS = [1, 5, 9, 42, 7, 300, 1200, 77, 4096, 13, 250, 31999]
 # (folder name, GPTQModel's QuantizeConfig): act-order at 4 bits sym and asym and at 2 and 8 bits, and the
 # column-order default (act_group_aware) for contrast
@@ -102,10 +103,6 @@ def quantized_folders() -> list[Path]:
                   and "quantization_config" in json.loads((p / "config.json").read_text()))
 
 
-def edgeq_cli(*args) -> None:
-    subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], check=True)
-
-
 def ours() -> None:
     """edgeq's GPTQ W4 g32 of the same float model, written as a GPTQ folder."""
     source = float_model()
@@ -125,8 +122,6 @@ def check() -> None:
     import torch
     from edgeq.io.quantized_folder import load_quantized_folder
     from edgeq.runtime.session import OrtDecoder
-    sys.path.insert(0, str(Path(__file__).parent))
-    from harness import append_result, stamp
     for folder in [p for p in quantized_folders() if (p / "transformers_logits.npy").is_file()]:
         theirs = np.load(folder / "transformers_logits.npy")
         model, qweights, _ = load_quantized_folder(folder)
@@ -156,8 +151,6 @@ def builder() -> None:
     (builders/base.py, use_g_idx), the path benchmarks/act_order.py measured. Its logits against transformers'."""
     import onnx
     from edgeq.runtime.session import OrtDecoder
-    sys.path.insert(0, str(Path(__file__).parent))
-    from harness import append_result, stamp
     for folder in [p for p in quantized_folders() if (p / "transformers_logits.npy").is_file()]:
         config = json.loads((folder / "config.json").read_text())["quantization_config"]
         if config["bits"] != 4:
@@ -191,8 +184,6 @@ def builder_cell(row: dict | None) -> str:
 
 def table() -> str:
     """The markdown table of the latest row per folder (docs/export.md's generated block)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from harness import read_results
     latest = {row["folder"]: row for row in read_results(RESULTS)}
     built = {row["folder"]: row for row in read_results(BUILDER_RESULTS)}
     lines = ["| folder | written by | bits | group | sym | desc_act | act-order linears (Gathers in ONNX) | "

@@ -86,3 +86,11 @@ def read_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def edgeq_cli(*args) -> str:
+    """Run `edgeq ARGS` in this interpreter; its stdout, or exit with the end of its stderr."""
+    done = subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"edgeq {' '.join(map(str, args))} failed: {done.stderr[-1500:]}")
+    return done.stdout

@@ -142,8 +142,8 @@ def linear(g: Graph, x: str, names: list[str], modules: list, qweights: dict[str
         b, scales, zeros = (np.concatenate(arrays, axis=0) for arrays in zip(*parts))
         k = quantized[0].shape[1]
         n = sum(qw.shape[0] for qw in quantized)
-        inputs = [gathered(g, x, prefix, quantized[0].input_order), g.constant(f"{prefix}_B", b), g.constant(f"{prefix}_scales", scales),
-                  g.constant(f"{prefix}_zero_points", zeros)]
+        inputs = [gathered(g, x, prefix, quantized[0].input_order), g.constant(f"{prefix}_B", b),
+                  g.constant(f"{prefix}_scales", scales), g.constant(f"{prefix}_zero_points", zeros)]
         g.op("MatMulNBits", inputs, out, domain=MS_DOMAIN, name=matmulnbits_name(names), K=k, N=n,
              bits=layout.bits, block_size=layout.block, accuracy_level=accuracy_level)
     biases = [getattr(m, "bias", None) for m in modules]

@@ -18,7 +18,7 @@ import torch
 from ..errors import EdgeqError
 from .grid import n_groups, stored_group
 from .pack import unpack_codes
-from .qweight import QuantizedWeight, group_order
+from .qweight import QuantizedWeight
 
 STRATEGIES = ("group", "channel", "tensor")  # weight strategies read; "block" (2-D tiles, FP8's) is not
 
@@ -49,12 +49,9 @@ def qweight_from_compressed(tensors: dict[str, torch.Tensor], name: str, weights
     group = stored_group(int(weights["group_size"]) if strategy == "group" else -1, k)
     if scale.shape[1] != n_groups(k, group):
         raise EdgeqError(f"{name}: weight_scale of shape {tuple(scale.shape)}, expected {(n, n_groups(k, group))}")
-    g_idx = tensors.get(f"{name}.weight_g_idx")  # actorder "group" (llm-compressor before 2026-08)
-    order = None if g_idx is None else group_order(g_idx, k, group, name)
-    codes = torch.from_numpy(q)
     zero = _zero_points(tensors, name, bits, weights, scale.shape)
-    return QuantizedWeight(codes if order is None else codes[:, order].contiguous(), scale.contiguous(), zero,
-                           bits, group, order)
+    g_idx = tensors.get(f"{name}.weight_g_idx")  # actorder "group" (llm-compressor before 2026-08)
+    return QuantizedWeight.from_input_columns(torch.from_numpy(q), scale.contiguous(), zero, bits, group, g_idx, name)
 
 
 def _zero_points(tensors, name, bits, weights, shape) -> torch.Tensor:

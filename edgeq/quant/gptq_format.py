@@ -18,7 +18,7 @@ import torch
 from ..errors import EdgeqError
 from .grid import n_groups, stored_group
 from .pack import CONTAINER as CONTAINER_BITS  # code width -> the packed width every GPTQ reader unpacks
-from .qweight import QuantizedWeight, group_order
+from .qweight import QuantizedWeight
 
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 
@@ -117,10 +117,8 @@ def qweight_from_gptq(tensors: dict[str, torch.Tensor], name: str, bits: int, gr
     stored = unpack_rows(tensors[f"{name}.qzeros"].numpy().T, bits).T  # [G, N]
     if stored.shape != (groups, n):
         raise EdgeqError(f"{name}: qzeros unpack to {stored.shape}, expected {(groups, n)}")
-    g_idx = tensors.get(f"{name}.g_idx")
-    order = None if g_idx is None else group_order(g_idx, k, group, name)
-    codes = torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8))
     zero = (stored.astype(np.int64) + zero_offset) & ((1 << bits) - 1)  # wrapped as the writers wrap it
-    return QuantizedWeight(codes if order is None else codes[:, order].contiguous(),
-                           scales.float().T.contiguous(), torch.from_numpy(zero.T.astype(np.uint8).copy()),
-                           bits, group, order)
+    return QuantizedWeight.from_input_columns(torch.from_numpy(np.ascontiguousarray(q.T).astype(np.uint8)),
+                                              scales.float().T.contiguous(),
+                                              torch.from_numpy(zero.T.astype(np.uint8).copy()), bits, group,
+                                              tensors.get(f"{name}.g_idx"), name)

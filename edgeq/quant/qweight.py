@@ -57,6 +57,15 @@ class QuantizedWeight:
         return cls(q=q.round().to(torch.uint8).cpu(), scale=scale.float().cpu().contiguous(),
                    zero=zero.round().to(torch.uint8).cpu(), bits=bits, group_size=group_size)
 
+    @classmethod
+    def from_input_columns(cls, codes: torch.Tensor, scale, zero, bits: int, group_size: int,
+                           g_idx: torch.Tensor | None, name: str) -> "QuantizedWeight":
+        """Codes [N, K] in input order with a format's g_idx (None: the natural groups), held sorted by group
+        when the g_idx is an act-order one (group_order)."""
+        order = None if g_idx is None else group_order(g_idx, codes.shape[1], group_size, name)
+        held = codes if order is None else codes[:, order].contiguous()
+        return cls(held, scale, zero, bits, group_size, order)
+
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.q.shape)
