@@ -9,10 +9,11 @@ import pytest
 
 from edgeq import cli
 from edgeq.evaluation import heldout
-from tests.conftest import calibration_text, save_tiny_model
+from tests.conftest import calibration_text, cli_in_process, save_tiny_model
 
 
 def run_cli(*args, cwd=None, env_extra=None):
+    """The console entry point in a process of its own (`python -m edgeq.cli`): exit code, stdout, stderr."""
     env = {**os.environ, "EDGEQ_CACHE": os.environ.get("EDGEQ_CACHE", ""), **(env_extra or {})}
     env = {k: v for k, v in env.items() if v}
     return subprocess.run([sys.executable, "-m", "edgeq.cli", *map(str, args)], capture_output=True, text=True,
@@ -86,7 +87,7 @@ def test_bad_input_gives_one_clear_line_and_leaves_nothing(case, tiny_model_dir,
     args, message = _cases(tiny_model_dir, bad_models, tmp_path)[case]
     out = tmp_path / "out"
     before = set(tmp_path.iterdir())
-    result = run_cli("quantize", *args, "--out", out)
+    result = cli_in_process("quantize", *args, "--out", out)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

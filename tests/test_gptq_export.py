@@ -20,7 +20,7 @@ from edgeq.export.onnx import export
 from edgeq.quant.qweight import QuantizedWeight
 from edgeq.runtime.session import OrtDecoder
 
-from conftest import calibration_text, edgeq_cli
+from conftest import calibration_text, cli_in_process, edgeq_cli
 
 PROMPT, FORCED = [1, 5, 9, 42, 7], [3, 8, 11]
 
@@ -137,10 +137,8 @@ def api_load(path):
 def test_onnx_only_flags_and_a_float_model_are_refused_with_nothing_written(tiny_model_dir, mixed_checkpoint,
                                                                             tmp_path):
     for args in (["--accuracy-level", "0"], ["--ort-format"]):
-        done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(mixed_checkpoint), "--format",
-                               "gptq", "--out", str(tmp_path / "x"), *args], capture_output=True, text=True)
+        done = cli_in_process("export", mixed_checkpoint, "--format", "gptq", "--out", tmp_path / "x", *args)
         assert done.returncode == 2 and "applies to --format onnx" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(tiny_model_dir), "--format", "gptq",
-                           "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    done = cli_in_process("export", tiny_model_dir, "--format", "gptq", "--out", tmp_path / "x")
     assert done.returncode == 2 and "not an edgeq checkpoint" in done.stderr
     assert not (tmp_path / "x").exists()

@@ -21,7 +21,7 @@ from edgeq.io.quantized_folder import load_quantized_folder
 from edgeq.quant import gptq_format as fmt
 from edgeq.runtime.session import OrtDecoder
 
-from conftest import calibration_text, edgeq_cli, held_out_text
+from conftest import calibration_text, cli_in_process, edgeq_cli, held_out_text
 
 PROMPT, FORCED = [1, 5, 9, 42, 7], [3, 8, 11]
 
@@ -44,6 +44,20 @@ def _auto_round(model_dir, out, bits, group, sym, fmt_name="auto_gptq"):
     return folder, reference
 
 
+@pytest.fixture(scope="module")
+def produced(tiny_model_dir, tmp_path_factory):
+    """produced(fmt_name, bits, group, sym) -> auto-round's folder and reference, made once for the module:
+    several tests read the same folder (none writes into it), and each auto-round run costs seconds."""
+    made = {}
+
+    def make(fmt_name, bits, group, sym):
+        key = (fmt_name, bits, group, sym)
+        if key not in made:
+            made[key] = _auto_round(tiny_model_dir, tmp_path_factory.mktemp("ar"), bits, group, sym, fmt_name)
+        return made[key]
+    return make
+
+
 # what auto-round 0.16.1 writes on this CPU: it refuses W8 asym as auto_gptq and every width but 4-7 as
 # auto_awq, and packs only groups that divide K (160 here); its own format fails to pack asymmetric weights (a TypeError in its WQLinear_GEMM call)
 PRODUCED = [("auto_gptq", "gptq", 4, 32, False), ("auto_gptq", "gptq", 4, 32, True),
@@ -55,9 +69,8 @@ PRODUCED = [("auto_gptq", "gptq", 4, 32, False), ("auto_gptq", "gptq", 4, 32, Tr
 
 
 @pytest.mark.parametrize("fmt_name, method, bits, group, sym", PRODUCED)
-def test_a_producers_folder_reads_as_its_own_fake_quantized_weights(tiny_model_dir, tmp_path, fmt_name, method,
-                                                                     bits, group, sym):
-    folder, reference = _auto_round(tiny_model_dir, tmp_path / "ar", bits, group, sym, fmt_name)
+def test_a_producers_folder_reads_as_its_own_fake_quantized_weights(produced, fmt_name, method, bits, group, sym):
+    folder, reference = produced(fmt_name, bits, group, sym)
     model, qweights, meta = load_quantized_folder(folder)
     assert set(qweights) == set(reference) and meta["imported_from"]["format"] == method
     for name, weight in reference.items():
@@ -74,12 +87,12 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("fmt_name, bits, group", [("auto_round", 4, 32), ("llm_compressor", 4, 32)])
-def test_transformers_own_load_of_the_folder_gives_our_logits(tiny_model_dir, tmp_path, fmt_name, bits, group):
+def test_transformers_own_load_of_the_folder_gives_our_logits(produced, fmt_name, bits, group):
     """transformers loads these two here (auto-round's QuantLinear; compressed-tensors decompressing to float):
     the producers' own model, not our reading. Symmetric only: transformers 5.25 cannot load compressed-tensors
     0.20's packed asymmetric zero points (a shape mismatch), nor AWQ or GPTQ without GPTQModel."""
     from transformers import AutoModelForCausalLM
-    folder, _ = _auto_round(tiny_model_dir, tmp_path / "ar", bits, group, True, fmt_name)
+    folder, _ = produced(fmt_name, bits, group, True)
     theirs = AutoModelForCausalLM.from_pretrained(folder, device_map="cpu", dtype=torch.float32)
     ours, _, _ = load_quantized_folder(folder)
     ids = PROMPT + FORCED
@@ -88,10 +101,10 @@ def test_transformers_own_load_of_the_folder_gives_our_logits(tiny_model_dir, tm
     assert float((got - want).norm() / want.norm()) < 1e-2
 
 
-def test_genais_builder_reads_an_awq_folder_as_edgeq_exports_it(tiny_model_dir, tmp_path):
+def test_genais_builder_reads_an_awq_folder_as_edgeq_exports_it(produced, tmp_path):
     """A reader independent of ours for AWQ: onnxruntime-genai's builder repacks AWQ into MatMulNBits itself."""
     pytest.importorskip("onnx_ir", reason="genai's builder needs onnx-ir")
-    folder, _ = _auto_round(tiny_model_dir, tmp_path / "ar", 4, 32, False, "auto_awq")
+    folder, _ = produced("auto_awq", 4, 32, False)
     built = tmp_path / "built"
     done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o",
                            str(built), "-p", "int4", "-e", "cpu", "--extra_options", "accuracy_level=0",
@@ -107,8 +120,8 @@ def test_genais_builder_reads_an_awq_folder_as_edgeq_exports_it(tiny_model_dir, 
 
 @pytest.mark.parametrize("fmt_name, bits, sym", [("auto_gptq", 4, False), ("auto_awq", 4, False),
                                                  ("llm_compressor", 4, False), ("auto_round", 4, True)])
-def test_an_imported_folder_exports_and_evaluates(tiny_model_dir, tmp_path, fmt_name, bits, sym):
-    folder, _ = _auto_round(tiny_model_dir, tmp_path / "ar", bits, 32, sym, fmt_name)
+def test_an_imported_folder_exports_and_evaluates(produced, tmp_path, fmt_name, bits, sym):
+    folder, _ = produced(fmt_name, bits, 32, sym)
     out = edgeq_cli("export", folder, "--out", tmp_path / "onnx", "--accuracy-level", 0)
     assert "MatMulNBits" in out and (tmp_path / "onnx" / "genai_config.json").is_file()
     ours, first, _ = load_quantized_folder(folder)
@@ -193,14 +206,12 @@ def test_an_act_order_folder_reads_and_exports_with_its_columns_gathered(our_fol
     for name in qweights:
         for part in ("g_idx", "qweight", "qzeros"):
             assert torch.equal(again[f"{name}.{part}"].to(torch.int32), tensors[f"{name}.{part}"].to(torch.int32))
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(folder), "--format", "gguf", "--out",
-                           str(tmp_path / "never.gguf")], capture_output=True, text=True)
+    done = cli_in_process("export", folder, "--format", "gguf", "--out", tmp_path / "never.gguf")
     assert done.returncode == 2 and "act-order" in done.stderr and not (tmp_path / "never.gguf").exists()
 
 
 def _refused(folder, match):
-    done = subprocess.run([sys.executable, "-m", "edgeq.cli", "export", str(folder), "--out",
-                           str(folder.parent / "never")], capture_output=True, text=True)
+    done = cli_in_process("export", folder, "--out", folder.parent / "never")
     assert done.returncode == 2 and match in done.stderr, done.stderr[-500:]
     assert not (folder.parent / "never").exists()
 
@@ -224,8 +235,8 @@ def test_what_is_not_read_is_refused_in_one_line(our_folder, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def compressed_folder(tiny_model_dir, tmp_path_factory):
-    folder, _ = _auto_round(tiny_model_dir, tmp_path_factory.mktemp("ct") / "ar", 4, 32, False, "llm_compressor")
+def compressed_folder(produced):
+    folder, _ = produced("llm_compressor", 4, 32, False)
     return folder
 
 
