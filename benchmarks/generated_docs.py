@@ -231,6 +231,11 @@ def gptqmodel_interop() -> str:
     return interop.table()
 
 
+def autoround_tuned() -> str:
+    import autoround_tuned as tuned
+    return tuned.render_table()
+
+
 def render(name: str) -> str:
     kind, _, arg = name.partition(":")
     if kind == "quality":
@@ -242,7 +247,7 @@ def render(name: str) -> str:
                  "method-options": lambda: method_options(arg), "method-rows": lambda: method_rows(arg),
                  "scale": lambda: scale(arg), "benchmarks-index": benchmarks_index,
                  "calib-dtype": calib_dtype, "quantize-speed": quantize_speed, "front": front,
-                 "gptqmodel-interop": gptqmodel_interop}
+                 "gptqmodel-interop": gptqmodel_interop, "autoround-tuned": autoround_tuned}
     if kind not in renderers:
         raise SystemExit(f"unknown generated block {name!r}")
     return renderers[kind]()
