@@ -156,6 +156,8 @@ def test_fp32_export_8bit_head_and_ort_format(tiny_model_dir, tiny_checkpoint, t
     lookup = next(n for n in q8_graph.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in q8_graph.node if n.name == "lm_head_MatMulNBits")
     assert lookup.input[0] == head.input[1]  # one copy of the table's codes serves both
+    reshaped = {n.output[0]: n.input[0] for n in q8_graph.node if n.op_type == "Reshape"}
+    assert [reshaped.get(x) for x in lookup.input[2:4]] == head.input[2:4]  # and of its scales and zero points
     assert q8["parity_relative_logit_error"] < 1e-5  # torch holds the same 8-bit table in both places
     assert all(init.data_type != TensorProto.FLOAT or np.prod(init.dims) < 49152 * 64
                for init in q8_graph.initializer)  # no float copy of the table is left
@@ -177,6 +179,8 @@ def test_a_4bit_head_shares_its_packed_codes_with_the_embedding_lookup(tiny_chec
     lookup = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
     head = next(n for n in graph.node if n.name == "lm_head_MatMulNBits")
     assert lookup.input[0] == head.input[1] and next(a.i for a in lookup.attribute if a.name == "bits") == 4
+    reshaped = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Reshape"}
+    assert reshaped.get(lookup.input[2]) == head.input[2]  # the scales once (4-bit zero points pack differently)
     codes = next(init for init in graph.initializer if init.name == head.input[1])
     assert np.prod(codes.dims) == 49152 * 64 // 2  # half a byte per weight, stored once
     assert q4["parity_relative_logit_error"] < 1e-5
