@@ -169,7 +169,7 @@ def _mixed_plan(source, loaded, arch, windows, calib_digest, config: QuantConfig
     reused from --sensitivity-from or from an interrupted run of the same job, else measured."""
     from .planning import mixed
     mp, shapes = config.mixed, block_linear_shapes(loaded, arch)
-    specs = mp.specs(config.sym)
+    specs = mp.specs(config.sym, shapes)
     mixed.check_budget(mp, shapes, specs)
     wanted = {"candidates": [mixed.label(s) for s in specs], "method": config.method,
               "solver_opts": config.solver_opts, "samples": mp.samples, "calibration_digest": calib_digest}

@@ -239,3 +239,16 @@ def test_layer_grids_set_widths_by_name(tiny_model_dir, tmp_path, capsys):
     for name, info in layers.items():
         if name.rsplit(".", 1)[-1] in expected:
             assert (info["bits"], info["group_size"]) == expected[name.rsplit(".", 1)[-1]]
+
+
+def test_the_default_candidates_avoid_groups_onnxruntime_would_pad():
+    """4:128 on K = 576 is stored as 640 inputs (five groups): more bytes than 4:64's nine groups and worse
+    codes, so where some K is not a multiple of 128 the default's groups are 64; explicit candidates stay."""
+    even, smollm2 = {"a": (64, 1536), "b": (64, 256)}, {"a": (64, 1536), "b": (64, 576)}
+    assert mixed.default_candidates(even) == mixed.DEFAULT_CANDIDATES
+    assert mixed.default_candidates(smollm2) == ((2, 64), (4, 64), (8, 64))
+    padded = mixed.cost("b", smollm2["b"], grid.QuantSpec(4, 128, False), "bpw")
+    assert mixed.cost("b", smollm2["b"], grid.QuantSpec(4, 64, False), "bpw") < padded  # why
+    assert [s.group_size for s in mixed.MixedPrecision(3.0).specs(False, smollm2)] == [64, 64, 64]
+    assert [s.group_size for s in mixed.MixedPrecision(3.0, candidates=((2, 64), (4, 128))).specs(False, smollm2)] \
+        == [64, 128]

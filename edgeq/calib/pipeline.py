@@ -70,7 +70,7 @@ class Recipe:
         """The calibration forward's products (precision.py), 'auto' resolved for this device."""
         config = self.config
         widths = [config.bits, *(bits for _, bits, _ in config.layer_grids),
-                  *(bits for bits, _ in (config.mixed.candidates if config.mixed else ()))]
+                  *(config.mixed.widths if config.mixed else ())]
         return resolve_calib_dtype(config.calib_dtype, config.device, config.trains_blocks, min(widths))
 
     @property

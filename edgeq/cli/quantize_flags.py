@@ -156,7 +156,8 @@ def add_mixed_flags(q) -> None:
                    "quantized weight, scales and zero points counted (e.g. 3.3bpw, llama.cpp's bpw), or the "
                    "megabytes of the MatMulNBits weights onnxruntime stores (e.g. 30MB); implies --mixed")
     m.add_argument("--candidates", type=candidates_arg, help="the grids a layer may get, BITS[:GROUP] "
-                   "(default: 2:64,4:128,8:128, the widths onnxruntime runs fast)")
+                   "(default: 2:64,4:128,8:128, the widths onnxruntime runs fast; 2:64,4:64,8:64 where some "
+                   "linear's input size is not a multiple of 128, which onnxruntime would pad)")
     m.add_argument("--sensitivity", choices=["fisher", "hessian"], default="fisher",
                    help="what a width costs a layer: fisher = 1/2 sum F dW^2, the loss change (default; one "
                    "backward pass per window through the whole model), hessian = the layer's own output error")
@@ -187,9 +188,9 @@ def method_flag_conflict(args) -> str | None:
 def mixed_config(args):
     if args.budget is None:
         return None
-    from ..planning.mixed import DEFAULT_CANDIDATES, MixedPrecision, parse_budget
+    from ..planning.mixed import MixedPrecision, parse_budget
     budget, unit = parse_budget(args.budget)
-    return MixedPrecision(budget, unit, tuple(args.candidates or DEFAULT_CANDIDATES), args.sensitivity,
+    return MixedPrecision(budget, unit, tuple(args.candidates) if args.candidates else None, args.sensitivity,
                           args.sensitivity_samples, args.sensitivity_from)
 
 

@@ -21,6 +21,7 @@ from ..util.paths import read_json_object
 from ..quant.layout import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
+UNPADDED_GROUP = 64  # the default's groups where some K is not a multiple of 128 (default_candidates)
 UNITS = ("bits", "bpw", "mb")  # code bits a weight, stored bits a weight, stored megabytes
 ESTIMATORS = ("fisher", "hessian")
 
@@ -29,7 +30,8 @@ ESTIMATORS = ("fisher", "hessian")
 class MixedPrecision:
     budget: float
     unit: str = "bits"
-    candidates: tuple[tuple[int, int], ...] = DEFAULT_CANDIDATES  # (bits, group size; -1 = per channel)
+    candidates: tuple[tuple[int, int], ...] | None = None  # (bits, group size; -1 = per channel); None: the
+    # model's default (default_candidates)
     estimator: str = "fisher"
     samples: int = SENSITIVITY_SAMPLES  # calibration windows for the sensitivity estimates
     sensitivity_from: str | None = None  # reuse the estimates of an earlier mixed checkpoint (or its JSON)
@@ -39,11 +41,26 @@ class MixedPrecision:
             raise EdgeqError(f"the budget must be a positive number of bits or MB, got {self.budget} {self.unit}")
         if self.estimator not in ESTIMATORS:
             raise EdgeqError(f"sensitivity estimator must be one of {', '.join(ESTIMATORS)}, got {self.estimator!r}")
-        if len(set(self.candidates)) != len(self.candidates) or len(self.candidates) < 2:
+        if self.candidates is not None and (len(set(self.candidates)) != len(self.candidates)
+                                            or len(self.candidates) < 2):
             raise EdgeqError("mixed precision needs at least two distinct candidate grids")
 
-    def specs(self, sym: bool) -> list[grid.QuantSpec]:
-        return [grid.QuantSpec(bits, gs, sym) for bits, gs in self.candidates]
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(bits for bits, _ in self.candidates or DEFAULT_CANDIDATES)
+
+    def specs(self, sym: bool, shapes: dict[str, tuple[int, int]]) -> list[grid.QuantSpec]:
+        return [grid.QuantSpec(bits, gs, sym) for bits, gs in self.candidates or default_candidates(shapes)]
+
+
+def default_candidates(shapes: dict[str, tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    """DEFAULT_CANDIDATES, or their groups capped at 64 where some linear's K is not a multiple of 128. There
+    onnxruntime pads K to whole groups of 128 (SmolLM2-135M's 576 to 640), so 4:128 stores more bytes than
+    4:64 and codes worse: on the front, a 4.0 bpw budget went from 1.236 / 1.679 to 1.192 / 1.539 x fp32
+    (Persuasion / news) with 2:64,4:64,8:64 (benchmarks/results/front.jsonl)."""
+    if all(k % 128 == 0 for _, k in shapes.values()):
+        return DEFAULT_CANDIDATES
+    return tuple((bits, min(group, UNPADDED_GROUP)) for bits, group in DEFAULT_CANDIDATES)
 
 
 def label(spec: grid.QuantSpec) -> str:
