@@ -4,6 +4,7 @@ edgeq exports and for llama.cpp's own types made from the same float weights.
     python benchmarks/front.py edgeq CKPT [CKPT ...] [--lm-head 8]   # export, score the ONNX folder, one row each
     python benchmarks/front.py llamacpp Q4_K_M Q3_K_M Q2_K ...        # llama.cpp's quantizer, scored through llama-cpp-python
     python benchmarks/front.py gguf CKPT [CKPT ...]                   # edgeq's GGUF export (W4/W8 g32), run by llama.cpp
+    python benchmarks/front.py builder "" block_size=128              # onnxruntime-genai's builder int4 (its --extra_options)
     python benchmarks/front.py --table                                # the markdown table and the PNG from the rows
 
 What a point is, on both sides, is what a device loads and runs:
@@ -19,6 +20,8 @@ Perplexity x fp32 divides by the fp32 row of benchmarks/results/quality.jsonl (t
 - edgeq in llama.cpp: `edgeq export CKPT --format gguf` (W4 g32 sym -> Q4_0, asym -> Q4_1, W8 g32 -> Q8_0),
   scored through llama-cpp-python as llama.cpp's own types are; the row also keeps `edgeq eval CKPT` (torch,
   the same windows) as checkpoint_perplexity, so llama.cpp's reading of the file is checked against edgeq's.
+- onnxruntime-genai's builder: `-p int4 -e cpu` on the same float folder (round to nearest, symmetric, its
+  4-bit tied head and embedding; benchmarks/vs_genai_builder.py builds it), scored as edgeq's folders are.
 No importance matrix: llama-cpp-python builds llama.cpp's library, not its llama-imatrix tool.
 """
 from __future__ import annotations
@@ -41,6 +44,7 @@ PLOT = RESULTS_DIR / "front.png"
 WORK = ROOT / "runs" / "front"
 TEXTS = (("persuasion", "builtin:persuasion"), ("news", None))  # None: the news text (harness.news_text)
 SEQ_LEN, WINDOWS = 512, 40
+ONNX_TOOLS = ("edgeq", "genai builder")  # the points that run in onnxruntime
 
 
 def text_paths() -> list[tuple[str, str]]:
@@ -162,6 +166,18 @@ def edgeq_gguf_point(checkpoint: Path, label: str, threads: int) -> dict:
             "checkpoint_perplexity": edgeq_perplexities(checkpoint, WORK / f"{checkpoint.name}.torch.eval.json")}
 
 
+# ---- onnxruntime-genai's builder points ----
+
+def builder_point(options: str) -> dict:
+    """The builder's int4 folder of the bundled float weights, `options` its --extra_options ("" its defaults)."""
+    import vs_genai_builder
+    extra = tuple(options.split())
+    entry = vs_genai_builder.Entry("genai builder int4 " + (" ".join(extra) or "(defaults: block 32)"), extra)
+    folder, _ = vs_genai_builder.build(entry, WORK)
+    return {"tool": "genai builder", "label": entry.name, "builder_options": list(extra),
+            "tensor_bytes": onnx_tensor_bytes(folder), "perplexity": edgeq_perplexities(folder, WORK / f"{entry.slug}.eval.json")}
+
+
 # ---- the table and the plot ----
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -191,7 +207,7 @@ def render_table(rows: list[dict]) -> str:
     for r in rows:
         own = r.get("checkpoint_over_fp")
         own = f"{own['persuasion']:.4f} / {own['news']:.4f}" if own else "-"
-        runtime = "onnxruntime" if r["tool"] == "edgeq" else "llama.cpp"
+        runtime = "onnxruntime" if r["tool"] in ONNX_TOOLS else "llama.cpp"
         lines.append(f"| {r['label']} | {runtime} | {r['tensor_bytes'] / 2 ** 20:.1f} | {r['bits_per_weight']:.3f} | "
                      f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} | {own} |")
     return "\n".join(lines)
@@ -203,7 +219,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(TEXTS), figsize=(11, 4.5))
     for ax, (label, _) in zip(axes, TEXTS):
-        for tool, marker in (("edgeq", "o"), ("llama.cpp", "s"), ("edgeq in llama.cpp", "^")):
+        for tool, marker in (("edgeq", "o"), ("llama.cpp", "s"), ("edgeq in llama.cpp", "^"), ("genai builder", "D")):
             points = [r for r in rows if r["tool"] == tool]
             ax.scatter([r["bits_per_weight"] for r in points], [r["over_fp"][label] for r in points], marker=marker,
                        label=tool)
@@ -236,9 +252,9 @@ def write_docs() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tool", nargs="?", choices=["edgeq", "llamacpp", "gguf"])
-    parser.add_argument("items", nargs="*", help="edgeq checkpoints (edgeq, gguf), or llama.cpp types (Q4_K_M, "
-                        "Q3_K_M, Q2_K, ...)")
+    parser.add_argument("tool", nargs="?", choices=["edgeq", "llamacpp", "gguf", "builder"])
+    parser.add_argument("items", nargs="*", help="edgeq checkpoints (edgeq, gguf), llama.cpp types (Q4_K_M, "
+                        "Q3_K_M, Q2_K, ...), or the builder's --extra_options, one quoted string a point")
     parser.add_argument("--label", action="append", default=[], help="edgeq: a label per checkpoint")
     parser.add_argument("--lm-head", default="8", choices=["fp", "8", "4"])
     parser.add_argument("--threads", type=int, default=2)
@@ -254,6 +270,8 @@ def main() -> int:
             row = edgeq_point(Path(item), label, args.lm_head)
         elif args.tool == "gguf":
             row = edgeq_gguf_point(Path(item), label, args.threads)
+        elif args.tool == "builder":
+            row = builder_point(item)
         else:
             row = llamacpp_point(item, args.threads)
         append_result(RESULTS, {**row, **stamp()})
