@@ -20,7 +20,6 @@ columns are one protocol: the same calibration windows, the same held-out window
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -83,8 +82,8 @@ def label_of(args) -> str:
 
 
 def render_table() -> str:
-    fp = {r["label"]: r for r in read_results(quality.RESULTS) if r.get("protocol") == PROTOCOL.name}["fp32"]["eval"]
-    over = {text: fp[text]["perplexity"] for text in ("persuasion", "news")}
+    table = {r["label"]: r for r in read_results(quality.RESULTS) if r.get("protocol") == PROTOCOL.name}
+    over = {text: table["fp32"]["eval"][text]["perplexity"] for text in ("persuasion", "news")}
     lines = ["| producer, spec | quantize s (2 cores) | Persuasion x fp32 | news x fp32 | its ONNX export (lm-head 8): "
              "Persuasion / news |", "|---|---|---|---|---|"]
     for r in {r["label"]: r for r in read_results(RESULTS)}.values():
@@ -93,7 +92,6 @@ def render_table() -> str:
                      f"{r['perplexity']['persuasion'] / over['persuasion']:.4f} | "
                      f"{r['perplexity']['news'] / over['news']:.4f} | "
                      f"{onnx['persuasion'] / over['persuasion']:.4f} / {onnx['news'] / over['news']:.4f} |")
-    table = {r["label"]: r for r in read_results(quality.RESULTS) if r.get("protocol") == PROTOCOL.name}
     for label in EDGEQ_ROWS:
         if label in table:
             r = table[label]

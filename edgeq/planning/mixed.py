@@ -21,7 +21,7 @@ from ..util.paths import read_json_object
 from ..quant.layout import initializer_bytes, layout_for
 
 DEFAULT_CANDIDATES = ((2, 64), (4, 128), (8, 128))  # the widths onnxruntime runs fast; 2-bit needs g64
-UNPADDED_GROUP = 64  # the default's groups where some K is not a multiple of 128 (default_candidates)
+UNPADDED_GROUP = 64  # a default group that would pad some K becomes this (default_candidates)
 UNITS = ("bits", "bpw", "mb")  # code bits a weight, stored bits a weight, stored megabytes
 ESTIMATORS = ("fisher", "hessian")
 
@@ -46,7 +46,7 @@ class MixedPrecision:
             raise EdgeqError("mixed precision needs at least two distinct candidate grids")
 
     @property
-    def widths(self) -> tuple[int, ...]:
+    def widths(self) -> tuple[int, ...]:  # default_candidates keeps DEFAULT_CANDIDATES' bits, whatever the model
         return tuple(bits for bits, _ in self.candidates or DEFAULT_CANDIDATES)
 
     def specs(self, sym: bool, shapes: dict[str, tuple[int, int]]) -> list[grid.QuantSpec]:
@@ -54,13 +54,14 @@ class MixedPrecision:
 
 
 def default_candidates(shapes: dict[str, tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """DEFAULT_CANDIDATES, or their groups capped at 64 where some linear's K is not a multiple of 128. There
-    onnxruntime pads K to whole groups of 128 (SmolLM2-135M's 576 to 640), so 4:128 stores more bytes than
-    4:64 and codes worse: on the front, a 4.0 bpw budget went from 1.236 / 1.679 to 1.192 / 1.539 x fp32
-    (Persuasion / news) with 2:64,4:64,8:64 (benchmarks/results/front.jsonl)."""
-    if all(k % 128 == 0 for _, k in shapes.values()):
-        return DEFAULT_CANDIDATES
-    return tuple((bits, min(group, UNPADDED_GROUP)) for bits, group in DEFAULT_CANDIDATES)
+    """DEFAULT_CANDIDATES, each group that does not divide some linear's K cut to UNPADDED_GROUP. onnxruntime
+    pads K to whole groups (SmolLM2-135M's 576 to 640 at g128), so there 4:128 stores more bytes than 4:64 and
+    codes worse: on the front, a 4.0 bpw budget went from 1.236 / 1.679 to 1.192 / 1.539 x fp32 (Persuasion /
+    news) with 2:64,4:64,8:64 (benchmarks/results/front.jsonl)."""
+    def pads(group: int) -> bool:
+        return any(k % group for _, k in shapes.values())
+    return tuple((bits, UNPADDED_GROUP if group > UNPADDED_GROUP and pads(group) else group)
+                 for bits, group in DEFAULT_CANDIDATES)
 
 
 def label(spec: grid.QuantSpec) -> str:
