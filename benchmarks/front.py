@@ -1,7 +1,7 @@
 """The deployable front: stored bytes per weight against perplexity x fp32 on Persuasion and news, for what
 edgeq exports and for llama.cpp's own types made from the same float weights.
 
-    python benchmarks/front.py edgeq CKPT [CKPT ...] [--lm-head 8]   # export, score the ONNX folder, one row each
+    python benchmarks/front.py edgeq CKPT [CKPT ...] [--lm-head 8|4|ckpt] [--slice BITS]  # export, score, a row each
     python benchmarks/front.py llamacpp Q4_K_M Q3_K_M Q2_K ...        # llama.cpp's quantizer, scored through llama-cpp-python
     python benchmarks/front.py gguf CKPT [CKPT ...]                   # edgeq's GGUF export (W4/W8 g32), run by llama.cpp
     python benchmarks/front.py builder "" block_size=128              # onnxruntime-genai's builder int4 (its --extra_options)
@@ -82,13 +82,19 @@ def edgeq_perplexities(target: Path, scores: Path) -> dict[str, float]:
     return {label: r["perplexity"] for (label, _), r in zip(TEXTS, json.loads(scores.read_text()))}
 
 
-def edgeq_point(checkpoint: Path, label: str, lm_head: str) -> dict:
-    folder = WORK / f"{checkpoint.name}-head{lm_head}"
+def edgeq_point(checkpoint: Path, label: str, lm_head: str, slice_bits: str | None = None) -> dict:
+    """lm_head "ckpt": the head the checkpoint was quantized with (`edgeq quantize --lm-head`, solved on its
+    own Hessian), exported as it is; else the exporter's round-to-nearest head of that width. slice_bits: one
+    width (or a Mix'n'Match average) of a nested checkpoint, `edgeq export --bits`."""
+    folder = WORK / f"{checkpoint.name}{'-at' + slice_bits if slice_bits else ''}-head{lm_head}"
     if not (folder / "model.onnx").is_file():
-        edgeq_cli("export", checkpoint, "--out", folder, "--lm-head", lm_head)
+        edgeq_cli("export", checkpoint, "--out", folder, *([] if lm_head == "ckpt" else ["--lm-head", lm_head]),
+                  *(["--bits", slice_bits] if slice_bits else []))
     perplexity = edgeq_perplexities(folder, WORK / f"{folder.name}.eval.json")
     meta = json.loads((checkpoint / "quantization.json").read_text())
-    return {"tool": "edgeq", "label": label, "checkpoint": checkpoint.name, "lm_head": lm_head,
+    if lm_head == "ckpt":
+        lm_head = json.loads((folder / "export.json").read_text())["lm_head"]
+    return {"tool": "edgeq", "label": label, "checkpoint": checkpoint.name, "lm_head": lm_head, "slice_bits": slice_bits,
             "transforms": [t["name"] for t in meta.get("transforms") or []], "tensor_bytes": onnx_tensor_bytes(folder),
             "perplexity": perplexity}
 
@@ -256,7 +262,10 @@ def main() -> int:
     parser.add_argument("items", nargs="*", help="edgeq checkpoints (edgeq, gguf), llama.cpp types (Q4_K_M, "
                         "Q3_K_M, Q2_K, ...), or the builder's --extra_options, one quoted string a point")
     parser.add_argument("--label", action="append", default=[], help="edgeq: a label per checkpoint")
-    parser.add_argument("--lm-head", default="8", choices=["fp", "8", "4"])
+    parser.add_argument("--lm-head", default="8", choices=["fp", "8", "4", "ckpt"],
+                        help="edgeq: the exporter's head width, or ckpt: the checkpoint's own calibrated head")
+    parser.add_argument("--slice", metavar="BITS", help="edgeq: export this width of a nested (matquant) checkpoint, "
+                        "or a Mix'n'Match average such as 3.0 (`edgeq export --bits`)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="write docs/results/front.md and the PNG")
     args = parser.parse_args()
@@ -267,7 +276,7 @@ def main() -> int:
     for i, item in enumerate(args.items):
         label = args.label[i] if i < len(args.label) else f"edgeq {Path(item).name}"
         if args.tool == "edgeq":
-            row = edgeq_point(Path(item), label, args.lm_head)
+            row = edgeq_point(Path(item), label, args.lm_head, args.slice)
         elif args.tool == "gguf":
             row = edgeq_gguf_point(Path(item), label, args.threads)
         elif args.tool == "builder":

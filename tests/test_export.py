@@ -228,6 +228,35 @@ def test_each_family_decodes_like_torch(family, tmp_path):
                                atol=1e-4)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rotary_tables_are_computed_in_the_graph_as_transformers_computes_them(family):
+    """GroupQueryAttention's cos/sin caches ship as Range x inv_freq, Cos, Sin nodes (32 floats, not
+    2 x positions x rotary_dim / 2) wherever they give the model's own tables; onnxruntime's values equal
+    transformers' to 1e-6 at every position. Phi-3's longrope pair stays stored (an If picks one per call)."""
+    from edgeq.export import decoder as d
+    from edgeq.io.models import arch_of, get_module
+    model = tiny_family_model(family)
+    arch, dims = arch_of(model.config), d.Dims.of(model.config)
+    proto, _ = d.build_decoder(model, {}, 0)
+    stored = {i.name for i in proto.graph.initializer if i.name.startswith(("cos_cache", "sin_cache"))}
+    assert not stored if family != "phi3" else not any("inv_freq" in i.name for i in proto.graph.initializer)
+    for kind in dict.fromkeys(d.layer_kinds(model.config)):
+        tables = d.rotary_caches(model, arch, dims, kind)
+        g = d.Graph()
+        names = d.rotary_tables(g, "", get_module(model, arch.rotary), kind, tables)
+        graph = helper.make_graph(g.nodes, "t", [], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                                     for n in names], g.initializers)
+        session = cpu_session_of(helper.make_model(graph, opset_imports=[helper.make_opsetid("", d.OPSET)]))
+        for got, want in zip(session.run(None, {}), tables):
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+def cpu_session_of(proto):
+    import onnxruntime as ort
+    proto.ir_version = 10
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
 def torch_cached_logits(model, sequence: list[int], prompt: int) -> np.ndarray:
     """transformers' logits for the prompt, then for each further token on its own KV cache."""
     with torch.no_grad():

@@ -365,13 +365,62 @@ def rotary_constants(g: Graph, model, arch, dims: Dims, kinds: list[str]) -> dic
         switch = longrope_switch(model.config)
         cos, sin = rotary_caches(model, arch, dims, kind)
         if switch is None:
-            out[kind] = (g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin))
+            out[kind] = rotary_tables(g, suffix, get_module(model, arch.rotary), kind, (cos, sin))
             continue
         short_cos, short_sin = rotary_caches(model, arch, dims, kind, length=switch)
         short_cos, short_sin = (np.concatenate([short, long[switch:]]) for short, long in
                                 ((short_cos, cos), (short_sin, sin)))
         out[kind] = longrope_tables(g, suffix, switch, (short_cos, short_sin), (cos, sin))
     return out
+
+
+def rotary_tables(g: Graph, suffix: str, rotary, kind: str, tables: tuple[np.ndarray, np.ndarray]) -> tuple[str, str]:
+    """GroupQueryAttention's cos/sin caches as a few nodes over the rotary frequencies (Range x inv_freq, Cos,
+    Sin, times the attention scaling) where they give the model's own tables, else the tables as stored.
+    onnxruntime folds the nodes into the same constants when it loads the graph (the same memory at run
+    time), but the folder ships 32 floats instead of 2 x positions x rotary_dim / 2: 2 MB for SmolLM2's 8,192
+    positions, 16.8 MB for a 32,768-position Qwen2.5 (llama.cpp's files hold no table either)."""
+    cos, sin = tables
+    freqs = rotary_frequencies(rotary, kind, tables)
+    if freqs is None:
+        return g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin)
+    inv_freq, scale = freqs
+    def scalar(name: str, value: float) -> str:  # Range takes 0-d inputs, which Graph.constant would make 1-d
+        from onnx import numpy_helper
+        g.initializers.append(numpy_helper.from_array(np.array(value, dtype=np.float32), f"rotary_{name}{suffix}"))
+        return f"rotary_{name}{suffix}"
+
+    positions = g.op("Range", [scalar("start", 0.0), scalar("limit", float(len(cos))), scalar("delta", 1.0)],
+                     f"rotary_positions{suffix}")[0]
+    column = g.op("Unsqueeze", [positions, g.constant(f"rotary_axis{suffix}", np.array([1], dtype=np.int64))],
+                  f"rotary_positions_column{suffix}")[0]
+    angles = g.op("Mul", [column, g.constant(f"rotary_inv_freq{suffix}", inv_freq[None])], f"rotary_angles{suffix}")[0]
+    outputs = []
+    for part in ("cos", "sin"):
+        name = f"{part}_cache{suffix}"
+        if scale == 1.0:
+            outputs.append(g.op(part.capitalize(), [angles], name)[0])
+            continue
+        unscaled = g.op(part.capitalize(), [angles], f"rotary_{part}_unscaled{suffix}")[0]
+        outputs.append(g.op("Mul", [unscaled, scalar("scaling", scale)], name)[0])
+    return outputs[0], outputs[1]
+
+
+def rotary_frequencies(rotary, kind: str, tables: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, float] | None:
+    """(inv_freq [rotary_dim / 2], attention scaling) of a rotary module (Gemma 3: those of this kind of
+    layer) that reproduce its tables in float32 as transformers computes them (cos(position x inv_freq) x
+    scaling; 1e-6), else None: a rope whose tables come from elsewhere keeps them stored."""
+    per_kind = hasattr(rotary, f"{kind}_inv_freq")
+    inv_freq = getattr(rotary, f"{kind}_inv_freq" if per_kind else "inv_freq", None)
+    if not isinstance(inv_freq, torch.Tensor) or inv_freq.shape != (tables[0].shape[1],):
+        return None
+    inv_freq = inv_freq.detach().float().numpy()
+    scale = float(getattr(rotary, f"{kind}_attention_scaling" if per_kind else "attention_scaling", 1.0))
+    angles = np.arange(len(tables[0]), dtype=np.float32)[:, None] * inv_freq[None]
+    for table, fn in zip(tables, (np.cos, np.sin)):
+        if not np.allclose(fn(angles) * np.float32(scale), table, rtol=0, atol=1e-6):
+            return None
+    return inv_freq, scale
 
 
 def longrope_switch(config) -> int | None:
