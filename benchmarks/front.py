@@ -10,6 +10,10 @@ edgeq exports and for llama.cpp's own types made from the same float weights.
 What a point is, on both sides, is what a device loads and runs:
 - edgeq: `edgeq export CKPT --lm-head 8` (a tied embedding shares the head's 8-bit codes), accuracy level 4
   (int8 activations, onnxruntime's fast CPU path), scored by `edgeq eval` on the ONNX folder (onnxruntime);
+  A point marked "4-bit head (gptq)" has its head solved with the model instead (`edgeq quantize --lm-head 4`,
+  GPTQ on the final norm's outputs; `front.py edgeq CKPT --lm-head ckpt`), and the tied lookup shares it too.
+  Each row names the commit it was measured at: exports since 6a1617e compute the rotary tables in the graph
+  (2.1 MB less on disk), since ef7a3ea the lookup shares the head's scales (2.2 MB at 8 bits, 1.8 MB at 4).
 - llama.cpp: the bundled Q4_1 GGUF re-quantized by llama.cpp (allow_requantize): llama.cpp de-quantizes each
   tensor to float32 first, and that float32 is exactly the float model edgeq starts from (edgeq's float cache
   is the same de-quantization), so each type is llama.cpp's quantizer on the same float weights. Scored
@@ -200,22 +204,27 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return sorted(out, key=lambda r: r["bits_per_weight"])
 
 
+# rows of a default that no longer exists: mixed plans on the candidates 2:64,4:128,8:128 (padded on SmolLM2's
+# K = 576), the default before e5827ea; today's default is the "(2/4/8 g64)" rows beside them
+RETIRED = {"edgeq gptq mixed 3.3 bpw", "edgeq gptq mixed 4.0 bpw"}
+
+
 def latest_rows() -> list[dict]:
     rows = {}
     for r in read_results(RESULTS):
         rows[(r["tool"], r["label"])] = r
-    return list(rows.values())
+    return [r for r in rows.values() if r["label"] not in RETIRED]
 
 
 def render_table(rows: list[dict]) -> str:
     lines = ["| point | runs in | MB (tensors) | stored bits / weight | Persuasion x fp32 | news x fp32 | "
-             "the checkpoint in torch (Persuasion / news) |", "|---|---|---|---|---|---|---|"]
+             "the checkpoint in torch (Persuasion / news) | commit |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         own = r.get("checkpoint_over_fp")
         own = f"{own['persuasion']:.4f} / {own['news']:.4f}" if own else "-"
         runtime = "onnxruntime" if r["tool"] in ONNX_TOOLS else "llama.cpp"
         lines.append(f"| {r['label']} | {runtime} | {r['tensor_bytes'] / 2 ** 20:.1f} | {r['bits_per_weight']:.3f} | "
-                     f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} | {own} |")
+                     f"{r['over_fp']['persuasion']:.4f} | {r['over_fp']['news']:.4f} | {own} | {r['commit']} |")
     return "\n".join(lines)
 
 
