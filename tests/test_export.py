@@ -229,32 +229,43 @@ def test_each_family_decodes_like_torch(family, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_rotary_tables_are_computed_in_the_graph_as_transformers_computes_them(family):
+def test_rotary_tables_are_computed_in_the_graph_as_transformers_computes_them(family, tmp_path):
     """GroupQueryAttention's cos/sin caches ship as Range x inv_freq, Cos, Sin nodes (32 floats, not
     2 x positions x rotary_dim / 2) wherever they give the model's own tables; onnxruntime's values equal
     transformers' to 1e-6 at every position. Phi-3's longrope pair stays stored (an If picks one per call)."""
     from edgeq.export import decoder as d
-    from edgeq.io.models import arch_of, get_module
     model = tiny_family_model(family)
-    arch, dims = arch_of(model.config), d.Dims.of(model.config)
     proto, _ = d.build_decoder(model, {}, 0)
     stored = {i.name for i in proto.graph.initializer if i.name.startswith(("cos_cache", "sin_cache"))}
     assert not stored if family != "phi3" else not any("inv_freq" in i.name for i in proto.graph.initializer)
+    assert_graph_tables_match(model, tmp_path)
+
+
+def test_yarns_attention_factor_scales_the_computed_tables(tmp_path):
+    from edgeq.export import decoder as d
+    model = tiny_family_model("qwen2", rope_scaling={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                     "original_max_position_embeddings": 64, "attention_factor": 1.5})
+    proto, _ = d.build_decoder(model, {}, 0)
+    assert [i.name for i in proto.graph.initializer if i.name.startswith("rotary_scaling")] == ["rotary_scaling"]
+    assert_graph_tables_match(model, tmp_path)
+
+
+def assert_graph_tables_match(model, tmp_path):
+    """Each kind of layer's graph-computed tables, run by onnxruntime, against transformers' own (1e-6)."""
+    from edgeq.export import decoder as d
+    from edgeq.io.models import arch_of, get_module
+    arch, dims = arch_of(model.config), d.Dims.of(model.config)
     for kind in dict.fromkeys(d.layer_kinds(model.config)):
         tables = d.rotary_caches(model, arch, dims, kind)
         g = d.Graph()
         names = d.rotary_tables(g, "", get_module(model, arch.rotary), kind, tables)
         graph = helper.make_graph(g.nodes, "t", [], [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
                                                      for n in names], g.initializers)
-        session = cpu_session_of(helper.make_model(graph, opset_imports=[helper.make_opsetid("", d.OPSET)]))
-        for got, want in zip(session.run(None, {}), tables):
+        proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", d.OPSET)])
+        proto.ir_version = 10  # as build_decoder writes it
+        onnx.save(proto, str(tmp_path / f"{kind}.onnx"))
+        for got, want in zip(cpu_session(tmp_path / f"{kind}.onnx").run(None, {}), tables):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
-
-
-def cpu_session_of(proto):
-    import onnxruntime as ort
-    proto.ir_version = 10
-    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def torch_cached_logits(model, sequence: list[int], prompt: int) -> np.ndarray:

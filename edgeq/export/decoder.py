@@ -37,7 +37,8 @@ class Graph:
 
     def constant(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        # np.require, not np.ascontiguousarray: that makes a 0-d array 1-d, and some inputs must be scalars (Range)
+        self.initializers.append(numpy_helper.from_array(np.require(array, requirements="C"), name))
         return name
 
     def op(self, op_type: str, inputs: list[str], outputs: list[str] | str, *, domain: str = "",
@@ -385,24 +386,21 @@ def rotary_tables(g: Graph, suffix: str, rotary, kind: str, tables: tuple[np.nda
     if freqs is None:
         return g.constant(f"cos_cache{suffix}", cos), g.constant(f"sin_cache{suffix}", sin)
     inv_freq, scale = freqs
-    def scalar(name: str, value: float) -> str:  # Range takes 0-d inputs, which Graph.constant would make 1-d
-        from onnx import numpy_helper
-        g.initializers.append(numpy_helper.from_array(np.array(value, dtype=np.float32), f"rotary_{name}{suffix}"))
-        return f"rotary_{name}{suffix}"
+
+    def scalar(name: str, value: float) -> str:
+        return g.constant(f"rotary_{name}{suffix}", np.array(value, dtype=np.float32))
 
     positions = g.op("Range", [scalar("start", 0.0), scalar("limit", float(len(cos))), scalar("delta", 1.0)],
                      f"rotary_positions{suffix}")[0]
     column = g.op("Unsqueeze", [positions, g.constant(f"rotary_axis{suffix}", np.array([1], dtype=np.int64))],
                   f"rotary_positions_column{suffix}")[0]
     angles = g.op("Mul", [column, g.constant(f"rotary_inv_freq{suffix}", inv_freq[None])], f"rotary_angles{suffix}")[0]
+    scaling = scalar("scaling", scale) if scale != 1.0 else None  # yarn's and longrope's attention factor
     outputs = []
     for part in ("cos", "sin"):
         name = f"{part}_cache{suffix}"
-        if scale == 1.0:
-            outputs.append(g.op(part.capitalize(), [angles], name)[0])
-            continue
-        unscaled = g.op(part.capitalize(), [angles], f"rotary_{part}_unscaled{suffix}")[0]
-        outputs.append(g.op("Mul", [unscaled, scalar("scaling", scale)], name)[0])
+        table = g.op(part.capitalize(), [angles], f"rotary_{part}_unscaled{suffix}" if scaling else name)[0]
+        outputs.append(g.op("Mul", [table, scaling], name)[0] if scaling else table)
     return outputs[0], outputs[1]
 
 
