@@ -95,6 +95,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     }
     if calibrated and config.first_token_weight != 1.0:  # how the calibration was used, where not as GPTQ's
         meta["calibration"]["first_token_weight"] = config.first_token_weight
+    if calibrated and config.correct_upstream:
+        meta["calibration"]["correct_upstream"] = config.correct_upstream
     if calibrated and config.trains_blocks:
         meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":

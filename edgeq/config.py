@@ -54,6 +54,10 @@ class QuantConfig:
     # (on SmolLM2 its hidden state is ~160x any other's by block 15) whose keys and values every later
     # token reads; shorter calibration windows, i.e. more first tokens per token, measured better off-domain.
     first_token_weight: float = 1.0
+    # Upstream correction (GPTAQ's asymmetric calibration, calib/upstream.py): each linear is fitted, on the
+    # quantized model's inputs, this far (0..1) towards the float model's output on the float model's inputs,
+    # so it also corrects the error the quantized layers before it left there. 0: GPTQ's objective.
+    correct_upstream: float = 0.0
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
     calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
@@ -120,6 +124,7 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
     if config.propagate == "float" and config.trains_blocks:
         raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
                          "training already has the float targets)")
+    check_upstream_correction(config, calibrated, learned)
     if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
         raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
     if config.block_loss is not None and not config.trains_blocks:
@@ -128,6 +133,21 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
                          "--block-epochs")
     if config.block_epochs and learned:
         raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
+
+
+def check_upstream_correction(config: QuantConfig, calibrated: bool, learned: bool) -> None:
+    """--correct-upstream needs the layer solvers' Hessians and a quantized stream that differs from the float one."""
+    if not 0.0 <= config.correct_upstream <= 1.0:
+        raise EdgeqError(f"--correct-upstream must be between 0 and 1, got {config.correct_upstream}")
+    if not config.correct_upstream:
+        return
+    if not calibrated or learned:
+        raise EdgeqError(f"--correct-upstream applies to the calibrated layer solvers; {config.method} "
+                         + ("uses no calibration" if not calibrated else "already trains each block on the float "
+                            "model's states"))
+    if config.propagate == "float":
+        raise EdgeqError("--correct-upstream corrects the quantized inputs' error; with --propagate float the "
+                         "inputs are the float model's and there is none")
 
 
 def default_of(name: str):

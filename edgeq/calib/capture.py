@@ -137,17 +137,21 @@ class HessianAccumulator:
         return H
 
 
+def hessian_accumulators(block, arch: Arch, device, first_token_weight: float = 1.0,
+                         dtype: torch.dtype = torch.float32, track_abs: bool = False) -> dict:
+    """One accumulator per input group (q/k/v share one, gate/up share one), keyed by its first linear; with
+    track_abs each also sums |x| per channel (awq's statistic)."""
+    return {group[0]: HessianAccumulator(get_module(block, group[0]).in_features, device, first_token_weight, dtype,
+                                         track_abs) for group in arch.input_groups}
+
+
 def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
                   track_abs: bool = False):
-    """One accumulator per input group (q/k/v share one, gate/up share one), fed by a hook on its first
-    linear; with track_abs each also sums |x| per channel (awq's statistic). Returns ({first linear name:
+    """hessian_accumulators fed by a hook on each group's first linear. Returns ({first linear name:
     accumulator}, remove-hooks function)."""
-    accumulators, handles = {}, []
-    for group in arch.input_groups:
-        linear = get_module(block, group[0])
-        acc = HessianAccumulator(linear.in_features, device, first_token_weight, dtype, track_abs)
-        accumulators[group[0]] = acc
-        handles.append(linear.register_forward_pre_hook(lambda m, args, acc=acc: acc.add(args[0])))
+    accumulators = hessian_accumulators(block, arch, device, first_token_weight, dtype, track_abs)
+    handles = [get_module(block, name).register_forward_pre_hook(lambda m, args, acc=acc: acc.add(args[0]))
+               for name, acc in accumulators.items()]
 
     def remove():
         for h in handles:

@@ -33,10 +33,12 @@ from ..solvers import Method, get_method, weighted_error
 from ..transforms import block_transforms
 from .batches import Batches
 from .blockwise import refine_scales
-from .capture import HessianAccumulator, StopForward, block_output, capture_block_inputs, hessian_hooks, stop_at
+from .capture import (HessianAccumulator, StopForward, block_output, capture_block_inputs, hessian_accumulators,
+                      hessian_hooks, stop_at)
 from .precision import compute_in, resolve_calib_dtype
 from .reconstruct import reconstruct_block
 from .resume import ResumeState
+from .upstream import Upstream, input_catcher
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Recipe:
     propagate = property(lambda self: self.config.propagate)
     head_bits = property(lambda self: self.config.lm_head)  # the output head's bits (None: it stays float)
     first_token_weight = property(lambda self: self.config.first_token_weight)
+    correct_upstream = property(lambda self: self.config.correct_upstream)
     block_loss = property(lambda self: self.config.trained_block_loss)
 
     @property
@@ -103,6 +106,7 @@ class Recipe:
                           + ([self.propagate] if self.propagate != "quantized" else [])
                           + ([f"head {self.head_bits}"] if self.head_bits else [])
                           + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else [])
+                          + ([f"upstream {self.correct_upstream}"] if self.correct_upstream else [])
                           + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else [])
                           + ([f"calib {self.calib_dtype}"] if self.calib_dtype != torch.float32 else [])
                           + ([f"transforms {list(self.config.transforms)} seed {self.config.seed}"]
@@ -179,7 +183,8 @@ def quantize_model(model, arch: Arch, recipe: Recipe, windows: torch.Tensor | No
         del captured
         release_mapped_tables()  # the embedding's pages: the block loop never reads it
         timings.forward += time.perf_counter() - t
-    if method.learned:  # the float model's own states at the current block's input: the training targets
+    if method.learned or recipe.correct_upstream:  # the float model's own states at the current block's input:
+        # the learned methods' training targets; the upstream correction's float inputs
         fp_states = resume.load_hidden("fp_hidden") if start else batches.hidden.clone()
     in_memory = PackedCodes({}, {})  # codes of finished blocks, kept here only when there is no resume folder
     kinds = layer_kinds(model.config)
@@ -248,21 +253,23 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     recipe, batches, timings = job.recipe, job.batches, job.timings
     float_inputs = recipe.propagate == "float"  # each block's float outputs are written over its inputs
     targets = torch.empty_like(batches.hidden) if batches is not None and recipe.block_epochs else None
-    hessians = None
+    hessians, upstream = None, None
     if batches is not None:
+        upstream = _upstream(job) if recipe.correct_upstream else None
         hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets,
-                                    recipe.first_token_weight, track_abs=recipe.scales_inputs)
+                                    recipe.first_token_weight, track_abs=recipe.scales_inputs, upstream=upstream)
         if recipe.scales_inputs:
-            _scale_inputs(job, hessians)
+            _scale_inputs(job, hessians, upstream)
     solver = job.method.solver()
     block_q = {}
     for group in job.arch.input_groups:
         # popped and taken: each accumulator's K x K sum becomes the Hessian (down_proj's are the largest)
         H = hessians.pop(group[0]).take_hessian() if hessians is not None else None
+        target = upstream.correction(group[0], H) if upstream is not None else (lambda W: W)
         for name in group:
             job.status(name)
-            W = get_module(job.block, name).weight.data
             t = time.perf_counter()
+            W = target(get_module(job.block, name).weight.data)  # the weight the solver fits (upstream.py)
             qw = solver(W, H, job.spec_of(name, W), **recipe.solver_opts)
             W_hat = qw.dequantize().to(W.device)
             timings.solver += time.perf_counter() - t
@@ -318,7 +325,14 @@ def quantize_learned(job: BlockJob) -> dict[str, QuantizedWeight]:
 BLOCK_QUANTIZERS = {"layer": quantize_layerwise, "learned": quantize_learned}  # by Method.kind
 
 
-def _scale_inputs(job: BlockJob, accumulators: dict) -> None:
+def _upstream(job: BlockJob) -> Upstream:
+    """The block's upstream correction, H damped as the method's solver damps it (GPTQ's default otherwise)."""
+    from ..solvers.gptq import GPTQOptions
+    damp = getattr(job.method.resolve(job.recipe.solver_opts), "damp", GPTQOptions.damp)
+    return Upstream(job.fp_states, job.recipe.correct_upstream, damp, job.recipe.first_token_weight)
+
+
+def _scale_inputs(job: BlockJob, accumulators: dict, upstream: Upstream | None = None) -> None:
     """awq: search the block's input scales on its Hessians, fold them into its weights, and rescale the
     Hessians to the scaled inputs the solvers now see."""
     from ..transforms import awq
@@ -328,6 +342,8 @@ def _scale_inputs(job: BlockJob, accumulators: dict) -> None:
     del stats
     for name, s in scales.items():
         accumulators[name].rescale_inputs(s)
+        if upstream is not None:
+            upstream.rescale_inputs(name, s)
     job.timings.awq[str(job.index)] = record
     job.timings.solver += time.perf_counter() - t
 
@@ -355,13 +371,18 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
 
 @torch.no_grad()
 def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0,
-                     track_abs: bool = False):
+                     track_abs: bool = False, upstream: Upstream | None = None):
     """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
     given (targets may be the states themselves: each batch is read before its rows are overwritten). Without
     targets nobody reads the outputs, so each pass ends at the last linear's input: its GEMM (down_proj's, a
-    quarter of a Llama block's) is never run."""
-    accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
-    stop = stop_at(get_module(block, arch.down)) if targets is None else None
+    quarter of a Llama block's) is never run. With `upstream`, each batch also runs on the float model's
+    states (upstream.py), whose outputs are read: no pass ends early."""
+    if upstream is None:
+        accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
+    else:  # one catcher for both passes: the Hessians are fed from the quantized pass's inputs only
+        accumulators = hessian_accumulators(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
+        seen, remove = input_catcher(block, arch)
+    stop = stop_at(get_module(block, arch.down)) if targets is None and upstream is None else None
     t = time.perf_counter()
     try:
         # one autocast region for every batch: each weight is cast to the products' dtype once, not per batch
@@ -371,13 +392,15 @@ def collect_hessians(block, arch, batches: Batches, timings, targets=None, first
                     out = block_output(block, *batches.inputs(b))
                 except StopForward:
                     continue
+                if upstream is not None:
+                    upstream.pair(block, batches, b, seen, accumulators)
                 if targets is not None:
                     targets[rows] = out.to(targets.device)
     finally:
         remove()
         if stop is not None:
             stop.remove()
-    hessian_time = sum(acc.seconds for acc in accumulators.values())
+    hessian_time = sum(acc.seconds for acc in accumulators.values()) + (upstream.seconds if upstream else 0.0)
     timings.hessian += hessian_time
     timings.forward += time.perf_counter() - t - hessian_time
     return accumulators

@@ -141,6 +141,11 @@ def add_calibration_flags(q) -> None:
     q.add_argument("--first-token-weight", type=finite_float, default=default_of("first_token_weight"), metavar="W",
                    help="how many times each calibration window's first position (the attention sink, whose keys "
                    "and values every later token reads) counts in the Hessians (default: 1, as GPTQ)")
+    q.add_argument("--correct-upstream", type=finite_float, default=default_of("correct_upstream"), metavar="A",
+                   help="fit each linear, on the quantized model's inputs, this far (0..1) towards the float model's "
+                   "output on the float model's inputs, so that it also corrects the error the quantized layers "
+                   "before it left in its inputs (GPTAQ's asymmetric calibration; one more float forward per block; "
+                   "default: 0, GPTQ's objective)")
     q.add_argument("--seed", type=int, default=default_of("seed"), help="seed of the calibration window sampling")
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
@@ -209,6 +214,7 @@ def config_from(args):
                        samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
+                       correct_upstream=args.correct_upstream,
                        calib_dtype=args.calib_dtype, transforms=tuple(args.transform),
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])
