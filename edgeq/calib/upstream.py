@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..io.models import Arch, get_module
+from ..solvers.gptq import unit_dead_diagonal
 from .capture import block_output
 
 
@@ -115,8 +116,7 @@ class Upstream:
 
 def damped_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
     """Lower Cholesky factor of H + damp * mean(diag H) * I in float64, a unit diagonal at dead inputs (GPTQ's)."""
-    A = H.double().clone()
-    diag = A.diagonal()
-    diag[diag == 0] = 1.0
-    A.diagonal().add_(damp * diag.mean())
+    diag = unit_dead_diagonal(H)
+    A = H.to(torch.float64, copy=True)  # H stays as the solver gets it
+    A.diagonal().copy_(diag + damp * diag.mean())
     return torch.linalg.cholesky(A)
