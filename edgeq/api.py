@@ -97,6 +97,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         meta["calibration"]["first_token_weight"] = config.first_token_weight
     if calibrated and config.correct_upstream:
         meta["calibration"]["correct_upstream"] = config.correct_upstream
+    if calibrated and config.true_sequential:
+        meta["calibration"]["true_sequential"] = True
     if calibrated and config.trains_blocks:
         meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":

@@ -58,6 +58,11 @@ class QuantConfig:
     # quantized model's inputs, this far (0..1) towards the float model's output on the float model's inputs,
     # so it also corrects the error the quantized layers before it left there. 0: GPTQ's objective.
     correct_upstream: float = 0.0
+    # The Hessians of a block's input groups from one pass of the float block (False, GPTQ's default), or one pass
+    # per group (q/k/v, o, gate/up, down) on the inputs that the block's groups quantized before it give
+    # (GPTQ's --true-sequential option, AutoGPTQ's and GPTQModel's default): o_proj then fits its own block's
+    # quantized attention, down_proj its quantized gate/up.
+    true_sequential: bool = False
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
     calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
@@ -125,6 +130,7 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
         raise EdgeqError("--propagate float applies to the layer-wise solvers without --block-epochs (block "
                          "training already has the float targets)")
     check_upstream_correction(config, calibrated, learned)
+    check_true_sequential(config, calibrated, learned)
     if config.block_loss is not None and config.block_loss not in BLOCK_LOSSES:
         raise EdgeqError(f"--block-loss must be one of {', '.join(BLOCK_LOSSES)}, got {config.block_loss!r}")
     if config.block_loss is not None and not config.trains_blocks:
@@ -133,6 +139,18 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
                          "--block-epochs")
     if config.block_epochs and learned:
         raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
+
+
+def check_true_sequential(config: QuantConfig, calibrated: bool, learned: bool) -> None:
+    """--true-sequential orders the layer solvers' Hessian passes inside a quantized stream."""
+    if not config.true_sequential:
+        return
+    if not calibrated or learned:
+        raise EdgeqError(f"--true-sequential applies to the calibrated layer solvers; {config.method} "
+                         + ("uses no calibration" if not calibrated else "trains each block's linears together"))
+    if config.propagate == "float":
+        raise EdgeqError("--true-sequential feeds each group the block's quantized earlier groups; --propagate "
+                         "float calibrates every block on float inputs")
 
 
 def check_upstream_correction(config: QuantConfig, calibrated: bool, learned: bool) -> None:

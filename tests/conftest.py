@@ -41,6 +41,25 @@ def calibration_text() -> Path:
     return _packaged_text_file("novel")
 
 
+def calibration_windows(tokenizer, samples: int, seq_len: int):
+    """Token windows from the packaged calibration text's first 100,000 characters (the in-process tests')."""
+    from edgeq.calib import data
+    from edgeq.evaluation import heldout
+    text, _ = heldout.read_text(str(calibration_text()))
+    return data.calibration_windows(data.tokenize(tokenizer, text[:100_000]), samples, seq_len)
+
+
+def quantize_in_memory(model_dir: Path, tokenizer, recipe, samples: int = 8, seq_len: int = 64):
+    """The pipeline run in this process on the model folder: (the model, its weights now the quantized ones;
+    {linear: QuantizedWeight}; the calibration windows)."""
+    from edgeq.calib import pipeline
+    from edgeq.io import models
+    model, config = models.load_model(models.resolve_source(str(model_dir)))
+    windows = calibration_windows(tokenizer, samples, seq_len)
+    qweights, _ = pipeline.quantize_model(model, models.arch_of(config), recipe, windows, progress=False)
+    return model, qweights.unpacked(), windows
+
+
 def cli_in_process(*args) -> subprocess.CompletedProcess:
     """`edgeq ARGS` through the same main() the console script calls, in this process: its exit code, stdout
     and stderr, as a process's. A process of its own costs ~4 s of imports a call (torch, transformers), and

@@ -7,11 +7,10 @@ import torch
 from edgeq import api
 from edgeq.io import checkpoint, models
 from edgeq.quant import grid
-from edgeq.evaluation import heldout
 from edgeq.calib import data, pipeline
 from edgeq.errors import EdgeqError
 from edgeq.evaluation.heldout import perplexity
-from tests.conftest import calibration_text, held_out_text, save_tiny_model
+from tests.conftest import calibration_text, calibration_windows, held_out_text, save_tiny_model
 
 CONFIG = api.QuantConfig(method="gptq", bits=3, group_size=32, samples=6, seq_len=64, batch_size=4)
 
@@ -40,11 +39,9 @@ def test_every_linear_quantized_and_checkpoint_reloads_to_the_same_model(tiny_mo
 
 def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bundled_tokenizer):
     """The quantized model in memory and the reloaded checkpoint give the same perplexity."""
-    source = models.resolve_source(str(tiny_model_dir))
-    model, config = models.load_model(source)
+    model, config = models.load_model(models.resolve_source(str(tiny_model_dir)))
     arch = models.arch_of(config)
-    text, _ = heldout.read_text(str(calibration_text()))
-    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    windows = calibration_windows(bundled_tokenizer, 6, 64)
     recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(4, 32), {}, batch_size=4)
     qweights, _ = pipeline.quantize_model(model, arch, recipe, windows, progress=False)
     checkpoint.save_checkpoint(tmp_path / "ckpt", model, bundled_tokenizer, qweights, {"method": "gptq"})
@@ -56,8 +53,7 @@ def test_eval_after_reload_equals_eval_in_process(tiny_model_dir, tmp_path, bund
 
 def test_streamed_and_fully_loaded_runs_agree(tiny_model_dir, bundled_tokenizer):
     source = models.resolve_source(str(tiny_model_dir))
-    text, _ = heldout.read_text(str(calibration_text()))
-    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    windows = calibration_windows(bundled_tokenizer, 6, 64)
     recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(4, 32), {}, batch_size=4)
     results = []
     for stream in (False, True):
@@ -75,8 +71,7 @@ def test_a_run_through_a_resume_folder_writes_the_same_checkpoint_as_one_in_memo
     whole); the file is byte for byte the one written from the codes held in memory, head included."""
     from edgeq.calib.resume import ResumeState
     source = models.resolve_source(str(tiny_model_dir))
-    text, _ = heldout.read_text(str(calibration_text()))
-    windows = data.calibration_windows(data.tokenize(bundled_tokenizer, text[:100_000]), 6, 64)
+    windows = calibration_windows(bundled_tokenizer, 6, 64)
     recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(3, 32), {}, batch_size=4, lm_head=8)
     written = []
     for resume in (None, ResumeState(tmp_path / "resume", "run")):

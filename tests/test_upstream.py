@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from edgeq import api
-from edgeq.calib import data, pipeline
+from edgeq.calib import pipeline
 from edgeq.calib.capture import HessianAccumulator
 from edgeq.calib.upstream import CrossAccumulator, Upstream
 from edgeq.errors import EdgeqError
-from edgeq.evaluation import heldout
 from edgeq.io import models
 from edgeq.quant import grid
-from tests.conftest import calibration_text
+from tests.conftest import quantize_in_memory
 from tests.test_pipeline import quantize_tiny
 
 
@@ -54,14 +53,8 @@ def test_the_cross_term_weights_the_first_position_as_the_hessian_does():
 
 
 def _quantize(model_dir, tokenizer, strength):
-    source = models.resolve_source(str(model_dir))
-    model, config = models.load_model(source)
-    arch = models.arch_of(config)
-    text, _ = heldout.read_text(str(calibration_text()))
-    windows = data.calibration_windows(data.tokenize(tokenizer, text[:100_000]), 8, 64)
     recipe = pipeline.Recipe.of("gptq", grid.QuantSpec(2, 32), {}, batch_size=4, correct_upstream=strength)
-    qweights, _ = pipeline.quantize_model(model, arch, recipe, windows, progress=False)
-    return model, qweights.unpacked(), windows
+    return quantize_in_memory(model_dir, tokenizer, recipe)
 
 
 def test_block_0_is_untouched_and_the_model_ends_nearer_the_float_one(tiny_model_dir, bundled_tokenizer):

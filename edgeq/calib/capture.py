@@ -138,25 +138,31 @@ class HessianAccumulator:
 
 
 def hessian_accumulators(block, arch: Arch, device, first_token_weight: float = 1.0,
-                         dtype: torch.dtype = torch.float32, track_abs: bool = False) -> dict:
+                         dtype: torch.dtype = torch.float32, track_abs: bool = False, groups=None) -> dict:
     """One accumulator per input group (q/k/v share one, gate/up share one), keyed by its first linear; with
-    track_abs each also sums |x| per channel (awq's statistic)."""
+    track_abs each also sums |x| per channel (awq's statistic). groups: a subset of arch.input_groups (all)."""
     return {group[0]: HessianAccumulator(get_module(block, group[0]).in_features, device, first_token_weight, dtype,
-                                         track_abs) for group in arch.input_groups}
+                                         track_abs) for group in groups or arch.input_groups}
 
 
-def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
-                  track_abs: bool = False):
-    """hessian_accumulators fed by a hook on each group's first linear. Returns ({first linear name:
-    accumulator}, remove-hooks function)."""
-    accumulators = hessian_accumulators(block, arch, device, first_token_weight, dtype, track_abs)
-    handles = [get_module(block, name).register_forward_pre_hook(lambda m, args, acc=acc: acc.add(args[0]))
-               for name, acc in accumulators.items()]
+def on_group_inputs(block, arch: Arch, callback, groups=None):
+    """callback(first linear's name, its input) each time a forward reaches an input group's first linear (of
+    `groups`, all by default); returns a function removing the hooks."""
+    handles = [get_module(block, group[0]).register_forward_pre_hook(
+        lambda module, args, name=group[0]: callback(name, args[0])) for group in groups or arch.input_groups]
 
     def remove():
         for h in handles:
             h.remove()
-    return accumulators, remove
+    return remove
+
+
+def hessian_hooks(block, arch: Arch, device, first_token_weight: float = 1.0, dtype: torch.dtype = torch.float32,
+                  track_abs: bool = False, groups=None):
+    """hessian_accumulators fed by a hook on each group's first linear. Returns ({first linear name:
+    accumulator}, remove-hooks function)."""
+    accumulators = hessian_accumulators(block, arch, device, first_token_weight, dtype, track_abs, groups)
+    return accumulators, on_group_inputs(block, arch, lambda name, x: accumulators[name].add(x), groups)
 
 
 def block_output(block, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:

@@ -66,6 +66,7 @@ class Recipe:
     head_bits = property(lambda self: self.config.lm_head)  # the output head's bits (None: it stays float)
     first_token_weight = property(lambda self: self.config.first_token_weight)
     correct_upstream = property(lambda self: self.config.correct_upstream)
+    true_sequential = property(lambda self: self.config.true_sequential)
     block_loss = property(lambda self: self.config.trained_block_loss)
 
     @property
@@ -107,6 +108,7 @@ class Recipe:
                           + ([f"head {self.head_bits}"] if self.head_bits else [])
                           + ([f"first {self.first_token_weight}"] if self.first_token_weight != 1.0 else [])
                           + ([f"upstream {self.correct_upstream}"] if self.correct_upstream else [])
+                          + (["true-sequential"] if self.true_sequential else [])
                           + ([f"loss {self.block_loss}"] if self.block_loss != "mse" else [])
                           + ([f"calib {self.calib_dtype}"] if self.calib_dtype != torch.float32 else [])
                           + ([f"transforms {list(self.config.transforms)} seed {self.config.seed}"]
@@ -249,20 +251,46 @@ def quantize_head(model, arch: Arch, recipe: Recipe, batches: Batches | None, ti
 
 def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     """Solve every linear of the block on its Hessian (or without one), then propagate: the next block's
-    inputs are this block's outputs with its quantized weights (or its float ones with --propagate float)."""
+    inputs are this block's outputs with its quantized weights (or its float ones with --propagate float).
+    The Hessians come from one pass of the float block (GPTQ's default), or with --true-sequential from one pass
+    per input group, each on the inputs that the block's groups quantized before it give."""
     recipe, batches, timings = job.recipe, job.batches, job.timings
     float_inputs = recipe.propagate == "float"  # each block's float outputs are written over its inputs
     targets = torch.empty_like(batches.hidden) if batches is not None and recipe.block_epochs else None
-    hessians, upstream = None, None
-    if batches is not None:
-        upstream = _upstream(job) if recipe.correct_upstream else None
-        hessians = collect_hessians(job.block, job.arch, batches, timings, batches.hidden if float_inputs else targets,
-                                    recipe.first_token_weight, track_abs=recipe.scales_inputs, upstream=upstream)
-        if recipe.scales_inputs:
-            _scale_inputs(job, hessians, upstream)
+    upstream = _upstream(job) if batches is not None and recipe.correct_upstream else None
+    passes = [(group,) for group in job.arch.input_groups] if recipe.true_sequential else [job.arch.input_groups]
+    block_q = {}
+    for k, groups in enumerate(passes):
+        hessians = None
+        if batches is not None:
+            first = k == 0  # the float block's pass: its outputs are the targets, and awq's statistics
+            hessians = collect_hessians(job.block, job.arch, batches, timings,
+                                        (batches.hidden if float_inputs else targets) if first else None,
+                                        recipe.first_token_weight, track_abs=recipe.scales_inputs and first,
+                                        upstream=upstream, groups=None if first and recipe.scales_inputs else groups,
+                                        advance=k == len(passes) - 1)
+            if recipe.scales_inputs and first:
+                _scale_inputs(job, hessians, upstream)
+            if upstream is not None and first and len(passes) > 1:
+                upstream.keep_float_block(job.block, job.arch)
+        block_q.update(_solve_groups(job, groups, hessians, upstream))
+    if targets is not None:
+        block_q, timings.block_losses[str(job.index)] = _train_block_scales(job, block_q, targets)
+    if batches is not None and not float_inputs and (not job.last or targets is not None):  # last: feeds nothing
+        t = time.perf_counter()
+        loss = batches.run(job.block, targets, recipe.block_loss)
+        if targets is not None:
+            timings.block_losses[str(job.index)].append(loss)
+        timings.forward += time.perf_counter() - t
+    return block_q
+
+
+def _solve_groups(job: BlockJob, groups, hessians: dict | None, upstream: Upstream | None) -> dict:
+    """Solve the groups' linears on their Hessians and write the dequantized weights into the block."""
+    recipe, timings = job.recipe, job.timings
     solver = job.method.solver()
     block_q = {}
-    for group in job.arch.input_groups:
+    for group in groups:
         # popped and taken: each accumulator's K x K sum becomes the Hessian (down_proj's are the largest)
         H = hessians.pop(group[0]).take_hessian() if hessians is not None else None
         target = upstream.correction(group[0], H) if upstream is not None else (lambda W: W)
@@ -277,14 +305,6 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
                 timings.layer_errors[job.prefix + name] = weighted_error(W, W_hat, H)
             get_module(job.block, name).weight.data = W_hat
             block_q[job.prefix + name] = qw
-    if targets is not None:
-        block_q, timings.block_losses[str(job.index)] = _train_block_scales(job, block_q, targets)
-    if batches is not None and not float_inputs and (not job.last or targets is not None):  # last: feeds nothing
-        t = time.perf_counter()
-        loss = batches.run(job.block, targets, recipe.block_loss)
-        if targets is not None:
-            timings.block_losses[str(job.index)].append(loss)
-        timings.forward += time.perf_counter() - t
     return block_q
 
 
@@ -371,18 +391,24 @@ def _apply(model, qweights: dict[str, QuantizedWeight]) -> None:
 
 @torch.no_grad()
 def collect_hessians(block, arch, batches: Batches, timings, targets=None, first_token_weight: float = 1.0,
-                     track_abs: bool = False, upstream: Upstream | None = None):
-    """Hessians of the block's linears on the batches' states; the float block's outputs go to `targets` if
-    given (targets may be the states themselves: each batch is read before its rows are overwritten). Without
-    targets nobody reads the outputs, so each pass ends at the last linear's input: its GEMM (down_proj's, a
-    quarter of a Llama block's) is never run. With `upstream`, each batch also runs on the float model's
-    states (upstream.py), whose outputs are read: no pass ends early."""
+                     track_abs: bool = False, upstream: Upstream | None = None, groups=None, advance: bool = True):
+    """Hessians of the block's linears (of `groups`' linears, all input groups by default) on the batches'
+    states; the block's outputs go to `targets` if given (targets may be the states themselves: each batch is
+    read before its rows are overwritten). Without targets nobody reads the outputs, so each pass ends at the
+    last collected group's input: down_proj's GEMM (a quarter of a Llama block's) is never run. With `upstream`,
+    each batch also runs on the float model's states (upstream.py), which move on to their outputs if
+    `advance`; that pass runs on the block itself unless the upstream keeps a float copy, so it may not end early."""
+    groups = groups or arch.input_groups
     if upstream is None:
-        accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
+        accumulators, remove = hessian_hooks(block, arch, batches.device, first_token_weight, batches.dtype,
+                                             track_abs, groups)
     else:  # one catcher for both passes: the Hessians are fed from the quantized pass's inputs only
-        accumulators = hessian_accumulators(block, arch, batches.device, first_token_weight, batches.dtype, track_abs)
+        accumulators = hessian_accumulators(block, arch, batches.device, first_token_weight, batches.dtype, track_abs,
+                                            groups)
         seen, remove = input_catcher(block, arch)
-    stop = stop_at(get_module(block, arch.down)) if targets is None and upstream is None else None
+        upstream.begin(accumulators)
+    ends_early = targets is None and (upstream is None or upstream.float_block is not None)
+    stop = stop_at(get_module(block, groups[-1][0])) if ends_early else None  # after the hooks: they run first
     t = time.perf_counter()
     try:
         # one autocast region for every batch: each weight is cast to the products' dtype once, not per batch
@@ -391,16 +417,17 @@ def collect_hessians(block, arch, batches: Batches, timings, targets=None, first
                 try:
                     out = block_output(block, *batches.inputs(b))
                 except StopForward:
-                    continue
+                    out = None
                 if upstream is not None:
-                    upstream.pair(block, batches, b, seen, accumulators)
+                    upstream.pair(block, batches, b, seen, accumulators, advance)
                 if targets is not None:
                     targets[rows] = out.to(targets.device)
     finally:
         remove()
         if stop is not None:
             stop.remove()
-    hessian_time = sum(acc.seconds for acc in accumulators.values()) + (upstream.seconds if upstream else 0.0)
+    hessian_time = sum(acc.seconds + (upstream.crosses[name].seconds if upstream else 0.0)
+                       for name, acc in accumulators.items())
     timings.hessian += hessian_time
     timings.forward += time.perf_counter() - t - hessian_time
     return accumulators

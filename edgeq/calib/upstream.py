@@ -16,10 +16,12 @@ term by 0.25). H is damped as GPTQ damps it.
 Pairs need both streams through the same float block, token for token: each batch runs the block on the
 quantized states and then on the float states, and the linears' inputs of the two passes are paired here
 (forward hooks cannot tell the passes apart, so one catcher records each pass's inputs and the Hessians are
-fed from it too).
+fed from it too). With --true-sequential the block's groups are quantized one pass at a time, so the float
+pass runs on a float copy of the block and the float states move on only in the last pass.
 """
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -27,7 +29,7 @@ import torch
 
 from ..io.models import Arch, get_module
 from ..solvers.gptq import unit_dead_diagonal
-from .capture import block_output
+from .capture import block_output, on_group_inputs
 
 
 class CrossAccumulator:
@@ -60,16 +62,8 @@ class CrossAccumulator:
 
 def input_catcher(block, arch: Arch):
     """{first linear of each input group: its input in the latest forward}, and a function removing the hooks."""
-    seen, handles = {}, []
-    for group in arch.input_groups:
-        def catch(module, args, name=group[0]):
-            seen[name] = args[0]
-        handles.append(get_module(block, group[0]).register_forward_pre_hook(catch))
-
-    def remove():
-        for h in handles:
-            h.remove()
-    return seen, remove
+    seen = {}
+    return seen, on_group_inputs(block, arch, seen.__setitem__)
 
 
 @dataclass
@@ -81,24 +75,33 @@ class Upstream:
     damp: float                     # H's damping, a fraction of its mean diagonal
     first_token_weight: float = 1.0
     crosses: dict = field(default_factory=dict)
+    # --true-sequential: a float copy of the block and its inputs' catcher, since the block itself gets its
+    # quantized groups one pass at a time (None: the block is still float through every pair)
+    float_block: torch.nn.Module | None = None
+    float_seen: dict = field(default_factory=dict)
 
-    def pair(self, block, batches, b: int, seen: dict, accumulators: dict) -> None:
+    def keep_float_block(self, block, arch: Arch) -> None:
+        """Pair later passes on a copy of the block as it is now (float; awq's scales already folded in)."""
+        self.float_block = copy.deepcopy(block)
+        self.float_seen, _ = input_catcher(self.float_block, arch)  # the hooks go with the copy
+
+    def begin(self, accumulators: dict) -> None:
+        """A fresh D for each input group whose Hessian a pass collects."""
+        for name, acc in accumulators.items():
+            self.crosses[name] = CrossAccumulator(acc.sum.shape[0], acc.sum.device, self.first_token_weight)
+
+    def pair(self, block, batches, b: int, seen: dict, accumulators: dict, advance: bool = True) -> None:
         """After batch b's quantized pass (its linears' inputs in `seen`): feed the Hessians, run the float block
-        on the float states, feed the crosses and advance the float states."""
+        on the float states, feed the crosses and, with advance, move the float states on to its outputs."""
         x_q = dict(seen)
         for name, acc in accumulators.items():
             acc.add(x_q[name])
-        out = block_output(block, *batches.with_states(self.states).inputs(b))
-        for name, x_f in seen.items():
-            if name not in self.crosses:
-                self.crosses[name] = CrossAccumulator(x_f.shape[-1], accumulators[name].sum.device,
-                                                      self.first_token_weight)
-            self.crosses[name].add(x_q[name], x_f)
-        self.states[batches.rows(b)] = out.to(self.states.device)
-
-    @property
-    def seconds(self) -> float:
-        return sum(c.seconds for c in self.crosses.values())
+        float_block, float_seen = (block, seen) if self.float_block is None else (self.float_block, self.float_seen)
+        out = block_output(float_block, *batches.with_states(self.states).inputs(b))
+        for name in accumulators:
+            self.crosses[name].add(x_q[name], float_seen[name])
+        if advance:
+            self.states[batches.rows(b)] = out.to(self.states.device)
 
     def rescale_inputs(self, name: str, s: torch.Tensor) -> None:
         self.crosses[name].rescale_inputs(s)

@@ -146,6 +146,10 @@ def add_calibration_flags(q) -> None:
                    "output on the float model's inputs, so that it also corrects the error the quantized layers "
                    "before it left in its inputs (GPTAQ's asymmetric calibration; one more float forward per block; "
                    "0.25 measured best, 1 overfits; default: 0, GPTQ's objective; docs/calibration.md)")
+    q.add_argument("--true-sequential", action="store_true", help="collect each input group's Hessian (q/k/v, o, "
+                   "gate/up, down) in a pass of its own, after the block's earlier groups are quantized, so o_proj "
+                   "and down_proj fit the block's own quantized outputs (GPTQ's true-sequential; three more partial "
+                   "block passes; default: one pass of the float block)")
     q.add_argument("--seed", type=int, default=default_of("seed"), help="seed of the calibration window sampling")
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
@@ -214,7 +218,7 @@ def config_from(args):
                        samples=args.samples, seq_len=args.seq_len, batch_size=args.batch_size, seed=args.seed,
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
-                       correct_upstream=args.correct_upstream,
+                       correct_upstream=args.correct_upstream, true_sequential=args.true_sequential,
                        calib_dtype=args.calib_dtype, transforms=tuple(args.transform),
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])
