@@ -77,6 +77,10 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     qweights, timings = pipeline.quantize_model(loaded, arch, recipe, windows, device=config.device,
                                                 resume=resume, progress=progress, on_block_done=on_block_done)
     t_quant = time.perf_counter() - t1
+    t_e2e, e2e_record = time.perf_counter(), None
+    if config.e2e_epochs:
+        qweights, e2e_record = _train_end_to_end(source, loaded, arch, qweights, windows, config, progress)
+    t_e2e = time.perf_counter() - t_e2e
     t_slices = time.perf_counter()
     slice_record = None
     if get_method(config.method).nested:
@@ -99,6 +103,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         meta["calibration"]["correct_upstream"] = config.correct_upstream
     if calibrated and config.true_sequential:
         meta["calibration"]["true_sequential"] = True
+    if e2e_record:
+        meta["e2e"] = e2e_record
     if calibrated and config.trains_blocks:
         meta["calibration"]["block_loss"] = config.trained_block_loss
     if calibrated and config.propagate != "quantized":
@@ -113,7 +119,8 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
         meta["slice_estimates"] = slice_record
     meta["stats"] = {
         "seconds_load": round(t_load, 2), "seconds_sensitivity": round(t_sensitivity, 2),
-        "seconds_quantize": round(t_quant, 2), "seconds_slice_estimates": round(t_slices, 2),
+        "seconds_quantize": round(t_quant, 2), "seconds_e2e": round(t_e2e, 2),
+        "seconds_slice_estimates": round(t_slices, 2),
         "seconds_forward": round(timings.forward, 2), "seconds_hessian": round(timings.hessian, 2),
         "seconds_solver": round(timings.solver, 2), "seconds_block_training": round(timings.block_training, 2),
         "resumed_from_block": timings.resumed_from_block,  # the times above cover this process only
@@ -123,6 +130,35 @@ def _quantize(model, out: Path, config: QuantConfig, calib, progress, on_block_d
     checkpoint.save_checkpoint(out, loaded, tokenizer, qweights, meta)
     resume.discard()
     return checkpoint.read_meta(out)
+
+
+def _train_end_to_end(source, loaded, arch, packed, windows, config: QuantConfig, progress: bool):
+    """--e2e-epochs: the quantized model's scales trained against the float model (calib/e2e.py). Returns
+    (the packed codes with the trained scales, the training's record). The quantized model gets its
+    linears back in full for the training (a streamed run had dropped each finished block's) and keeps the
+    trained weights; the float model is loaded beside it, untransformed (the transforms keep its logits)."""
+    import torch
+
+    from .calib import e2e
+    from .io import models
+    from .io.checkpoint import PackedCodes
+    from .io.head import attach_head
+    unpacked = packed.unpacked()
+    for name, qw in unpacked.items():
+        if name != arch.lm_head:  # the head is in place (a tied one is the embedding's own tensor)
+            models.get_module(loaded, name).weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
+    teacher, _ = models.load_model(source)
+    trained, record = e2e.train_scales(loaded.to(config.device), teacher.to(config.device), unpacked,
+                                       windows.to(config.device), config.e2e_epochs, config.e2e_lr,
+                                       config.batch_size, config.seed, progress)
+    del teacher
+    loaded.to("cpu")
+    for name, qw in trained.items():
+        if name == arch.lm_head:
+            attach_head(loaded, arch, qw)
+        else:
+            models.get_module(loaded, name).weight.data = qw.dequantize()
+    return PackedCodes.of(trained), record
 
 
 def uses_calibration(config: QuantConfig) -> bool:

@@ -63,6 +63,11 @@ class QuantConfig:
     # (GPTQ's --true-sequential option, AutoGPTQ's and GPTQModel's default): o_proj then fits its own block's
     # quantized attention, down_proj its quantized gate/up.
     true_sequential: bool = False
+    # End-to-end scale training after the block-by-block calibration (calib/e2e.py, EfficientQAT's E2E-QP): every
+    # quantized linear's scales trained together, codes frozen, on KL(float model || quantized model) over the
+    # calibration windows, --batch-size windows a step. 0 = off.
+    e2e_epochs: int = 0
+    e2e_lr: float = 1e-3       # Adam on log(scale / calibrated scale)
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
     calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
@@ -95,6 +100,7 @@ class QuantConfig:
         if self.calib_dtype not in CALIB_DTYPES:
             raise EdgeqError(f"--calib-dtype must be one of {', '.join(CALIB_DTYPES)}, got {self.calib_dtype!r}")
         check_training_options(self, method.calibrated, method.learned)
+        check_end_to_end(self, method.calibrated, method.nested)
         if self.lm_head not in HEAD_WIDTHS.values():
             raise EdgeqError(f"the head is quantized at {' or '.join(k for k, v in HEAD_WIDTHS.items() if v)} bits "
                              f"(a tied embedding shares its codes), not {self.lm_head}")
@@ -139,6 +145,18 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
                          "--block-epochs")
     if config.block_epochs and learned:
         raise EdgeqError(f"{config.method} already trains each block (--steps); --block-epochs does not apply")
+
+
+def check_end_to_end(config: QuantConfig, calibrated: bool, nested: bool) -> None:
+    """--e2e-epochs trains the calibrated model's scales on the calibration windows."""
+    if config.e2e_epochs < 0 or not config.e2e_lr > 0:
+        raise EdgeqError("--e2e-epochs must be >= 0 and --e2e-lr > 0")
+    if not config.e2e_epochs:
+        return
+    if not calibrated:
+        raise EdgeqError(f"--e2e-epochs trains on the calibration windows; {config.method} uses none")
+    if nested:
+        raise EdgeqError(f"--e2e-epochs trains one width's scales; {config.method} serves several from one set")
 
 
 def check_true_sequential(config: QuantConfig, calibrated: bool, learned: bool) -> None:

@@ -23,14 +23,14 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets:
     stored width, which may differ between the linears of a mixed-precision block)."""
     widths = widths or [(None, 1.0)]
     device = batches.device
-    codes = {(name, bits): _centred_codes(qw, bits or qw.bits).to(device) for name, qw in qweights.items()
+    codes = {(name, bits): centred_codes(qw, bits or qw.bits).to(device) for name, qw in qweights.items()
              for bits, _ in widths}
     base = {name: qw.scale.float().to(device) for name, qw in qweights.items()}
     log_ratio = {name: torch.zeros_like(s, requires_grad=True) for name, s in base.items()}
     optimizer = torch.optim.Adam(log_ratio.values(), lr=lr)
 
     def weights_of(bits):
-        return {f"{name}.weight": _weight(codes[name, bits], base[name] * log_ratio[name].exp(), qweights[name])
+        return {f"{name}.weight": scaled_weight(codes[name, bits], base[name] * log_ratio[name].exp(), qweights[name])
                 for name in qweights}
     losses = []
     with frozen(block):
@@ -49,7 +49,7 @@ def refine_scales(block, qweights: dict[str, QuantizedWeight], batches, targets:
     return trained, losses
 
 
-def _centred_codes(qw: QuantizedWeight, bits: int) -> torch.Tensor:
+def centred_codes(qw: QuantizedWeight, bits: int) -> torch.Tensor:
     """2^d S(q) - zero per column (d = stored bits - bits), float: the frozen integer part of the
     `bits`-bit slice, w_hat = s (2^d S(q) - z) = s 2^d (S(q) - z / 2^d)."""
     k = qw.shape[1]
@@ -58,5 +58,5 @@ def _centred_codes(qw: QuantizedWeight, bits: int) -> torch.Tensor:
     return q - grid.expand_groups(qw.zero.float(), qw.group_size, k)
 
 
-def _weight(centred: torch.Tensor, scale: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
+def scaled_weight(centred: torch.Tensor, scale: torch.Tensor, qw: QuantizedWeight) -> torch.Tensor:
     return grid.expand_groups(scale, qw.group_size, qw.shape[1]) * centred

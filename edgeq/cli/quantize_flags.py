@@ -150,6 +150,13 @@ def add_calibration_flags(q) -> None:
                    "gate/up, down) in a pass of its own, after the block's earlier groups are quantized, so o_proj "
                    "and down_proj fit the block's own quantized outputs (GPTQ's true-sequential; three more partial "
                    "block passes; default: one pass of the float block)")
+    q.add_argument("--e2e-epochs", type=int, default=default_of("e2e_epochs"), metavar="N",
+                   help="after the block-by-block calibration, train every quantized linear's scales together for N "
+                   "passes over the calibration windows, codes frozen, so the quantized model's next-token "
+                   "distribution matches the float model's (KL; EfficientQAT's end-to-end step; holds the float "
+                   "model beside the quantized one; default: 0, off)")
+    q.add_argument("--e2e-lr", type=finite_float, default=default_of("e2e_lr"), metavar="LR",
+                   help=f"Adam's learning rate on log(scale) for --e2e-epochs (default: {default_of('e2e_lr')})")
     q.add_argument("--seed", type=int, default=default_of("seed"), help="seed of the calibration window sampling")
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
@@ -219,6 +226,7 @@ def config_from(args):
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
                        correct_upstream=args.correct_upstream, true_sequential=args.true_sequential,
+                       e2e_epochs=args.e2e_epochs, e2e_lr=args.e2e_lr,
                        calib_dtype=args.calib_dtype, transforms=tuple(args.transform),
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])
