@@ -68,6 +68,8 @@ class QuantConfig:
     # calibration windows, --batch-size windows a step. 0 = off.
     e2e_epochs: int = 0
     e2e_lr: float = 1e-3       # Adam on log(scale / calibrated scale)
+    e2e_samples: int | None = None  # train on the first N calibration windows (a random sample of the text);
+                                    # None: all. A step costs about 3 forwards of the model (float, quantized, backward)
     block_loss: str | None = None  # block training's output error (solvers.method.BLOCK_LOSSES); None: the
                                    # default of the method's kind of training (solvers.method.DEFAULT_BLOCK_LOSS)
     calib_dtype: str = "auto"  # CALIB_DTYPES: the calibration forward's products; states and Hessians stay fp32
@@ -149,8 +151,8 @@ def check_training_options(config: QuantConfig, calibrated: bool, learned: bool)
 
 def check_end_to_end(config: QuantConfig, calibrated: bool, nested: bool) -> None:
     """--e2e-epochs trains the calibrated model's scales on the calibration windows."""
-    if config.e2e_epochs < 0 or not config.e2e_lr > 0:
-        raise EdgeqError("--e2e-epochs must be >= 0 and --e2e-lr > 0")
+    if config.e2e_epochs < 0 or not config.e2e_lr > 0 or (config.e2e_samples is not None and config.e2e_samples < 1):
+        raise EdgeqError("--e2e-epochs must be >= 0, --e2e-lr > 0 and --e2e-samples >= 1")
     if not config.e2e_epochs:
         return
     if not calibrated:

@@ -25,7 +25,7 @@ def test_trained_scales_bring_the_checkpoint_nearer_the_float_model_and_keep_the
     plain = quantize_tiny(tiny_model_dir, tmp_path / "plain", api.QuantConfig(**BASE, lm_head=8))
     trained = quantize_tiny(tiny_model_dir, tmp_path / "e2e", api.QuantConfig(**BASE, lm_head=8, e2e_epochs=4,
                                                                                  e2e_lr=2e-2))
-    assert len(trained["e2e"]["kl_per_epoch"]) == 4 and trained["stats"]["seconds_e2e"] > 0
+    assert trained["e2e"]["windows"] == 8 and len(trained["e2e"]["kl_per_epoch"]) == 4 and trained["stats"]["seconds_e2e"] > 0
     assert "e2e" not in plain
     float_model, _ = models.load_model(models.resolve_source(str(tiny_model_dir)))
     windows, _ = data.calibration_set(bundled_tokenizer, [str(calibration_text())], None, 8, 64)  # quantize's own
@@ -55,8 +55,14 @@ def test_the_divergence_is_zero_for_the_float_model_and_positive_for_another(tin
     (dict(method="matquant", bits=8, e2e_epochs=1), "several"),
     (dict(method="gptq", e2e_epochs=-1), ">= 0"),
     (dict(method="gptq", e2e_epochs=1, e2e_lr=0.0), "e2e-lr"),
+    (dict(method="gptq", e2e_epochs=1, e2e_samples=0), "e2e-samples"),
 ])
 def test_training_that_cannot_apply_is_refused(tiny_model_dir, tmp_path, config, message):
     with pytest.raises(EdgeqError, match=message):
         quantize_tiny(tiny_model_dir, tmp_path / "bad", api.QuantConfig(samples=4, seq_len=32, **config))
     assert not (tmp_path / "bad").exists()
+
+
+def test_e2e_samples_takes_the_first_windows(tiny_model_dir, tmp_path):
+    meta = quantize_tiny(tiny_model_dir, tmp_path / "c", api.QuantConfig(**BASE, e2e_epochs=1, e2e_samples=4))
+    assert meta["e2e"]["windows"] == 4 and meta["calibration"]["samples"] == 8

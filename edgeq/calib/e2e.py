@@ -38,7 +38,8 @@ def train_scales(student, teacher, qweights: dict[str, QuantizedWeight], windows
     order = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(windows.shape[0] / batch_size)
     bar = progress_bar(total=epochs * steps_per_epoch, desc="e2e scales", unit="step", enabled=progress)
-    record = {"epochs": epochs, "lr": lr, "windows_per_step": batch_size, "kl_per_epoch": []}
+    record = {"epochs": epochs, "lr": lr, "windows": windows.shape[0], "windows_per_step": batch_size,
+              "kl_per_epoch": []}
     with frozen(student):
         for _ in range(epochs):
             total = 0.0

@@ -157,6 +157,9 @@ def add_calibration_flags(q) -> None:
                    "model beside the quantized one; default: 0, off)")
     q.add_argument("--e2e-lr", type=finite_float, default=default_of("e2e_lr"), metavar="LR",
                    help=f"Adam's learning rate on log(scale) for --e2e-epochs (default: {default_of('e2e_lr')})")
+    q.add_argument("--e2e-samples", type=positive_int, default=default_of("e2e_samples"), metavar="N",
+                   help="train --e2e-epochs on the first N calibration windows, a random sample of the text (each "
+                   "window costs about three forwards of the model; default: every window)")
     q.add_argument("--seed", type=int, default=default_of("seed"), help="seed of the calibration window sampling")
     q.add_argument("--device", default=default_of("device"), choices=["cpu", "cuda"], help="where to calibrate")
     q.add_argument("--calib-dtype", default=default_of("calib_dtype"), choices=CALIB_DTYPES,
@@ -226,7 +229,7 @@ def config_from(args):
                        device=args.device, solver_opts=opts, block_epochs=args.block_epochs, block_lr=args.block_lr,
                        propagate=args.propagate, first_token_weight=args.first_token_weight,
                        correct_upstream=args.correct_upstream, true_sequential=args.true_sequential,
-                       e2e_epochs=args.e2e_epochs, e2e_lr=args.e2e_lr,
+                       e2e_epochs=args.e2e_epochs, e2e_lr=args.e2e_lr, e2e_samples=args.e2e_samples,
                        calib_dtype=args.calib_dtype, transforms=tuple(args.transform),
                        block_loss=args.block_loss, mixed=mixed_config(args), layer_grids=tuple(args.layer_grid),
                        lm_head=HEAD_WIDTHS[args.lm_head])
