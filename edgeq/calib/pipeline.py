@@ -261,18 +261,8 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
     passes = [(group,) for group in job.arch.input_groups] if recipe.true_sequential else [job.arch.input_groups]
     block_q = {}
     for k, groups in enumerate(passes):
-        hessians = None
-        if batches is not None:
-            first = k == 0  # the float block's pass: its outputs are the targets, and awq's statistics
-            hessians = collect_hessians(job.block, job.arch, batches, timings,
-                                        (batches.hidden if float_inputs else targets) if first else None,
-                                        recipe.first_token_weight, track_abs=recipe.scales_inputs and first,
-                                        upstream=upstream, groups=None if first and recipe.scales_inputs else groups,
-                                        advance=k == len(passes) - 1)
-            if recipe.scales_inputs and first:
-                _scale_inputs(job, hessians, upstream)
-            if upstream is not None and first and len(passes) > 1:
-                upstream.keep_float_block(job.block, job.arch)
+        hessians = _hessian_pass(job, groups, k == 0, k == len(passes) - 1, targets, upstream) \
+            if batches is not None else None
         block_q.update(_solve_groups(job, groups, hessians, upstream))
     if targets is not None:
         block_q, timings.block_losses[str(job.index)] = _train_block_scales(job, block_q, targets)
@@ -283,6 +273,24 @@ def quantize_layerwise(job: BlockJob) -> dict[str, QuantizedWeight]:
             timings.block_losses[str(job.index)].append(loss)
         timings.forward += time.perf_counter() - t
     return block_q
+
+
+def _hessian_pass(job: BlockJob, groups, first: bool, last: bool, targets, upstream: Upstream | None) -> dict:
+    """One pass of the block over the batches, collecting the Hessians of `groups`. The first pass runs the block
+    while it is still float: its outputs are the block-training targets (with --propagate float, the next
+    block's inputs), and it takes awq's statistics (of every group: the scales are searched and folded at once).
+    With more passes to come, the upstream pairs go on on a float copy of the block as it is after awq."""
+    recipe = job.recipe
+    outputs = (job.batches.hidden if recipe.propagate == "float" else targets) if first else None
+    awq_now = recipe.scales_inputs and first
+    hessians = collect_hessians(job.block, job.arch, job.batches, job.timings, outputs, recipe.first_token_weight,
+                                track_abs=awq_now, upstream=upstream, groups=None if awq_now else groups,
+                                advance=last)
+    if awq_now:
+        _scale_inputs(job, hessians, upstream)
+    if upstream is not None and first and not last:
+        upstream.keep_float_block(job.block, job.arch)
+    return hessians
 
 
 def _solve_groups(job: BlockJob, groups, hessians: dict | None, upstream: Upstream | None) -> dict:
