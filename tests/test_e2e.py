@@ -6,10 +6,9 @@ import torch
 
 from edgeq import api
 from edgeq.calib import data, e2e
-from edgeq.errors import EdgeqError
 from edgeq.io import checkpoint, models
 from tests.conftest import calibration_text, calibration_windows
-from tests.test_pipeline import quantize_tiny
+from tests.test_pipeline import assert_refused, quantize_tiny
 
 BASE = dict(method="gptq", bits=2, group_size=32, samples=8, seq_len=64, batch_size=4)
 
@@ -58,9 +57,7 @@ def test_the_divergence_is_zero_for_the_float_model_and_positive_for_another(tin
     (dict(method="gptq", e2e_epochs=1, e2e_samples=0), "e2e-samples"),
 ])
 def test_training_that_cannot_apply_is_refused(tiny_model_dir, tmp_path, config, message):
-    with pytest.raises(EdgeqError, match=message):
-        quantize_tiny(tiny_model_dir, tmp_path / "bad", api.QuantConfig(samples=4, seq_len=32, **config))
-    assert not (tmp_path / "bad").exists()
+    assert_refused(tiny_model_dir, tmp_path, message, **config)
 
 
 def test_e2e_samples_takes_the_first_windows(tiny_model_dir, tmp_path):

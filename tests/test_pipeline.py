@@ -19,6 +19,13 @@ def quantize_tiny(folder, out, config=CONFIG, **kwargs):
     return api.quantize(str(folder), out, config, calib=str(calibration_text()), progress=False, **kwargs)
 
 
+def assert_refused(folder, tmp_path, message: str, **fields) -> None:
+    """quantize refuses a QuantConfig of these fields with `message`, and nothing is written."""
+    with pytest.raises(EdgeqError, match=message):
+        quantize_tiny(folder, tmp_path / "bad", api.QuantConfig(samples=4, seq_len=32, **fields))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_every_linear_quantized_and_checkpoint_reloads_to_the_same_model(tiny_model_dir, tmp_path):
     meta = quantize_tiny(tiny_model_dir, tmp_path / "ckpt")
     model, _ = models.load_model(models.resolve_source(str(tiny_model_dir)))

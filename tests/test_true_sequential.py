@@ -11,13 +11,12 @@ from edgeq import api
 from edgeq.calib import pipeline
 from edgeq.calib.capture import HessianAccumulator
 from edgeq.calib.upstream import CrossAccumulator, Upstream
-from edgeq.errors import EdgeqError
 from edgeq.io import models
 from edgeq.quant import grid
 from edgeq.solvers.gptq import GPTQOptions
 from edgeq.solvers.method import get_method, register, unregister
 from tests.conftest import quantize_in_memory
-from tests.test_pipeline import quantize_tiny
+from tests.test_pipeline import assert_refused, quantize_tiny
 
 SPEC = grid.QuantSpec(2, 32)
 O_PROJ_0, GATE_0, DOWN_0, Q_PROJ_1 = 3, 4, 6, 7  # solve calls in order: q k v o gate up down per block
@@ -118,9 +117,7 @@ def test_true_sequential_is_recorded_in_the_checkpoint_meta(tiny_model_dir, tmp_
     (dict(method="gptq", true_sequential=True, propagate="float"), "propagate"),
 ])
 def test_true_sequential_where_it_cannot_apply_is_refused(tiny_model_dir, tmp_path, config, message):
-    with pytest.raises(EdgeqError, match=message):
-        quantize_tiny(tiny_model_dir, tmp_path / "bad", api.QuantConfig(samples=4, seq_len=32, **config))
-    assert not (tmp_path / "bad").exists()
+    assert_refused(tiny_model_dir, tmp_path, message, **config)
 
 
 def test_true_sequential_runs_under_awq_and_the_upstream_correction(tiny_model_dir, tmp_path):

@@ -7,11 +7,10 @@ from edgeq import api
 from edgeq.calib import pipeline
 from edgeq.calib.capture import HessianAccumulator
 from edgeq.calib.upstream import CrossAccumulator, Upstream
-from edgeq.errors import EdgeqError
 from edgeq.io import models
 from edgeq.quant import grid
 from tests.conftest import quantize_in_memory
-from tests.test_pipeline import quantize_tiny
+from tests.test_pipeline import assert_refused, quantize_tiny
 
 
 def _pairs(seed=0, b=4, length=16, k=24, noise=0.3):
@@ -81,9 +80,7 @@ def test_block_0_is_untouched_and_the_model_ends_nearer_the_float_one(tiny_model
     (dict(method="gptq", correct_upstream=1.5), "between 0 and 1"),
 ])
 def test_a_correction_that_cannot_apply_is_refused(tiny_model_dir, tmp_path, config, message):
-    with pytest.raises(EdgeqError, match=message):
-        quantize_tiny(tiny_model_dir, tmp_path / "bad", api.QuantConfig(samples=4, seq_len=32, **config))
-    assert not (tmp_path / "bad").exists()
+    assert_refused(tiny_model_dir, tmp_path, message, **config)
 
 
 def test_the_strength_is_recorded(tiny_model_dir, tmp_path):
