@@ -211,8 +211,10 @@ def evaluate(row: Row, protocol: Protocol, work: Path, checkpoint: Path | None) 
 
 
 def quantize_seconds(stats: dict) -> float:
-    """The job's time as `edgeq quantize` reports it (forward, Hessian and solver seconds are parts of it)."""
-    return round(stats["seconds_load"] + stats.get("seconds_sensitivity", 0) + stats["seconds_quantize"], 1)
+    """The job's time as `edgeq quantize` reports it (forward, Hessian and solver seconds are parts of it), the
+    end-to-end step (--e2e-epochs) included."""
+    return round(stats["seconds_load"] + stats.get("seconds_sensitivity", 0) + stats["seconds_quantize"]
+                 + stats.get("seconds_e2e", 0), 1)
 
 
 def run_row(row: Row, protocol: Protocol, work: Path, fp: dict | None) -> dict:
