@@ -154,7 +154,8 @@ def add_calibration_flags(q) -> None:
                    help="after the block-by-block calibration, train every quantized linear's scales together for N "
                    "passes over the calibration windows, codes frozen, so the quantized model's next-token "
                    "distribution matches the float model's (KL; EfficientQAT's end-to-end step; holds the float "
-                   "model beside the quantized one; default: 0, off)")
+                   "model beside the quantized one; measured with --correct-upstream 0.25 and --e2e-samples 128: "
+                   "W2 g64 news 7.75 -> 5.77 x fp32 in 2.6 more minutes; default: 0, off; docs/methods.md)")
     q.add_argument("--e2e-lr", type=finite_float, default=default_of("e2e_lr"), metavar="LR",
                    help=f"Adam's learning rate on log(scale) for --e2e-epochs (default: {default_of('e2e_lr')})")
     q.add_argument("--e2e-samples", type=positive_int, default=default_of("e2e_samples"), metavar="N",
