@@ -33,7 +33,7 @@ RECOMMENDED = [
     ("4 bits, one scale per row", "flexround W4 per-channel"),
     ("3 bits", "flexround W3 g128"),
     ("2 bits, fast", "cdquant W2 g64"),
-    ("2 bits, best quality", "gptq W2 g64 --correct-upstream 0.25 --e2e-epochs 1 --e2e-samples 128"),
+    ("2 bits, best quality", "gptq W2 g64 --correct-upstream 0.25 --e2e-epochs 1"),
     ("one int8 file, sliced on the device to 4 bits", "matquant W8 g64 @4"),
     ("a size budget (3.5 code bits)", "gptq mixed 3.5 bits --budget 3.5"),
 ]
