@@ -29,7 +29,7 @@ MAIN_PROTOCOL = "standard-512x128"
 # What the README recommends, goal by goal: (goal, row label of the method table). The figures are the rows'.
 RECOMMENDED = [
     ("4 bits, fast (the default)", "gptq W4 g128"),
-    ("4 bits, best quality", "gptq W4 g128 --correct-upstream 0.25 --e2e-epochs 1 --e2e-samples 128"),
+    ("4 bits, best quality", "gptq W4 g128 --correct-upstream 0.25 --e2e-epochs 1"),
     ("4 bits, one scale per row", "flexround W4 per-channel"),
     ("3 bits", "flexround W3 g128"),
     ("2 bits, fast", "cdquant W2 g64"),
