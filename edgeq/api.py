@@ -149,8 +149,8 @@ def _train_end_to_end(source, loaded, arch, packed, windows, config: QuantConfig
             models.get_module(loaded, name).weight = torch.nn.Parameter(qw.dequantize(), requires_grad=False)
     teacher, _ = models.load_model(source)
     trained, record = e2e.train_scales(loaded.to(config.device), teacher.to(config.device), unpacked,
-                                       windows[:config.e2e_samples].to(config.device), config.e2e_epochs, config.e2e_lr,
-                                       config.batch_size, config.seed, progress)
+                                       windows[:config.e2e_samples].to(config.device), config.e2e_epochs,
+                                       config.e2e_lr, config.batch_size, config.seed, progress)
     del teacher
     loaded.to("cpu")
     for name, qw in trained.items():

@@ -165,9 +165,8 @@ def check_true_sequential(config: QuantConfig, calibrated: bool, learned: bool) 
     """--true-sequential orders the layer solvers' Hessian passes inside a quantized stream."""
     if not config.true_sequential:
         return
-    if not calibrated or learned:
-        raise EdgeqError(f"--true-sequential applies to the calibrated layer solvers; {config.method} "
-                         + ("uses no calibration" if not calibrated else "trains each block's linears together"))
+    refuse_unless_layer_solver("--true-sequential", config.method, calibrated, learned,
+                               "trains each block's linears together")
     if config.propagate == "float":
         raise EdgeqError("--true-sequential feeds each group the block's quantized earlier groups; --propagate "
                          "float calibrates every block on float inputs")
@@ -179,13 +178,19 @@ def check_upstream_correction(config: QuantConfig, calibrated: bool, learned: bo
         raise EdgeqError(f"--correct-upstream must be between 0 and 1, got {config.correct_upstream}")
     if not config.correct_upstream:
         return
-    if not calibrated or learned:
-        raise EdgeqError(f"--correct-upstream applies to the calibrated layer solvers; {config.method} "
-                         + ("uses no calibration" if not calibrated else "already trains each block on the float "
-                            "model's states"))
+    refuse_unless_layer_solver("--correct-upstream", config.method, calibrated, learned,
+                               "already trains each block on the float model's states")
     if config.propagate == "float":
         raise EdgeqError("--correct-upstream corrects the quantized inputs' error; with --propagate float the "
                          "inputs are the float model's and there is none")
+
+
+def refuse_unless_layer_solver(flag: str, method: str, calibrated: bool, learned: bool, why_learned: str) -> None:
+    """A flag that works on the calibrated layer solvers' Hessians: refused for a method without calibration, and
+    for a learned method (why_learned says what it does instead)."""
+    if not calibrated or learned:
+        raise EdgeqError(f"{flag} applies to the calibrated layer solvers; {method} "
+                         + ("uses no calibration" if not calibrated else why_learned))
 
 
 def default_of(name: str):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..io.models import Arch, get_module
+from ..io.models import Arch
 from ..solvers.gptq import unit_dead_diagonal
 from .capture import block_output, on_group_inputs
 
